@@ -1,0 +1,66 @@
+"""Atomic output files and one-line input errors, shared by every script."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+
+class InputError(ValueError):
+    """Bad user input. ``str()`` is one line naming the file, the record or line, the field and what was expected."""
+
+    def __init__(self, path: str | os.PathLike[str], where: str, message: str) -> None:
+        self.path = str(path)
+        self.where = where
+        self.message = message
+        location = f"{self.path}: {where}" if where else self.path
+        super().__init__(f"{location}: {message}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[TextIO]:
+    """Open a temporary file beside ``path`` and move it into place only if the block succeeds.
+
+    A killed or failing job therefore never leaves a half-written output behind.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` exactly (no newline translation) and atomically."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int | None = 2) -> None:
+    """Dump JSON atomically (UTF-8, non-ASCII kept as is)."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=indent, ensure_ascii=False)
+        handle.write("\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Load a JSON file, turning a syntax error into an InputError with line and column."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise InputError(path, "", "file not found") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON ({err.msg})") from None
