@@ -162,3 +162,16 @@ def test_trained_punkt_model_splits_sentences(tmp_path):
     require_punkt("testlang")
     assert sent_tokenize("Seen by Dr. Lee today. All good.", language="testlang") == [
         "Seen by Dr. Lee today.", "All good."]
+
+
+def test_punkt_cli_installs_a_model_and_rejects_an_empty_folder(tmp_path, capsys):
+    from utils.punkt import main as punkt_main
+
+    notes = tmp_path / "raw_text"
+    notes.mkdir()
+    with pytest.raises(SystemExit) as err:
+        punkt_main(["--raw_text_dir", str(notes), "--nltk_data_dir", str(tmp_path / "nd")])
+    assert err.value.code == 2 and "expected a folder of .txt notes" in capsys.readouterr().err
+    (notes / "1_2_3.txt").write_text("Dr. Lee saw the pt. today. He left. Dr. Lee agreed.\n" * 4)
+    assert punkt_main(["--raw_text_dir", str(notes), "--nltk_data_dir", str(tmp_path / "nd"), "--language", "clitest"]) == 0
+    assert (tmp_path / "nd/tokenizers/punkt_tab/clitest/abbrev_types.txt").read_text().split() == ["dr", "pt"]

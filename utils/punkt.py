@@ -73,3 +73,34 @@ def train_punkt_model(texts: Iterable[str], nltk_data_dir: str | os.PathLike[str
         with open(model_dir / name, "w", encoding="utf-8", newline="") as handle:
             handle.write(content)
     return model_dir
+
+
+def _texts_under(folder: Path) -> Iterable[str]:
+    for path in sorted(Path(folder).glob("*.txt")):
+        with open(path, encoding="utf-8", newline="") as handle:
+            yield handle.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: train an offline Punkt model from a folder of notes (only where punkt_tab cannot be downloaded)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Train NLTK's Punkt sentence model with PunktTrainer on local notes and install it as "
+        "punkt_tab under an NLTK data folder. Offline stand-in only: with internet use "
+        f"'{PUNKT_INSTALL_COMMAND}'. Then export NLTK_DATA=<nltk_data_dir>."
+    )
+    parser.add_argument("--raw_text_dir", required=True, help="folder of <ID>.txt notes to learn from")
+    parser.add_argument("--nltk_data_dir", required=True, help="NLTK data folder to install the model into")
+    parser.add_argument("--language", default=PUNKT_LANGUAGE)
+    args = parser.parse_args(argv)
+    folder = Path(args.raw_text_dir)
+    if not folder.is_dir() or not any(folder.glob("*.txt")):
+        parser.exit(2, f"error: {folder}: expected a folder of .txt notes\n")
+    model_dir = train_punkt_model(_texts_under(folder), args.nltk_data_dir, args.language)
+    print(f"Punkt model written to {model_dir}; use it with: export NLTK_DATA={Path(args.nltk_data_dir).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
