@@ -1,0 +1,289 @@
+"""Embed the unlabeled pool and the MedDec notes for retrieval (SPEC section 4).
+
+Published: Qwen/Qwen3-Embedding-4B through sentence-transformers, L2-normalised embeddings (so a dot
+product is the cosine similarity). Both sides are documents, so no query instruction is prepended
+(``--prompt_name`` picks one of the model's saved prompts if wanted).
+
+Embeddings are cached in shards: ``<out>/shard_00000.npy`` (float32, one row per note) and
+``shard_00000.ids.txt`` (the note ids, one per line, written last = the shard is complete), plus
+``meta.json`` (model, shard size). A killed run resumes at the first missing shard; a shard whose ids no
+longer match the input, or a cache made with another model or shard size, is an input error (use a new
+output folder). Memory: the pool CSV is streamed one shard at a time.
+
+Usage::
+
+    python -m pseudolabels.embedding --pool_csv work/unlabeled.csv --pool_out work/embeddings/pool \\
+        --meddec_raw_text MedDec/raw_text \\
+        --meddec_splits MedDec/splits/train.txt MedDec/splits/val.txt MedDec/splits/test.txt \\
+        --meddec_out work/embeddings/meddec
+"""
+
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from utils.corpus import read_raw_text, read_split
+from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic
+
+DEFAULT_MODEL = "Qwen/Qwen3-Embedding-4B"
+SOURCES = ("pool", "meddec")
+META_FILE = "meta.json"
+
+Batch = tuple[list[str], list[str]]  # (ids, texts)
+EncodeFn = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class EmbeddingArguments:
+    """Flags of ``pseudolabels/embedding.py`` (defaults = the published run)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "sentence-transformers model (Hub id or folder)."})
+    sources: list[str] = field(
+        default_factory=lambda: list(SOURCES), metadata={"help": "What to embed: pool, meddec or both."}
+    )
+    pool_csv: str = field(default="work/unlabeled.csv", metadata={"help": "Pool CSV (file_id, raw_text)."})
+    pool_out: str = field(default="work/embeddings/pool", metadata={"help": "Shard folder of the pool."})
+    meddec_raw_text: str = field(default="MedDec/raw_text", metadata={"help": "MedDec raw_text/ folder."})
+    meddec_splits: list[str] = field(
+        default_factory=lambda: ["MedDec/splits/train.txt", "MedDec/splits/val.txt", "MedDec/splits/test.txt"],
+        metadata={"help": "Split files whose notes are embedded (retrieve.py picks the query splits)."},
+    )
+    meddec_out: str = field(default="work/embeddings/meddec", metadata={"help": "Shard folder of the MedDec notes."})
+    shard_size: int = field(default=1024, metadata={"help": "Notes per cached shard (the unit of resuming)."})
+    batch_size: int = field(default=8, metadata={"help": "Encoding batch size."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Truncate notes to this many tokens."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: automatic)."})
+    dtype: str = field(default="auto", metadata={"help": "Model weights dtype: auto, bfloat16, float16, float32."})
+    prompt_name: str | None = field(default=None, metadata={"help": "Saved prompt of the model to prepend."})
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+def iter_csv_batches(csv_path: str | Path, size: int) -> Iterator[Batch]:
+    """(ids, texts) of a file_id/raw_text CSV, ``size`` rows at a time (streamed: the pool can be large)."""
+    import pandas as pd
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise InputError(csv_path, "", "CSV not found")
+    header = list(pd.read_csv(csv_path, nrows=0).columns)
+    missing = [c for c in ("file_id", "raw_text") if c not in header]
+    if missing:
+        raise InputError(csv_path, "line 1", f"missing column(s) {', '.join(missing)}; expected file_id, raw_text")
+    reader = pd.read_csv(
+        csv_path, usecols=["file_id", "raw_text"], dtype=str, keep_default_na=False, chunksize=size
+    )
+    for chunk in reader:
+        yield chunk["file_id"].tolist(), chunk["raw_text"].tolist()
+
+
+def meddec_ids(split_files: Iterable[str | Path]) -> list[str]:
+    """Ids of the split files in file order, each once."""
+    return list(dict.fromkeys(note_id for path in split_files for note_id in read_split(path)))
+
+
+def iter_meddec_batches(raw_text_dir: str | Path, split_files: Sequence[str | Path], size: int) -> Iterator[Batch]:
+    """(ids, exact texts) of the MedDec notes named in the split files, ``size`` at a time."""
+    ids = meddec_ids(split_files)
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        yield chunk, [read_raw_text(raw_text_dir, i) for i in chunk]
+
+
+# ------------------------------------------------------------------------------------------ shard cache
+
+
+def _shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
+    return out_dir / f"shard_{index:05d}.npy", out_dir / f"shard_{index:05d}.ids.txt"
+
+
+def _read_ids(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+def prepare_cache(out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Create the cache folder or check that an existing one was made with the same settings."""
+    out_dir = Path(out_dir)
+    meta_path = out_dir / META_FILE
+    if meta_path.is_file():
+        old = read_json(meta_path)
+        changed = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if changed:
+            detail = "; ".join(f"{k}: cached {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise InputError(meta_path, "", f"cache made with other settings ({detail}); use a new output folder")
+    else:
+        write_json_atomic(meta_path, meta)
+    return out_dir
+
+
+def _save_shard(out_dir: Path, index: int, ids: list[str], vectors: np.ndarray) -> None:
+    """Vectors first, ids last: an ids file marks a complete shard."""
+    npy_path, ids_path = _shard_paths(out_dir, index)
+    with atomic_open(npy_path, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32))
+    write_text_atomic(ids_path, "".join(f"{i}\n" for i in ids))
+
+
+def _shard_is_done(out_dir: Path, index: int, ids: list[str]) -> bool:
+    npy_path, ids_path = _shard_paths(out_dir, index)
+    if not (ids_path.is_file() and npy_path.is_file()):
+        return False
+    cached = _read_ids(ids_path)
+    if cached != ids:
+        raise InputError(ids_path, "", "cached shard holds other note ids than the input; use a new output folder")
+    return True
+
+
+def embed_batches(
+    batches: Iterable[Batch], out_dir: str | Path, encode: EncodeFn, total: int | None = None, progress: bool = True
+) -> int:
+    """Encode every shard not cached yet; returns how many shards were computed now."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    computed = 0
+    for index, (ids, texts) in enumerate(tqdm(batches, total=total, desc=f"embed {out_dir.name}", disable=not progress)):
+        if _shard_is_done(out_dir, index, ids):
+            continue
+        vectors = np.asarray(encode(texts), dtype=np.float32)
+        if vectors.shape[0] != len(ids):
+            raise RuntimeError(f"encoder returned {vectors.shape[0]} vectors for {len(ids)} texts")
+        _save_shard(out_dir, index, ids, vectors)
+        computed += 1
+    return computed
+
+
+def load_embeddings(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
+    """All cached shards in order: (ids, float32 matrix with one row per id)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / META_FILE).is_file():
+        raise InputError(out_dir, "", f"no embedding cache here ({META_FILE} missing); run pseudolabels/embedding.py")
+    ids: list[str] = []
+    parts: list[np.ndarray] = []
+    index = 0
+    while True:
+        npy_path, ids_path = _shard_paths(out_dir, index)
+        if not ids_path.is_file():
+            break
+        shard_ids = _read_ids(ids_path)
+        vectors = np.load(npy_path)
+        if vectors.shape[0] != len(shard_ids):
+            raise InputError(npy_path, "", f"{vectors.shape[0]} vectors for {len(shard_ids)} ids; re-embed")
+        ids.extend(shard_ids)
+        parts.append(vectors)
+        index += 1
+    if _shard_paths(out_dir, index + 1)[1].is_file():
+        raise InputError(out_dir, f"shard {index}", "missing while later shards exist: the run was interrupted, resume it")
+    if not parts:
+        raise InputError(out_dir, "", "no complete shard; run or resume pseudolabels/embedding.py")
+    return ids, np.concatenate(parts, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def load_sentence_encoder(
+    model: str,
+    device: str | None = None,
+    dtype: str = "auto",
+    max_seq_length: int | None = None,
+    batch_size: int = 8,
+    prompt_name: str | None = None,
+) -> EncodeFn:
+    """A function texts -> L2-normalised float32 embeddings, backed by sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(model, device=device, model_kwargs={"dtype": dtype})
+    if max_seq_length is not None:
+        encoder.max_seq_length = max_seq_length
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return encoder.encode(
+            texts,
+            batch_size=batch_size,
+            prompt_name=prompt_name,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    return encode
+
+
+class LazyEncoder:
+    """Loads the (large) model only when a shard actually needs encoding, so a finished cache costs nothing."""
+
+    def __init__(self, factory: Callable[[], EncodeFn]) -> None:
+        self._factory = factory
+        self._encode: EncodeFn | None = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if self._encode is None:
+            self._encode = self._factory()
+        return self._encode(texts)
+
+
+def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
+    """Embed the chosen sources; returns {source: shards computed now}."""
+    unknown = [s for s in args.sources if s not in SOURCES]
+    if unknown:
+        raise InputError("--sources", "", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
+    if args.shard_size < 1:
+        raise InputError("--shard_size", "", f"expected a positive number, got {args.shard_size}")
+    encode = LazyEncoder(
+        lambda: load_sentence_encoder(
+            args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name
+        )
+    )
+    meta = {"model": args.model, "shard_size": args.shard_size, "normalized": True, "prompt_name": args.prompt_name}
+    done: dict[str, int] = {}
+    if "meddec" in args.sources:
+        ids = meddec_ids(args.meddec_splits)  # validates the split files before any model is loaded
+        out = prepare_cache(args.meddec_out, meta)
+        shards = -(-len(ids) // args.shard_size)
+        batches = iter_meddec_batches(args.meddec_raw_text, args.meddec_splits, args.shard_size)
+        done["meddec"] = embed_batches(batches, out, encode, total=shards, progress=progress)
+    if "pool" in args.sources:
+        batches = iter_csv_batches(args.pool_csv, args.shard_size)
+        first = next(batches, None)  # validates the CSV before anything is written
+        out = prepare_cache(args.pool_out, meta)
+        done["pool"] = embed_batches(_prepend(first, batches), out, encode, progress=progress)
+    return done
+
+
+def _prepend(first: Batch | None, rest: Iterator[Batch]) -> Iterator[Batch]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trl import TrlParser
+
+    (args,) = TrlParser(EmbeddingArguments).parse_args_and_config(argv)
+    try:
+        done = run(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for source, count in done.items():
+        out = args.pool_out if source == "pool" else args.meddec_out
+        print(f"{source}: {count} shard(s) embedded now, cache complete in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

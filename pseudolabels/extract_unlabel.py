@@ -1,0 +1,181 @@
+"""Extract the unlabeled pool: MIMIC-III discharge summaries that are in no MedDec split (SPEC section 4).
+
+NOTEEVENTS.csv is ~2 GB, so it is streamed in chunks of rows and every kept note is written at once to a
+temporary CSV that is moved into place at the end: memory stays bounded by the chunk size, whatever the
+size of the file. A note is excluded when its ROW_ID is the ROW part of any id in the given split files
+(``SUBJECT_HADM_ROW``, annotator suffixes ``-name`` ignored); with ``--exclude_patients`` every note of a
+patient (SUBJECT_ID) that appears in those splits is excluded too. The published pool (59,201 notes) used
+DESCRIPTION "Report" and exclusion by note id.
+
+Output: CSV with columns ``file_id`` (``SUBJECT_HADM_ROW``, like MedDec ids; an empty HADM_ID stays
+empty) and ``raw_text`` (the TEXT field, unchanged).
+
+Usage::
+
+    python -m pseudolabels.extract_unlabel --noteevents MedDec/NOTEEVENTS.csv \\
+        --splits MedDec/splits/train.txt MedDec/splits/val.txt MedDec/splits/test.txt \\
+        --output work/unlabeled.csv
+"""
+
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import csv
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from utils.corpus import DISCHARGE_CATEGORY, iter_noteevents, parse_note_id, read_split
+from utils.fileio import InputError, atomic_open
+
+ANY_DESCRIPTION = "any"
+OUTPUT_COLUMNS = ("file_id", "raw_text")
+
+
+@dataclass
+class ExtractArguments:
+    """Flags of ``pseudolabels/extract_unlabel.py`` (defaults = the published run)."""
+
+    noteevents: str = field(default="MedDec/NOTEEVENTS.csv", metadata={"help": "MIMIC-III NOTEEVENTS.csv."})
+    splits: list[str] = field(
+        default_factory=lambda: ["MedDec/splits/train.txt", "MedDec/splits/val.txt", "MedDec/splits/test.txt"],
+        metadata={"help": "Split files (one MedDec id per line) whose notes must not enter the pool."},
+    )
+    output: str = field(default="work/unlabeled.csv", metadata={"help": "Output CSV (file_id, raw_text)."})
+    description: str = field(
+        default="Report",
+        metadata={"help": f"DESCRIPTION to keep (exact match); '{ANY_DESCRIPTION}' keeps Report and Addendum alike."},
+    )
+    exclude_patients: bool = field(
+        default=False, metadata={"help": "Also drop every note of a patient (SUBJECT_ID) found in the splits."}
+    )
+    chunksize: int = field(default=2_000, metadata={"help": "Rows of NOTEEVENTS read at a time (bounds memory)."})
+
+
+@dataclass
+class ExtractCounts:
+    """What happened to the rows of NOTEEVENTS."""
+
+    rows_read: int = 0
+    discharge: int = 0
+    excluded_by_id: int = 0
+    excluded_by_patient: int = 0
+    kept: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"rows read: {self.rows_read}, discharge summaries: {self.discharge}, "
+            f"excluded by note id: {self.excluded_by_id}, excluded by patient: {self.excluded_by_patient}, "
+            f"kept: {self.kept}"
+        )
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """ROW_IDs and SUBJECT_IDs of the MedDec notes named in the split files."""
+
+    row_ids: frozenset[int]
+    subject_ids: frozenset[int]
+
+
+def read_exclusions(split_files: Iterable[str | Path]) -> Exclusions:
+    """Collect the ROW and SUBJECT parts of every id in the split files; a malformed id is an input error."""
+    rows: set[int] = set()
+    subjects: set[int] = set()
+    for path in split_files:
+        for line_no, note_id in enumerate(read_split(path), start=1):
+            parsed = parse_note_id(note_id)
+            if parsed is None:
+                raise InputError(path, f"id {note_id!r}", "expected a MedDec id SUBJECTID_HADMID_ROWID[-annotator]")
+            rows.add(parsed.row_id)
+            subjects.add(parsed.subject_id)
+    return Exclusions(frozenset(rows), frozenset(subjects))
+
+
+def _file_ids(chunk: "pd.DataFrame") -> "pd.Series":  # noqa: F821
+    """``SUBJECT_HADM_ROW`` for each row; a missing id part is left empty."""
+    parts = [chunk[c].astype("string").fillna("") for c in ("SUBJECT_ID", "HADM_ID", "ROW_ID")]
+    return parts[0] + "_" + parts[1] + "_" + parts[2]
+
+
+def filter_chunk(
+    chunk: "pd.DataFrame",  # noqa: F821
+    exclusions: Exclusions,
+    counts: ExtractCounts,
+    description: str = "Report",
+    exclude_patients: bool = False,
+) -> "pd.DataFrame":  # noqa: F821
+    """Keep the discharge summaries of one chunk that are not excluded; update ``counts`` in place."""
+    counts.rows_read += len(chunk)
+    is_discharge = chunk["CATEGORY"].str.strip() == DISCHARGE_CATEGORY
+    if description != ANY_DESCRIPTION:
+        is_discharge &= chunk["DESCRIPTION"].str.strip() == description
+    notes = chunk[is_discharge.fillna(False).astype(bool)]
+    counts.discharge += len(notes)
+    by_id = notes["ROW_ID"].isin(exclusions.row_ids).fillna(False).astype(bool)
+    counts.excluded_by_id += int(by_id.sum())
+    notes = notes[~by_id]
+    if exclude_patients:
+        by_patient = notes["SUBJECT_ID"].isin(exclusions.subject_ids).fillna(False).astype(bool)
+        counts.excluded_by_patient += int(by_patient.sum())
+        notes = notes[~by_patient]
+    counts.kept += len(notes)
+    return notes
+
+
+def extract_unlabeled(
+    noteevents: str | Path,
+    output: str | Path,
+    split_files: Sequence[str | Path],
+    description: str = "Report",
+    exclude_patients: bool = False,
+    chunksize: int = 2_000,
+    progress: bool = True,
+) -> ExtractCounts:
+    """Stream NOTEEVENTS and write the pool CSV (file_id, raw_text) atomically; returns the counts."""
+    from tqdm.auto import tqdm
+
+    if chunksize < 1:
+        raise InputError("--chunksize", "", f"expected a positive number of rows, got {chunksize}")
+    exclusions = read_exclusions(split_files)
+    chunks = iter_noteevents(noteevents, chunksize=chunksize)
+    first = next(chunks, None)  # validates the file and its header before any output exists
+    counts = ExtractCounts()
+    with atomic_open(output, "w", encoding="utf-8", newline="") as handle, tqdm(
+        unit=" rows", unit_scale=True, desc="NOTEEVENTS", disable=not progress
+    ) as bar:
+        writer = csv.writer(handle)
+        writer.writerow(OUTPUT_COLUMNS)
+        for chunk in itertools.chain([first] if first is not None else [], chunks):
+            kept = filter_chunk(chunk, exclusions, counts, description, exclude_patients)
+            writer.writerows(zip(_file_ids(kept), kept["TEXT"].fillna("")))
+            bar.update(len(chunk))
+            bar.set_postfix(kept=counts.kept)
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trl import TrlParser
+
+    (args,) = TrlParser(ExtractArguments).parse_args_and_config(argv)
+    try:
+        counts = extract_unlabeled(
+            args.noteevents, args.output, args.splits, args.description, args.exclude_patients, args.chunksize
+        )
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(counts.summary())
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Entropy threshold: exploration scores notes officially, selection keeps the low-entropy quantile and mixes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from dataset.synthetic import generate_corpus
+from pseudolabels import dynamic_threshold
+from pseudolabels.dynamic_threshold import (
+    ExploreArguments,
+    SelectArguments,
+    entropy_threshold,
+    explore,
+    keep_mask,
+    select,
+)
+from utils.fileio import InputError
+from utils.gt_to_tag import RawTexts, convert_splits, read_tagged_csv
+from utils.tagging import strip_tags
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("thr")
+    corpus = generate_corpus(root / "MedDec", seed=11, n_train=3, n_val=6, n_test=0, n_unlabeled=0,
+                             mean_chars=700, mean_spans=8)
+    paths = corpus.paths
+    convert_splits(paths.gold_dir, RawTexts(raw_text_dir=paths.raw_text_dir),
+                   {"train": paths.split("train"), "val": paths.split("val")}, root / "tagged")
+    return corpus, root / "tagged"
+
+
+def _write_predictions(path, frame: pd.DataFrame, predicted, entropy) -> None:
+    out = frame[["file_id", "raw_text"]].copy()
+    out["predicted"] = predicted
+    out["entropy"] = ["" if e is None else repr(e) for e in entropy]
+    out["num_tokens"] = "5"
+    out["truncated"] = ["True" if i % 2 else "False" for i in range(len(out))]
+    out.to_csv(path, index=False, quoting=1)
+
+
+def test_quantile_threshold_is_inclusive_and_skips_missing_entropy():
+    entropies = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, math.nan]
+    assert entropy_threshold(entropies, 0.2) == pytest.approx(0.28)
+    assert keep_mask(entropies, 0.2).tolist() == [True, True] + [False] * 9
+    assert keep_mask(entropies, 0.0).sum() == 1 and keep_mask(entropies, 1.0).sum() == 10
+    with pytest.raises(InputError, match="between 0 and 1"):
+        entropy_threshold(entropies, 10)
+
+
+def test_explore_scores_each_note_and_correlates_with_entropy(tagged, tmp_path):
+    corpus, folder = tagged
+    val = read_tagged_csv(folder / "val.csv")
+    # The three lowest-entropy outputs hold the gold tags, the others lost every tag.
+    predicted = [gold if i < 3 else strip_tags(gold) for i, gold in enumerate(val["gold_span"])]
+    entropy = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
+    _write_predictions(tmp_path / "val_pred.csv", val, predicted, entropy)
+    _write_predictions(tmp_path / "pool_pred.csv", val, predicted, [0.5, 0.1, None, 0.3, 0.2, 0.4])
+    args = ExploreArguments(
+        val_predictions=str(tmp_path / "val_pred.csv"), gold_dir=str(corpus.paths.gold_dir),
+        raw_text_dir=str(corpus.paths.raw_text_dir), pool_predictions=str(tmp_path / "pool_pred.csv"), bins=2,
+        quantiles=[0.2, 1.0], report=str(tmp_path / "r.json"), plot=str(tmp_path / "p.png"),
+    )
+    result = explore(args)
+    scores = [n["base"] for n in result["per_note"]]
+    # Gold spans in writing order can score just under 1: the official token F1 depends on span order.
+    assert min(scores[:3]) > 0.9 > max(scores[3:])
+    assert result["spearman_rho"] == pytest.approx(spearmanr(entropy, scores)[0]) and result["spearman_rho"] < -0.5
+    assert [b["notes"] for b in result["bins"]] == [3, 3]
+    assert result["bins"][0]["base"] > 0.9 > result["bins"][1]["base"]
+    assert result["bins"][1]["span_f1"] == 0.0  # no spans predicted at all
+    assert result["pool"] == [
+        {"quantile": 0.2, "threshold": pytest.approx(0.18), "kept": 1, "pool": 6},
+        {"quantile": 1.0, "threshold": 0.5, "kept": 5, "pool": 6},
+    ]
+    assert json.loads((tmp_path / "r.json").read_text())["val_notes"] == 6
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_keeps_the_quantile_converts_and_mixes(tagged, tmp_path):
+    corpus, folder = tagged
+    val = read_tagged_csv(folder / "val.csv")  # stands in for pool notes tagged by Model 1
+    noisy = ["<think>\nok\n</think>\n\n" + val["gold_span"][0], val["gold_span"][1] + "<define_problem>dangling",
+             val["gold_span"][2], strip_tags(val["gold_span"][3]), val["gold_span"][4], val["gold_span"][5]]
+    _write_predictions(tmp_path / "pool_pred.csv", val, noisy, [0.1, 0.2, 0.9, 0.3, None, 0.8])
+    args = SelectArguments(pool_predictions=str(tmp_path / "pool_pred.csv"), train_csv=str(folder / "train.csv"),
+                           threshold=0.5, output=str(tmp_path / "mixed.csv"))
+    summary = select(args)
+    assert summary.threshold == pytest.approx(0.3) and summary.selected == 3  # 0.1, 0.2, 0.3; None never
+    mixed = read_tagged_csv(tmp_path / "mixed.csv")
+    train = read_tagged_csv(folder / "train.csv")
+    assert len(mixed) == len(train) + 3 == summary.written
+    pd.testing.assert_frame_equal(mixed.iloc[: len(train)].reset_index(drop=True), train)
+    pseudo = mixed.iloc[len(train) :].reset_index(drop=True)
+    assert pseudo.file_id.tolist() == [val.file_id[0], val.file_id[1], val.file_id[3]]
+    # The think block and the unclosed tag are gone: rows are the exact note with well-formed gold tags.
+    for i, k in enumerate((0, 1)):
+        assert pseudo.gold_span[i] == val.gold_span[k]
+        assert sorted(json.loads(pseudo.gold_offsets[i])) == sorted(json.loads(val.gold_offsets[k]))  # writing order
+        assert pseudo.raw_text[i] == val.raw_text[k]
+    assert pseudo.gold_span[2] == val.raw_text[3] and pseudo.gold_offsets[2] == "[]"
+
+    args.min_spans = 1
+    summary = select(args)  # row 3 has no spans
+    assert (summary.dropped_truncated, summary.dropped_few_spans, summary.written) == (0, 1, len(train) + 2)
+    args.min_spans, args.drop_truncated = 0, True
+    summary = select(args)  # rows 1 and 3 are marked truncated
+    assert (summary.dropped_truncated, summary.dropped_few_spans, summary.written) == (2, 0, len(train) + 1)
+
+
+def test_cli_subcommands_and_errors(tagged, tmp_path, capsys):
+    _, folder = tagged
+    assert dynamic_threshold.main(["frobnicate"]) == 2
+    assert "usage: dynamic_threshold.py {explore,select}" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file_id,raw_text,predicted,entropy\na,b,c,high\n", encoding="utf-8")
+    code = dynamic_threshold.main(["select", "--pool_predictions", str(bad), "--train_csv", str(folder / "train.csv"),
+                                   "--output", str(tmp_path / "o.csv")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {bad}: row 1: field 'entropy': expected a number, got 'high'"
+    assert not (tmp_path / "o.csv").exists()
