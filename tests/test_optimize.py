@@ -1,0 +1,212 @@
+"""Threshold tuning (ensemble/optimize.py): known optimum, resuming, CV, plots and the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import optuna
+import pytest
+
+from dataset.synthetic import generate_corpus
+from ensemble import optimize
+from ensemble.mbr import Thresholds, merge_predictions, prepare_predictions
+from utils.corpus import load_notes, read_split
+from utils.fileio import InputError
+from utils.predictions import Span, read_predictions, write_predictions
+from utils.scoring import Scorer
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def non_overlapping(spans):
+    """Gold spans with no two overlapping (greedy by start), so list order cannot change the token F1."""
+    chosen = []
+    for span in sorted(set(spans)):
+        if not chosen or span.start >= chosen[-1].end:
+            chosen.append(span)
+    return chosen
+
+
+def wrong_spans(text, gold_spans, n=3):
+    """Words outside every gold span, tagged as category 3: pure false positives."""
+    out = []
+    for match in re.finditer(r"[A-Za-z]{4,}", text):
+        if all(match.end() <= g.start or match.start() >= g.end for g in gold_spans):
+            out.append(Span(match.start(), match.end(), 3))
+        if len(out) == n:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """8 small synthetic validation notes with a known optimum.
+
+    Model 1 predicts non-overlapping gold spans; models 2 and 3 predict the same plus identical wrong
+    spans. The wrong spans get support (F+1)/(2F+1) < 1 (F = agreement of model 1 with 2 and 3), the
+    gold ones support 1, so the optimum keeps exactly model 1's spans: any t_support above the wrong
+    spans' support. The published t_support 0.34 keeps the wrong spans too.
+    """
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, seed=5, n_train=0, n_val=8, n_test=0, n_unlabeled=0, mean_chars=1200, mean_spans=6)
+    ids = read_split(root / "splits" / "val.txt")
+    notes = load_notes(root / "data", root / "raw_text", ids)
+    truth = {k: non_overlapping([Span(a.start, a.end, a.category) for a in n.in_scope]) for k, n in notes.items()}
+    noisy = {k: sorted(truth[k] + wrong_spans(n.text, n.annotations)) for k, n in notes.items()}
+    models = [truth, noisy, noisy]
+    paths = []
+    for i, predictions in enumerate(models):
+        path = root / f"val_m{i}.json"
+        write_predictions(path, predictions)
+        paths.append(str(path))
+    scorer = Scorer.from_files(gold_dir=root / "data", raw_text_dir=root / "raw_text",
+                               split_file=root / "splits" / "val.txt", stats_csv=root / "stats.csv")
+    return {"root": root, "ids": ids, "truth": truth, "models": models, "paths": paths, "scorer": scorer,
+            "evaluate": optimize.make_objective(prepare_predictions(models), scorer)}
+
+
+def test_search_space_and_defaults():
+    assert optimize.default_params(False) == {"t_cluster": 0.1, "t_pair": 0.1, "t_support": 0.34, "t_dedup": 0.8}
+    per_category = optimize.default_params(True)
+    assert len(per_category) == 12 and "t_support" not in per_category
+    assert optimize.thresholds_from_params(per_category, True).t_support_by_category == (0.34,) * 9
+    assert optimize.thresholds_from_params(optimize.default_params(False), False) == Thresholds()
+
+
+def test_tuner_finds_the_known_optimum(corpus):
+    evaluate = corpus["evaluate"]
+    optimum = corpus["scorer"].final_score(corpus["truth"])
+    assert merge_predictions(corpus["models"], Thresholds(t_support=0.95)) == corpus["truth"]
+    assert evaluate(Thresholds(t_support=0.95)) == optimum
+    assert evaluate(Thresholds()) < optimum  # the published defaults keep the wrong spans
+    run = optimize.tune(evaluate, n_trials=40, seed=1, progress=False)
+    assert run.study.trials[0].params == optimize.default_params(False)
+    assert run.study.trials[0].value == evaluate(Thresholds())
+    assert run.study.best_value == optimum
+    assert merge_predictions(corpus["models"], run.best_thresholds) == corpus["truth"]
+
+
+def test_resume_keeps_trials_and_best_value(corpus, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = optimize.tune(corpus["evaluate"], 5, storage, "s", seed=3, progress=False)
+    before = [(t.params, t.value) for t in first.study.trials]
+    second = optimize.tune(corpus["evaluate"], 8, storage, "s", seed=3, progress=False)
+    assert (second.n_previous, second.n_new) == (5, 3)
+    loaded = optuna.load_study(study_name="s", storage=storage)
+    assert len(loaded.trials) == 8
+    assert [(t.params, t.value) for t in loaded.trials[:5]] == before
+    assert loaded.best_value >= first.study.best_value
+    assert sum(t.params == optimize.default_params(False) for t in loaded.trials) >= 1
+    assert loaded.trials[0].params == optimize.default_params(False)  # enqueued once, not again on resume
+    third = optimize.tune(corpus["evaluate"], 8, storage, "s", progress=False)  # already complete: no new trials
+    assert third.n_new == 0 and len(third.study.trials) == 8
+
+
+def test_killed_run_loses_no_finished_trial(corpus, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def kill_after_three(trial):
+        if trial.number == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        optimize.tune(corpus["evaluate"], 10, storage, "k", seed=0, progress=False, on_trial=kill_after_three)
+    survivors = optuna.load_study(study_name="k", storage=storage).trials
+    assert len(survivors) == 3 and survivors[0].params == optimize.default_params(False)
+    resumed = optimize.tune(corpus["evaluate"], 6, storage, "k", seed=0, progress=False)
+    assert (resumed.n_previous, resumed.n_new) == (3, 3)
+    final = optuna.load_study(study_name="k", storage=storage).trials
+    assert [(t.params, t.value) for t in final[:3]] == [(t.params, t.value) for t in survivors]
+    assert len(final) == 6
+
+
+def test_study_with_other_settings_is_refused(corpus, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optimize.tune(corpus["evaluate"], 2, storage, "c", progress=False)
+    with pytest.raises(InputError, match="per_category"):
+        optimize.tune(corpus["evaluate"], 3, storage, "c", per_category=True, progress=False)
+
+
+def test_parallel_workers_give_complete_trials(corpus):
+    run = optimize.tune(corpus["evaluate"], 4, seed=0, n_jobs=2, progress=False)
+    assert len(run.study.trials) == 4
+    for trial in run.study.trials:
+        assert trial.value == corpus["evaluate"](optimize.thresholds_from_params(trial.params, False))
+
+
+def test_per_category_tuning_has_nine_support_thresholds(corpus):
+    run = optimize.tune(corpus["evaluate"], 40, seed=1, per_category=True, progress=False)
+    assert len(run.study.trials[0].params) == 12
+    assert run.best_thresholds.t_support_by_category is not None
+    assert run.study.best_value == corpus["evaluate"](run.best_thresholds)
+
+
+def test_folds_cover_every_note_once():
+    folds = optimize.make_folds([f"n{i}" for i in range(10)], 3, seed=0)
+    assert sorted(sum(folds, [])) == sorted(f"n{i}" for i in range(10))
+    assert sorted(len(f) for f in folds) == [3, 3, 4]
+    with pytest.raises(ValueError):
+        optimize.make_folds(["a", "b"], 3, seed=0)
+
+
+def test_cross_validation_scores_held_out_folds(corpus, tmp_path):
+    root = corpus["root"]
+    make_scorer = optimize.scorer_factory(str(root / "data"), str(root / "raw_text"), str(root / "stats.csv"), str(tmp_path))
+    prepared = prepare_predictions(corpus["models"])
+    cv = optimize.cross_validate(prepared, make_scorer, k=2, n_trials=6, seed=0, progress=False)
+    assert cv["k"] == 2 and len(cv["folds"]) == 2
+    for fold in cv["folds"]:
+        assert fold["n_train"] + fold["n_held_out"] == len(corpus["ids"])
+        assert 0.0 <= fold["held_out_score"] <= 1.0
+    assert cv["mean_held_out_score"] == pytest.approx(sum(f["held_out_score"] for f in cv["folds"]) / 2)
+
+
+def test_plots_and_importance_needing_variation(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(optimize.default_params(False))
+    study.optimize(lambda t: sum(t.suggest_float(n, 0, 1) for n in optimize.param_names(False)), n_trials=1)
+    one = optimize.save_plots(study, str(tmp_path / "h1.png"), str(tmp_path / "i1.png"))
+    assert one["history"] == str(tmp_path / "h1.png") and (tmp_path / "h1.png").stat().st_size > 0
+    assert one["importance"].startswith("skipped")
+    study.optimize(lambda t: sum(t.suggest_float(n, 0, 1) for n in optimize.param_names(False)), n_trials=4)
+    four = optimize.save_plots(study, str(tmp_path / "h.png"), str(tmp_path / "i.png"))
+    assert four == {"history": str(tmp_path / "h.png"), "importance": str(tmp_path / "i.png")}
+    assert (tmp_path / "i.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_tunes_resumes_and_applies(corpus, tmp_path, capsys):
+    root = corpus["root"]
+    common = ["--predictions", *corpus["paths"], "--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
+              "--split_file", str(root / "splits" / "val.txt"), "--stats_csv", str(root / "stats.csv"),
+              "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study_name", "cli", "--quiet"]
+    out = tmp_path / "best.json"
+    assert optimize.main([*common, "--n_trials", "3", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_trials"] == 3 and report["objective"] == "final"
+    assert report["default_value"] == corpus["evaluate"](Thresholds())
+    assert (tmp_path / "best_history.png").exists()
+    submission = tmp_path / "submission.json"
+    assert optimize.main([*common, "--n_trials", "5", "--output", str(out), "--cv", "2", "--cv_trials", "3",
+                          "--apply", *corpus["paths"], "--apply-output", str(submission)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_trials"] == 5 and report["n_trials_this_run"] == 2
+    assert set(report["cv"]) >= {"mean_held_out_score", "in_sample_score", "gap", "mean_held_out_default_score"}
+    best = Thresholds(**{k: v for k, v in report["thresholds"].items()})
+    assert read_predictions(submission) == merge_predictions(corpus["models"], best)
+    assert report["best_value"] == corpus["evaluate"](best)
+    printed = capsys.readouterr().out
+    assert "2-fold CV" in printed and "in-sample" in printed
+
+
+def test_cli_bad_input_exits_2(corpus, tmp_path, capsys):
+    root = corpus["root"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{]")
+    code = optimize.main(["--predictions", str(bad), "--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
+                          "--output", str(tmp_path / "b.json"), "--storage", "none", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json: line 1 column 3: invalid JSON" in err
