@@ -1,0 +1,1 @@
+"""Command-line entry points of the LAMAR reproduction (run as ``python scripts/x.py`` or ``python -m scripts.x``)."""
