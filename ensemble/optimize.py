@@ -142,12 +142,20 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def ensure_sqlite_folder(storage: str) -> None:
+    """Create the folder of a ``sqlite:///path`` storage: SQLite cannot create it and fails obscurely."""
+    prefix = "sqlite:///"
+    if storage.startswith(prefix) and storage[len(prefix):] not in ("", ":memory:"):
+        Path(storage[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def open_persistent_study(storage: str | None, study_name: str, config: dict[str, Any]) -> Any:
     """The persistent study (None for a purely in-memory run); refuses one tuned with other settings."""
     import optuna
 
     if storage is None:
         return None
+    ensure_sqlite_folder(storage)
     persistent = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True)
     previous = persistent.user_attrs.get(CONFIG_ATTR)
     if previous is None:

@@ -210,3 +210,11 @@ def test_cli_bad_input_exits_2(corpus, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.json: line 1 column 3: invalid JSON" in err
+
+
+def test_sqlite_storage_folder_is_created(tmp_path):
+    from ensemble.optimize import ensure_sqlite_folder
+
+    ensure_sqlite_folder(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'study.db'}")
+    assert (tmp_path / "new" / "deeper").is_dir()
+    ensure_sqlite_folder("sqlite:///:memory:")  # nothing to create, no error
