@@ -519,22 +519,10 @@ def read_inference_csv(path: str | os.PathLike[str]) -> Predictions:
 
     The tagged output is turned into offsets by ``utils.pred_to_offset.outputs_to_predictions``.
     """
-    import csv
-
-    import pandas as pd
-
+    from utils.gt_to_tag import read_csv_strings
     from utils.pred_to_offset import outputs_to_predictions
 
-    csv.field_size_limit(1 << 30)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise InputError(path, "", "file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(path, "", f"not a readable CSV ({err})") from None
-    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}")
+    frame = read_csv_strings(path, CSV_COLUMNS)
     duplicated = frame["file_id"][frame["file_id"].duplicated()]
     if len(duplicated):
         line = int(duplicated.index[0]) + 2
