@@ -1,0 +1,80 @@
+"""The README's main command, scripts/demo.sh, runs the whole pipeline at reduced size and resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scripts.demo import MODELS, PROFILES, DemoArguments, build_steps, format_table
+from utils.paths import REPO_ROOT
+from utils.predictions import read_predictions
+
+pytestmark = pytest.mark.slow
+
+
+def run_demo_sh(work: Path) -> str:
+    result = subprocess.run(["bash", "scripts/demo.sh", "--work_dir", str(work), "--profile", "ci"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    work = tmp_path_factory.mktemp("demo")
+    return work, run_demo_sh(work)
+
+
+def test_every_step_ran_and_wrote_its_outputs(demo_run):
+    work, out = demo_run
+    steps = build_steps(DemoArguments(work_dir=str(work), profile="ci"), PROFILES["ci"], work)
+    for step in steps:
+        assert f"[done] {step.name}" in out
+        assert step.done(), step.name
+    commands = (work / "commands.sh").read_text()
+    for script in ("dataset.generate", "utils/gt_to_tag.py", "scripts/train_dft.py", "pseudolabels.extract_unlabel",
+                   "pseudolabels.embedding", "pseudolabels.retrieve", "scripts/inference.py",
+                   "pseudolabels.dynamic_threshold select", "scripts/train_grpo.py", "ensemble.optimize",
+                   "evaluate/evaluate.py"):
+        assert script in commands, script
+
+
+def test_final_table_matches_the_official_cli_and_states_the_caveat(demo_run):
+    work, out = demo_run
+    results = json.loads((work / "results.json").read_text())
+    rows = results["results"]
+    assert [r["system"] for r in rows] == [*MODELS, "ensemble"]
+    for row in rows:
+        for key in ("span_f1", "token_f1", "worst_group", "final"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["final"] == pytest.approx((row["span_f1"] + row["token_f1"]) / 4 + row["worst_group"] / 2)
+    assert format_table(rows) in out
+    assert "MEANINGLESS" in out
+    official = json.loads((work / "eval" / "ensemble_test.json").read_text())
+    assert official["shared_task"]["final_score"] == rows[-1]["final"]
+    assert official["span_f1"]["f1"] == rows[-1]["span_f1"]
+    submission = read_predictions(work / "ensemble" / "test_submission.json")
+    test_ids = (work / "MedDec" / "splits" / "test.txt").read_text().split()
+    assert set(submission) <= set(test_ids)
+    best = json.loads((work / "ensemble" / "best.json").read_text())
+    assert set(best["thresholds"]) >= {"t_cluster", "t_pair", "t_support", "t_dedup"}
+    assert (work / "ensemble" / "history.png").stat().st_size > 0
+
+
+def test_rerun_skips_every_finished_step(demo_run):
+    work, _ = demo_run
+    before = (work / "results.json").read_text()
+    out = run_demo_sh(work)
+    n_steps = len(build_steps(DemoArguments(work_dir=str(work), profile="ci"), PROFILES["ci"], work))
+    assert "[run ]" not in out and out.count("[skip]") == n_steps
+    assert json.loads((work / "results.json").read_text())["results"] == json.loads(before)["results"]
+
+
+def test_unknown_profile_fails_with_one_line(tmp_path):
+    from scripts.demo import main
+
+    with pytest.raises(SystemExit, match="--profile must be one of full, ci, got 'huge'"):
+        main(["--work_dir", str(tmp_path), "--profile", "huge"])
