@@ -8,7 +8,7 @@ folder; a step whose outputs exist is skipped, so re-running resumes. The exact 
 THE SCORES ARE MEANINGLESS: tiny models trained for a minute on synthetic notes. Real numbers need the
 MedDec data (PhysioNet) and a GPU.
 
-    python scripts/demo.py --work_dir work/demo            # full demo (~10 minutes on 2 CPU cores)
+    python scripts/demo.py --work_dir work/demo            # full demo (~4 minutes on 2 CPU cores)
     python scripts/demo.py --work_dir work/ci --profile ci  # reduced size, used by the test suite
 """
 
@@ -58,9 +58,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "full": Profile(n_train=16, n_val=8, n_test=8, n_unlabeled=40, mean_chars=500, mean_spans=12, window_chars=240,
-                    warm_epochs=6, m1_epochs=1, m3_epochs=2, grpo_steps=2, max_new_tokens=160, per_note=1, n_trials=200,
-                    hidden_size=64),
+    "full": Profile(n_train=16, n_val=8, n_test=8, n_unlabeled=40, mean_chars=500, mean_spans=12, window_chars=600,
+                    warm_epochs=8, m1_epochs=1, m3_epochs=1, grpo_steps=2, max_new_tokens=400, per_note=1,
+                    n_trials=200, hidden_size=96),
     "ci": Profile(n_train=6, n_val=4, n_test=4, n_unlabeled=12, mean_chars=300, mean_spans=6, window_chars=200,
                   warm_epochs=1, m1_epochs=1, m3_epochs=1, grpo_steps=1, max_new_tokens=48, per_note=1, n_trials=20,
                   hidden_size=32),
@@ -73,7 +73,7 @@ class DemoArguments:
     """Command-line options of the demo."""
 
     work_dir: str = field(default="work/demo", metadata={"help": "Folder for every artefact (re-running resumes)."})
-    profile: str = field(default="full", metadata={"help": "Sizes: full (~10 min on 2 cores) or ci (reduced)."})
+    profile: str = field(default="full", metadata={"help": "Sizes: full (~4 min on 2 cores) or ci (reduced)."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic corpus and tiny models."})
     force: bool = field(default=False, metadata={"help": "Run every step again even if its outputs exist."})
 
@@ -175,7 +175,7 @@ def warm_start_base(base_dir: Path, curriculum_csv: Path, out_dir: Path, epochs:
 
 def tiny_dft_flags(profile: Profile, epochs: int) -> list[str]:
     """train_dft.py overrides that turn the published recipe into a CPU-sized run (everything else as published)."""
-    return ["--backend", "hf", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "5e-3",
+    return ["--backend", "hf", "--lora_r", "16", "--lora_alpha", "32",
             "--num_train_epochs", str(epochs), "--gradient_accumulation_steps", "1", "--max_length", "4096",
             "--activation_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
             "--logging_steps", "10", "--dataloader_num_workers", "0"]
