@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 from transformers import TrainingArguments
 
-from utils.fileio import InputError
+from utils.fileio import InputError, report_input_error
 from utils.predictions import Span, write_predictions
 
 WINDOW = 512
@@ -333,8 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = run(args, training)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     for source, out in written.items():
         print(f"{source} -> {out}")
     return 0

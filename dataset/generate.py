@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 from dataset.synthetic import SyntheticCorpusInfo, generate_corpus, summarize_notes
 from utils.categories import CATEGORY_IDS, gold_name
 from utils.corpus import load_notes
-from utils.fileio import InputError
+from utils.fileio import InputError, report_input_error
 
 
 @dataclass
@@ -79,8 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_unlabeled=args.n_unlabeled, mean_chars=args.mean_chars, mean_spans=args.mean_spans,
         )
     except (InputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     print(format_summary(info))
     return 0
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from utils.categories import CATEGORY_IDS
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, report_input_error
 from utils.predictions import Predictions, Span, read_predictions, write_predictions
 
 from ensemble.reference import valid_spans
@@ -635,8 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         thresholds = resolve_thresholds(args, args.thresholds_json)
         models = [read_model_predictions(path) for path in args.predictions]
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     explain: list | None = [] if args.explain else None
     merged = merge_predictions(models, thresholds, explain, progress=True)
     write_predictions(args.output, merged)

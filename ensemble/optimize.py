@@ -43,7 +43,7 @@ from statistics import mean
 from typing import Any, Callable, Sequence
 
 from utils.categories import CATEGORY_IDS
-from utils.fileio import InputError, write_json_atomic
+from utils.fileio import InputError, write_json_atomic, report_input_error
 from utils.predictions import Predictions, write_predictions
 
 from ensemble.mbr import (
@@ -502,8 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models, scorer, ids = load_inputs(args)
         apply_models = [read_model_predictions(path) for path in args.apply] if args.apply else None
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     objective = "final" if args.stats_csv else "base"
     print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score")
     prepared = prepare_predictions(models, ids)
@@ -513,8 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, args.n_jobs,
                    progress, config)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     study = run.study
     best = run.best_thresholds
     report: dict[str, Any] = {

@@ -26,7 +26,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from utils.fileio import InputError, write_json_atomic
+from utils.fileio import InputError, write_json_atomic, report_input_error
 from utils.predictions import read_predictions
 from utils.punkt import PunktMissingError, require_punkt
 from utils.scoring import ScoreReport, Scorer
@@ -73,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_evaluation(args)
     except (InputError, PunktMissingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     return 0
 
 

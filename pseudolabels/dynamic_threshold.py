@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from utils.corpus import Annotation
-from utils.fileio import InputError, write_json_atomic
+from utils.fileio import InputError, write_json_atomic, report_input_error
 
 PREDICTION_COLUMNS = ("file_id", "raw_text", "predicted", "entropy")
 COMMANDS = ("explore", "select")
@@ -287,8 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(", ".join(f"{k}: {v}" for k, v in asdict(summary).items()))
             print(f"wrote {args.output}")
     except (InputError, PunktMissingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     return 0
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from utils.corpus import read_raw_text, read_split
-from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic
+from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic, report_input_error
 
 DEFAULT_MODEL = "Qwen/Qwen3-Embedding-4B"
 SOURCES = ("pool", "meddec")
@@ -277,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         done = run(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     for source, count in done.items():
         out = args.pool_out if source == "pool" else args.meddec_out
         print(f"{source}: {count} shard(s) embedded now, cache complete in {out}")

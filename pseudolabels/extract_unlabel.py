@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from utils.corpus import DISCHARGE_CATEGORY, iter_noteevents, parse_note_id, read_split
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, report_input_error
 
 ANY_DESCRIPTION = "any"
 OUTPUT_COLUMNS = ("file_id", "raw_text")
@@ -170,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.noteevents, args.output, args.splits, args.description, args.exclude_patients, args.chunksize
         )
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     print(counts.summary())
     print(f"wrote {args.output}")
     return 0

@@ -39,7 +39,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from pseudolabels.embedding import iter_csv_batches, load_embeddings, meddec_ids
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, report_input_error
 
 OUTPUT_COLUMNS = ("file_id", "raw_text", "query_id", "similarity", "assign_rank")
 
@@ -194,8 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         assignments = run(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     notes = len({a.query for a in assignments})
     print(f"assigned {len(assignments)} candidates to {notes} MedDec notes; wrote {args.output}")
     return 0

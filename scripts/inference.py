@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, report_input_error
 from utils.generation import (
     Generation,
     Generator,
@@ -375,8 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         generated = run(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     for output, count in generated.items():
         print(f"{output}: {count} note(s) generated now")
     return 0

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from utils.fileio import InputError, write_text_atomic
+from utils.fileio import InputError, write_text_atomic, report_input_error
 from utils.training import MODEL_CLASSES, merge_adapter
 
 # Exact names (or shell patterns) of files that carry no note text.
@@ -173,8 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = push(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"{verb} {len(files)} file(s) to {args.repo_id}:")
     for name in files:

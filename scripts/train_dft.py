@@ -37,7 +37,7 @@ from trl import SFTConfig, SFTTrainer
 from transformers import TrainerCallback
 
 from utils.dft import DFTNotInEffectError, batch_losses, check_dft_in_effect, check_kernel_ran
-from utils.fileio import InputError
+from utils.fileio import InputError, report_input_error
 from utils.paths import load_module_from_path
 from utils.training import (
     LANGUAGE_MODEL_PROJECTIONS,
@@ -304,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(script, config)
     except (InputError, DFTNotInEffectError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     return 0
 
 

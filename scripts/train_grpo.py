@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 from trl import GRPOConfig, GRPOTrainer
 
-from utils.fileio import InputError
+from utils.fileio import InputError, report_input_error
 from utils.rewards import REWARDS_BY_NAME, reward_functions
 from utils.training import (
     CHAT_TEMPLATE_KWARGS,
@@ -224,8 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(script, config)
     except (InputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     return 0
 
 

@@ -64,3 +64,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError(path, "", "file not found") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON ({err.msg})") from None
+
+
+def report_input_error(err: BaseException) -> int:
+    """Print a command-line error as the one line every script uses; return the exit code for bad input (2)."""
+    import sys
+
+    print(f"error: {err}", file=sys.stderr)
+    return 2

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from utils.corpus import Annotation, normalize_note_id, read_gold_dir, read_raw_text, read_split
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, report_input_error
 from utils.tagging import clean_spans, spans_to_tagged
 
 COLUMNS = ("file_id", "raw_text", "gold_span", "gold_offsets")
@@ -189,8 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         texts = RawTexts(args.raw_text_dir, args.raw_text_csv)
         summary = convert_splits(args.gold_dir, texts, split_files, args.out_dir, progress=True)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     for name, (notes, spans, reasons) in summary.items():
         left_out = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common()) or "none"
         print(f"{name}: {notes} notes, {spans} gold spans -> {Path(args.out_dir) / (name + '.csv')} (left out: {left_out})")

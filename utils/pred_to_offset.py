@@ -66,7 +66,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
 from utils.categories import TAG_TO_ID
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, report_input_error
 from utils.predictions import Predictions, Span, write_predictions
 
 # A tag-like token: optional "/", a name, then spaces/attributes; e.g. "< /drug_decision >", "<a class='x'>".
@@ -498,8 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise InputError(args.input, f"row {index + 1}", f"duplicate {args.id_column} {file_id!r}: each note may appear once")
             seen.add(file_id)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     predictions, reports = outputs_to_predictions(rows, args.unclosed, progress=True)
     write_predictions(args.output, predictions)
     if args.report:
