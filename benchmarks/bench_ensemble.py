@@ -107,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--official", help="path of the official evaluate.py to time instead of a fresh Scorer")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    from utils.fileio import report_input_error
+    from utils.punkt import PunktMissingError, require_punkt
+
+    try:
+        require_punkt()
+    except PunktMissingError as err:  # offline: NLTK_DATA=tests/fixtures/nltk_data holds a stand-in model
+        return report_input_error(err)
 
     results: dict[str, Any] = {"n_notes": args.n_notes, "models": len(MODEL_NOISE), "seed": args.seed}
     with tempfile.TemporaryDirectory(prefix="bench_ensemble_") as workdir:
