@@ -291,10 +291,11 @@ def results_table(work: Path) -> list[dict[str, object]]:
     files["ensemble"] = work / "ensemble" / "test_submission.json"
     rows = []
     for name, path in files.items():
-        report = scorer.score(read_predictions(path))
+        predictions = read_predictions(path)
+        report = scorer.score(predictions)
         rows.append({"system": name, "span_f1": report.span.f1, "token_f1": report.token_f1,
                      "worst_group": report.worst, "final": report.final,
-                     "n_spans": sum(len(v) for v in read_predictions(path).values())})
+                     "n_spans": sum(len(v) for v in predictions.values())})
     return rows
 
 
