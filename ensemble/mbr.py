@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import json
 import os
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -111,32 +111,47 @@ def cross_pairs(spans_a: Sequence[Bounds], spans_b: Sequence[Bounds]) -> list[tu
     return out
 
 
+def greedy_matched_prefix(candidates: Sequence[tuple[float, int, int]]) -> list[float]:
+    """Matched-IoU sum of the greedy one-to-one matching after each candidate (a leading 0.0 included).
+
+    The greedy matching walks the candidates best IoU first and stops at the first one below t_pair, so
+    the matching under any t_pair is a prefix of the full run: its sum is ``prefix[count]``, where count
+    is the number of candidates with IoU >= t_pair. The sums are accumulated in the published order.
+    """
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    total = 0.0
+    prefix = [total]
+    for iou, i, j in candidates:
+        if i not in used_a and j not in used_b:
+            used_a.add(i)
+            used_b.add(j)
+            total += iou
+        prefix.append(total)
+    return prefix
+
+
+def soft_f1(matched: float, n_a: int, n_b: int) -> float:
+    """Agreement of two span lists from their matched-IoU sum: 1 if both are empty, 0 if one is."""
+    if n_a == 0 and n_b == 0:
+        return 1.0
+    if n_a == 0 or n_b == 0:
+        return 0.0
+    precision = matched / n_a
+    recall = matched / n_b
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
 def greedy_similarity(candidates: list[tuple[float, int, int]], n_a: int, n_b: int, t_pair: float) -> float:
     """Soft F1 of the one-to-one greedy matching over the candidates with IoU >= t_pair.
 
     Pairs that do not overlap have IoU 0 and add nothing to the matched sum, so with t_pair <= 0 leaving
     them out changes no value.
     """
-    if n_a == 0 and n_b == 0:
-        return 1.0
-    if n_a == 0 or n_b == 0:
-        return 0.0
-    used_a: set[int] = set()
-    used_b: set[int] = set()
-    total = 0.0
-    for iou, i, j in candidates:
-        if iou < t_pair:
-            break
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        total += iou
-    precision = total / n_a
-    recall = total / n_b
-    if precision + recall == 0:
-        return 0.0
-    return 2 * precision * recall / (precision + recall)
+    count = sum(1 for iou, _, _ in candidates if iou >= t_pair)  # candidates are sorted best IoU first
+    return soft_f1(greedy_matched_prefix(candidates)[count], n_a, n_b)
 
 
 def dfs_clusters(n: int, neighbours: list[list[tuple[int, float]]] | None, t_link: float = 0.0) -> list[list[int]]:
@@ -240,6 +255,29 @@ def _remember(cache: dict, key: Any, value: Any) -> Any:
     return value
 
 
+def cluster_groups(
+    pool: Sequence[tuple[int, int, int]], members: Sequence[int]
+) -> tuple[tuple[int, ...], list[tuple[int, int, tuple[int, ...], int]]]:
+    """A cluster's distinct models, in the iteration order of the published set (built in visit order),
+    and its distinct boundaries in first-seen order as (start, end, voters in visit order, first member).
+
+    Support and boundary votes are sums over exactly these sequences, so summing them in this order
+    gives the published floating-point values bit for bit.
+    """
+    groups: dict[Bounds, list[int]] = {}
+    first: dict[Bounds, int] = {}
+    for k in members:
+        start, end, model = pool[k]
+        voters = groups.get((start, end))
+        if voters is None:
+            groups[start, end] = [model]
+            first[start, end] = k
+        else:
+            voters.append(model)
+    models_in_set_order = tuple(set(pool[k][2] for k in members))
+    return models_in_set_order, [(s, e, tuple(voters), first[s, e]) for (s, e), voters in groups.items()]
+
+
 class CategoryPool:
     """One note's spans of one category from all models, with every threshold-independent fact.
 
@@ -271,6 +309,10 @@ class CategoryPool:
                     self.candidates[m, n] = forward
                     self.candidates[n, m] = sorted(((iou, j, i) for iou, i, j in forward), key=lambda c: (-c[0], c[1], c[2]))
         self.pair_levels = sorted({c[0] for cands in self.candidates.values() for c in cands})
+        # per ordered model pair: the candidates' IoUs negated (ascending, for bisect) and the greedy prefix sums
+        self.matching: dict[tuple[int, int], tuple[list[float], list[float]]] = {
+            pair: ([-c[0] for c in cands], greedy_matched_prefix(cands)) for pair, cands in self.candidates.items()
+        }
         self._weights: dict[int, list[float]] = {}
         self._clusters: dict[int, list[list[int]]] = {}
         self._structures: dict[int, list[tuple[tuple[int, ...], tuple]]] = {}
@@ -290,11 +332,11 @@ class CategoryPool:
             sizes = self.sizes
             raw = []
             for m in range(m_count):
-                sims = [
-                    greedy_similarity(self.candidates[m, n], sizes[m], sizes[n], t_pair)
-                    for n in range(m_count)
-                    if n != m
-                ]
+                sims = []
+                for n in range(m_count):
+                    if n != m:
+                        negated, prefix = self.matching[m, n]
+                        sims.append(soft_f1(prefix[bisect_right(negated, -t_pair)], sizes[m], sizes[n]))
                 raw.append(sum(sims) / len(sims))
             total = sum(raw)
             weights = [w / total for w in raw] if total > 0 else [1.0 / m_count] * m_count
@@ -332,12 +374,8 @@ class CategoryPool:
                 start, end, model = pool[members[0]]
                 result.append(((model,), ((start, end, (model,)),)))
                 continue
-            groups: dict[Bounds, list[int]] = {}
-            for k in members:
-                start, end, model = pool[k]
-                groups.setdefault((start, end), []).append(model)
-            models_in_set_order = tuple(set(pool[k][2] for k in members))
-            result.append((models_in_set_order, tuple((s, e, tuple(ms)) for (s, e), ms in groups.items())))
+            models, groups = cluster_groups(pool, members)
+            result.append((models, tuple((start, end, voters) for start, end, voters, _ in groups)))
         return _remember(self._structures, key, result) if cache else result
 
     def votes(self, thresholds: Thresholds, cache: bool = False) -> tuple[list[tuple[int, int, float]], list[float]]:

@@ -5,11 +5,11 @@ objective = official final score (the base score when no stats.csv is given), th
 SQLite. Re-running with the same storage and study name continues up to ``--n_trials`` in total.
 
 Speed: gold is loaded and tokenised once (``utils.scoring.Scorer``), the predictions are prepared once
-(``ensemble.mbr.PreparedNote``) and re-merged per trial with caches. Optuna's SQLite storage costs tens of
-milliseconds of CPU per trial through its ORM, so the sampler works on an in-memory copy of the study
-and every finished trial is handed at once to a writer process that adds it to SQLite (on another
-core): a killed run loses only the trials that were still running or not yet handed over, and the
-SQLite file is an ordinary Optuna study (``optuna.load_study``).
+and laid out in arrays (``ensemble.batch``), so a trial is a few array operations over all notes.
+Optuna's SQLite storage costs tens of milliseconds of CPU per trial through its ORM, so the sampler
+works on an in-memory copy of the study and every finished trial is handed at once to a writer
+process that adds it to SQLite (on another core): a killed run loses only the trials that were still
+running or not yet handed over, and the SQLite file is an ordinary Optuna study (``optuna.load_study``).
 
 Overfitting guard: ``--cv K`` tunes on K-1 folds of notes and scores the held-out fold, reported next
 to the in-sample score; ``--per-category`` tunes one support threshold per category instead of one.
@@ -102,10 +102,29 @@ def thresholds_from_params(params: dict[str, float], per_category: bool) -> Thre
 # Objective
 # ----------------------------------------------------------------------------------------------------
 def make_objective(prepared: dict[str, PreparedNote], scorer: Any) -> Evaluate:
-    """Thresholds -> official final (or base) score of the merged predictions."""
+    """Thresholds -> official final (or base) score of the merged predictions.
+
+    A trial runs on arrays (``ensemble.batch.BatchMerger`` + ``utils.scoring.SpanTableScorer``), which
+    give bit for bit what ``merge_prepared`` + ``Scorer.final_score`` give; notes too large to lay out
+    that way are tuned with those two instead (slower, same numbers).
+    """
+    from ensemble.batch import BatchMerger, BatchTooLarge
+    from utils.scoring import SpanTableScorer
+
+    try:
+        merger = BatchMerger(prepared)
+    except BatchTooLarge as err:
+        warnings.warn(f"{err}; tuning with the per-note merge instead (same results, slower)", stacklevel=2)
+
+        def evaluate_per_note(thresholds: Thresholds) -> float:
+            return scorer.final_score(merge_prepared(prepared, thresholds, cache=True))
+
+        return evaluate_per_note
+    table = SpanTableScorer(scorer, merger.note_ids, merger.span_note, merger.span_start, merger.span_end,
+                            merger.span_category)
 
     def evaluate(thresholds: Thresholds) -> float:
-        return scorer.final_score(merge_prepared(prepared, thresholds, cache=True))
+        return table.final_score(merger.kept_rows(thresholds))
 
     return evaluate
 

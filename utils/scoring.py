@@ -532,10 +532,16 @@ class _Note:
         self.refined: dict[tuple[int, int, int], tuple[int, str] | tuple[str]] = {}
 
     def span_set(self, rows: Sequence[tuple[int, int, int]]) -> set[tuple[int, str]]:
-        """The note's set of (category, lowercased refined text) for its spans of categories 1-9.
+        """The note's set of (category, lowercased refined text) for its spans of categories 1-9."""
+        out = set(self.entries(rows))
+        out.discard(_DROPPED)
+        return out
 
-        Refinements are cached per (start, end, category) row, so a span seen before costs one C-level
-        dict lookup (``map``), which is what makes re-scoring fast.
+    def entries(self, rows: Sequence[tuple[int, int, int]]) -> list[tuple[int, str] | tuple[str]]:
+        """(category, refined text) per (start, end, category) row, ``_DROPPED`` for rows that do not count.
+
+        Refinements are cached per row, so a span seen before costs one C-level dict lookup (``map``),
+        which is what makes re-scoring fast.
         """
         cache = self.refined
         values = list(map(cache.get, rows))
@@ -544,9 +550,7 @@ class _Note:
                 if row not in cache:
                     cache[row] = self._span_entry(*row)
             values = list(map(cache.get, rows))
-        out = set(values)
-        out.discard(_DROPPED)
-        return out
+        return values
 
     def _span_entry(self, start: int, end: int, category: int) -> tuple[int, str] | object:
         if category not in VALID_CATEGORY_IDS:
@@ -798,6 +802,134 @@ class Scorer:
         return out
 
 
+class SpanTableScorer:
+    """The official final score of prediction sets that all draw their spans from one fixed table.
+
+    An ensemble only ever outputs spans that its models proposed, so a tuner can name each prediction
+    set by the table rows it keeps. Everything per row (its refined text and which tokens it covers) is
+    worked out once here; a prediction set is then scored with a few array operations over all notes at
+    once, and the per-note numbers go through the same aggregation as :meth:`Scorer.final_score`, which
+    this equals bit for bit (``tests/test_ensemble_batch.py``).
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        note_ids: Sequence[str],
+        span_note: np.ndarray,
+        span_start: np.ndarray,
+        span_end: np.ndarray,
+        span_category: np.ndarray,
+    ) -> None:
+        """Row r of the table is span (span_start[r], span_end[r], span_category[r]) of note
+        ``note_ids[span_note[r]]``; every prediction set has a (possibly empty) list for each of ``note_ids``."""
+        self.scorer = scorer
+        split = scorer.split_ids
+        predicted = {name: None for name in note_ids if split is None or name in split}  # as Scorer._run filters
+        self.n_prediction_files = len(predicted)
+        self.all_files = set(scorer._gold_sets.keys()) | set(predicted.keys())
+        self.files = list(self.all_files)
+        file_index = {name: i for i, name in enumerate(self.files)}
+        note_file = np.array([file_index[name] if name in predicted else -1 for name in note_ids] + [-1], dtype=np.int64)
+        span_note = np.asarray(span_note, dtype=np.int64)
+        self.row_start = np.asarray(span_start, dtype=np.int64)
+        self.row_end = np.asarray(span_end, dtype=np.int64)
+        self.row_category = np.asarray(span_category, dtype=np.int64)
+        self.row_file = note_file[span_note] if len(span_note) else np.zeros(0, dtype=np.int64)
+        # prediction lists are sorted by (start, end, category): a row's rank gives the token-labelling order
+        order = np.lexsort((self.row_category, self.row_end, self.row_start, self.row_file))
+        self.row_rank = np.empty(len(order), dtype=np.int64)
+        self.row_rank[order] = np.arange(len(order))
+        self._build_values()
+        self._build_tokens()
+
+    def _build_values(self) -> None:
+        """An id per distinct (note, category, refined text), for the table rows and the gold spans."""
+        ids: dict[tuple[int, Any], int] = {}
+        self.row_value = np.full(len(self.row_file), -1, dtype=np.int64)
+        rows_by_file = np.argsort(self.row_file, kind="stable")
+        bounds = np.searchsorted(self.row_file[rows_by_file], np.arange(len(self.files) + 1))
+        for f, name in enumerate(self.files):
+            rows = rows_by_file[bounds[f]:bounds[f + 1]]
+            if not len(rows):
+                continue
+            triples = list(zip(self.row_start[rows].tolist(), self.row_end[rows].tolist(), self.row_category[rows].tolist()))
+            entries = self.scorer._note(name).entries(triples)
+            self.row_value[rows] = [-1 if entry == _DROPPED else ids.setdefault((f, entry), len(ids)) for entry in entries]
+        gold_values = [ids.setdefault((f, entry), len(ids))
+                       for f, name in enumerate(self.files) for entry in self.scorer._gold_sets.get(name, ())]
+        self.value_file = np.array([f for f, _ in ids], dtype=np.int64)
+        self.value_is_gold = np.zeros(len(ids), dtype=bool)
+        self.value_is_gold[gold_values] = True
+        self.n_gold = [len(self.scorer._gold_sets.get(name, ())) for name in self.files]
+
+    def _build_tokens(self) -> None:
+        """All scored notes' tokens on one axis (each note shifted past the previous one's text)."""
+        starts, ends, gold, owner = [], [], [], []
+        self.scored: list[tuple[str, slice, list[int]]] = []  # name, its token range, gold label order
+        shift = np.zeros(len(self.files) + 1, dtype=np.int64)
+        length = np.zeros(len(self.files) + 1, dtype=np.int64)
+        scored_file = np.full(len(self.files) + 1, -1, dtype=np.int64)
+        position = offset = 0
+        for f, name in enumerate(self.files):
+            note = self.scorer._note(name)
+            if not note.scored:
+                continue
+            n = len(note.starts)
+            labels = self.scorer._gold_labels.get(name)
+            order = self.scorer._gold_order.get(name, [0]) if labels is not None else [0]
+            starts.append(note.starts + offset)
+            ends.append(note.ends + offset)
+            gold.append(labels if labels is not None else np.zeros(n, dtype=np.int64))
+            owner.append(np.full(n, len(self.scored), dtype=np.int64))
+            scored_file[f] = len(self.scored)
+            self.scored.append((name, slice(position, position + n), order))
+            shift[f], length[f] = offset, len(note.text)
+            offset += len(note.text) + 1  # a gap: a span clipped to one text never reaches the next
+            position += n
+        empty = np.zeros(0, dtype=np.int64)
+        self.token_starts = np.concatenate(starts) if starts else empty
+        self.token_ends = np.concatenate(ends) if ends else empty
+        self.gold_labels = np.concatenate(gold) if gold else empty
+        self.token_note = np.concatenate(owner) if owner else empty
+        # rows on the same axis; clipping to [0, len(text)] changes no token overlap
+        files = self.row_file
+        self.row_scored = scored_file[files] >= 0
+        self.row_axis_start = np.clip(self.row_start, 0, length[files]) + shift[files]
+        self.row_axis_end = np.clip(self.row_end, 0, length[files]) + shift[files]
+        self.row_labels_tokens = self.row_scored & (self.row_category >= 1) & (self.row_category <= 9)
+
+    def final_score(self, rows: np.ndarray) -> float:
+        """Final score (base score without stats) of the prediction set made of these table rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[self.row_file[rows] >= 0]
+        rows = rows[np.argsort(self.row_rank[rows], kind="stable")]
+        values = self.row_value[rows]
+        present = np.zeros(len(self.value_file), dtype=bool)
+        present[values[values >= 0]] = True
+        n_files = len(self.files)
+        predicted = np.bincount(self.value_file[present], minlength=n_files).tolist()
+        common = np.bincount(self.value_file[present & self.value_is_gold], minlength=n_files).tolist()
+        span_counts = {name: (c, p - c, g - c) for name, c, p, g in zip(self.files, common, predicted, self.n_gold)}
+        token_f1_by_file = self._token_f1(rows[self.row_labels_tokens[rows]])
+        run = _Pass(self.all_files, span_counts, token_f1_by_file, self.n_prediction_files)
+        _span, _token, base, _worst, final, _groups = self.scorer._headline(run)
+        return base if final is None else final
+
+    def _token_f1(self, rows: np.ndarray) -> dict[str, float]:
+        spans = np.stack([self.row_axis_start[rows], self.row_axis_end[rows], self.row_category[rows]], axis=1)
+        pred_labels = token_labels(self.token_starts, self.token_ends, spans)
+        n = len(self.scored)
+        cells = self.token_note * (N_LABELS * N_LABELS) + self.gold_labels * N_LABELS + pred_labels
+        matrices = np.bincount(cells, minlength=n * N_LABELS * N_LABELS).reshape(n, N_LABELS, N_LABELS)
+        present = matrices.sum(axis=1) > 0
+        out = {}
+        for i, (name, tokens, gold_order) in enumerate(self.scored):
+            order = label_order_of(gold_order, pred_labels[tokens], np.flatnonzero(present[i]).tolist())
+            out[name] = macro_token_f1(matrices[i], order)
+        return out
+
+
 def score_files(
     predictions: Mapping[str, Sequence[Any]],
     gold_dir: str | os.PathLike[str] | None = None,
@@ -812,7 +944,7 @@ def score_files(
 
 
 __all__ = [
-    "OFFICIAL_REFERENCE", "SUBGROUPS", "CategoryScore", "ScoreReport", "Scorer", "SpanScore", "SubgroupScore",
+    "OFFICIAL_REFERENCE", "SUBGROUPS", "CategoryScore", "ScoreReport", "Scorer", "SpanScore", "SpanTableScorer", "SubgroupScore",
     "confusion", "demographic_groups", "load_official_texts", "macro_token_f1", "official_note_key", "official_tokens",
     "prf", "read_gold_dir_official_order", "read_official_split", "read_official_text", "refine_span", "refined_text",
     "score_files", "token_labels",
