@@ -1,4 +1,4 @@
-"""Span-Cluster Consensus ensemble (``ensemble.mbr``), its all-pairs oracle and threshold tuning."""
+"""Span-Cluster Consensus ensemble (``ensemble.mbr``, on arrays in ``ensemble.batch``), its oracle and tuning."""
 
 from typing import Any
 

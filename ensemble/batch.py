@@ -20,6 +20,7 @@ support and deduplicates; only runs of three or more overlapping kept spans go b
 
 from __future__ import annotations
 
+from array import array
 from typing import Mapping
 
 import numpy as np
@@ -154,9 +155,10 @@ class BatchMerger:
         Structure ``structure_base[p] + key + 1`` belongs to the level key of ``ensemble.mbr`` (-1 for
         t <= 0, else the number of the pool's levels below t).
         """
-        structure_base, structure_offsets = [], [0]
-        group_offsets, model_offsets, models_flat = [0], [0], []
-        group_row, group_length, voter_offsets, voters_flat = [], [], [0], []
+        # compact int64 buffers rather than lists: a list of Python ints would take ~5 times the memory
+        structure_base, structure_offsets = array("q"), array("q", [0])
+        group_offsets, model_offsets, models_flat = array("q", [0]), array("q", [0]), array("q")
+        group_row, group_length, voter_offsets, voters_flat = array("q"), array("q"), array("q", [0]), array("q")
         levels_flat: list[float] = []
         level_start, level_end = [], []
         for p, (_, pool) in enumerate(self.pools):
@@ -182,7 +184,7 @@ class BatchMerger:
                         voter_offsets.append(len(voters_flat))
                     group_offsets.append(len(group_row))
                 structure_offsets.append(len(group_offsets) - 1)
-        as_int = lambda values: np.array(values, dtype=np.int64)  # noqa: E731
+        as_int = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731  (array("q") converts via its buffer)
         self.structure_base = as_int(structure_base)
         self.structure_offsets = as_int(structure_offsets)
         self.group_offsets, self.model_offsets, self.models_flat = as_int(group_offsets), as_int(model_offsets), as_int(models_flat)

@@ -11,8 +11,9 @@ depth-first visit order is replayed on the sparse adjacency. ``ensemble.referenc
 oracle it is tested against.
 
 Threshold-independent work (validation, grouping, overlapping pairs and their IoUs) is done once per
-note in :class:`PreparedNote`; the tuner (``ensemble.optimize``) re-merges prepared notes thousands of
-times and caches each step by which IoU/support levels a threshold falls between.
+note in :class:`PreparedNote`; re-merging a prepared note with ``cache=True`` reuses each step for as long
+as a threshold stays between the same IoU/support levels. The tuner (``ensemble.optimize``) merges all
+prepared notes at once on arrays (``ensemble.batch``), which is tested to give exactly this merge.
 
 CLI::
 
