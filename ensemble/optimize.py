@@ -460,7 +460,8 @@ def build_parser() -> Any:
     p.add_argument("--study_name", default=DEFAULT_STUDY_NAME, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed (default: %(default)s)")
     p.add_argument("--n_jobs", type=int, default=1,
-                   help="trials evaluated at once in worker processes (default: %(default)s; see README for when it helps)")
+                   help="trials evaluated at once in worker processes (default: %(default)s; a trial on arrays takes "
+                        "~10 ms, less than Optuna's own sampling, so workers only help with much larger note sets)")
     p.add_argument("--output", required=True, help="best thresholds and scores as JSON")
     p.add_argument("--history_plot", help="optimisation-history PNG (default: <output stem>_history.png)")
     p.add_argument("--importance_plot", help="parameter-importance PNG (default: <output stem>_importance.png)")
