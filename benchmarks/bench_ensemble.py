@@ -42,7 +42,7 @@ from ensemble.batch import BatchMerger
 from ensemble.mbr import Thresholds, merge_prepared, prepare_predictions
 from utils.corpus import load_notes, read_split
 from utils.predictions import Predictions, Span, write_predictions
-from utils.scoring import Scorer, SpanTableScorer
+from utils.scoring import Scorer
 
 # (drop rate, boundary shift rate, max shift in characters, wrong-category rate, false positives per gold span)
 MODEL_NOISE = ((0.15, 0.25, 6, 0.05, 0.10), (0.20, 0.35, 10, 0.08, 0.15), (0.25, 0.20, 4, 0.10, 0.20))
@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         results["prepare_s"] = time.perf_counter() - started
         started = time.perf_counter()
         merger = BatchMerger(prepared)
-        table = SpanTableScorer(scorer, merger.note_ids, merger.span_note, merger.span_start, merger.span_end,
-                                merger.span_category)
+        table = merger.table_scorer(scorer)
         results["layout_s"] = time.perf_counter() - started
         rng = random.Random(args.seed)
         samples = [Thresholds(*(rng.random() for _ in range(4))) for _ in range(args.timing_trials)]

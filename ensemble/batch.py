@@ -27,6 +27,7 @@ import numpy as np
 
 from ensemble.mbr import PreparedNote, Thresholds, cluster_groups, deduplicate_category
 from utils.predictions import Predictions, Span
+from utils.scoring import Scorer, SpanTableScorer
 
 # Cluster records (sum over pools of spans x (IoU levels + 2)) above which the layout is not built:
 # a pool with thousands of overlapping spans would need memory quadratic in its size.
@@ -298,6 +299,10 @@ class BatchMerger:
                                                      self.span_end[rows].tolist(), self.span_category[rows].tolist())):
             out[self.note_ids[note]].append(Span(start, end, category))
         return out
+
+    def table_scorer(self, scorer: Scorer) -> SpanTableScorer:
+        """A scorer of this merger's kept rows, equal to ``scorer.final_score`` on :meth:`predictions`."""
+        return SpanTableScorer(scorer, self.note_ids, self.span_note, self.span_start, self.span_end, self.span_category)
 
     def merge(self, thresholds: Thresholds = Thresholds()) -> Predictions:
         """Same result as ``ensemble.mbr.merge_prepared`` on the same notes."""

@@ -145,16 +145,6 @@ def soft_f1(matched: float, n_a: int, n_b: int) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def greedy_similarity(candidates: list[tuple[float, int, int]], n_a: int, n_b: int, t_pair: float) -> float:
-    """Soft F1 of the one-to-one greedy matching over the candidates with IoU >= t_pair.
-
-    Pairs that do not overlap have IoU 0 and add nothing to the matched sum, so with t_pair <= 0 leaving
-    them out changes no value.
-    """
-    count = sum(1 for iou, _, _ in candidates if iou >= t_pair)  # candidates are sorted best IoU first
-    return soft_f1(greedy_matched_prefix(candidates)[count], n_a, n_b)
-
-
 def dfs_clusters(n: int, neighbours: list[list[tuple[int, float]]] | None, t_link: float = 0.0) -> list[list[int]]:
     """Connected components in the published stack-DFS pop order.
 
@@ -321,6 +311,15 @@ class CategoryPool:
         self._chosen: dict[tuple[int, int, int], list[Any]] = {}
 
     # -- step 1: model weights -------------------------------------------------------------------
+    def similarity(self, m: int, n: int, t_pair: float) -> float:
+        """Soft F1 of the greedy one-to-one matching of model m's spans with model n's (IoU >= t_pair).
+
+        Pairs that do not overlap have IoU 0 and add nothing to the matched sum, so with t_pair <= 0
+        leaving them out of the candidates changes no value.
+        """
+        negated, prefix = self.matching[m, n]
+        return soft_f1(prefix[bisect_right(negated, -t_pair)], self.sizes[m], self.sizes[n])
+
     def weights(self, t_pair: float, cache: bool = False) -> list[float]:
         """w_m = mean similarity to the other models, normalised to sum 1 (uniform if all 0; 1 alone)."""
         key = _level_key(self.pair_levels, t_pair)
@@ -330,14 +329,9 @@ class CategoryPool:
         if m_count == 1:
             weights = [1.0]
         else:
-            sizes = self.sizes
             raw = []
             for m in range(m_count):
-                sims = []
-                for n in range(m_count):
-                    if n != m:
-                        negated, prefix = self.matching[m, n]
-                        sims.append(soft_f1(prefix[bisect_right(negated, -t_pair)], sizes[m], sizes[n]))
+                sims = [self.similarity(m, n, t_pair) for n in range(m_count) if n != m]
                 raw.append(sum(sims) / len(sims))
             total = sum(raw)
             weights = [w / total for w in raw] if total > 0 else [1.0 / m_count] * m_count

@@ -109,7 +109,6 @@ def make_objective(prepared: dict[str, PreparedNote], scorer: Any) -> Evaluate:
     that way are tuned with those two instead (slower, same numbers).
     """
     from ensemble.batch import BatchMerger, BatchTooLarge
-    from utils.scoring import SpanTableScorer
 
     try:
         merger = BatchMerger(prepared)
@@ -120,8 +119,7 @@ def make_objective(prepared: dict[str, PreparedNote], scorer: Any) -> Evaluate:
             return scorer.final_score(merge_prepared(prepared, thresholds, cache=True))
 
         return evaluate_per_note
-    table = SpanTableScorer(scorer, merger.note_ids, merger.span_note, merger.span_start, merger.span_end,
-                            merger.span_category)
+    table = merger.table_scorer(scorer)
 
     def evaluate(thresholds: Thresholds) -> float:
         return table.final_score(merger.kept_rows(thresholds))

@@ -95,10 +95,10 @@ def test_matching_ties_follow_a_then_b_order():
     expected = 2 * (total / 2) * (total / 2) / (total / 2 + total / 2)
     assert reference.similarity(a, b, 0.1) == expected
     pool = mbr.CategoryPool([[(s.start, s.end) for s in a], [(s.start, s.end) for s in b]])
-    assert mbr.greedy_similarity(pool.candidates[0, 1], 2, 2, 0.1) == expected
-    assert mbr.greedy_similarity(pool.candidates[1, 0], 2, 2, 0.1) == expected
+    assert pool.similarity(0, 1, 0.1) == expected
+    assert pool.similarity(1, 0, 0.1) == expected
     # the 0.2 pair no longer counts when t_pair rises above it
-    assert mbr.greedy_similarity(pool.candidates[0, 1], 2, 2, 0.25) == pytest.approx(1 / 6)
+    assert pool.similarity(0, 1, 0.25) == pytest.approx(1 / 6)
 
 
 def test_t_pair_comparison_is_inclusive():

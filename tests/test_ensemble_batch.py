@@ -16,15 +16,10 @@ from ensemble.batch import BatchMerger, BatchTooLarge, best_in_segments, ragged_
 from ensemble.mbr import Thresholds, merge_prepared, prepare_predictions
 from utils.corpus import load_notes, read_split
 from utils.predictions import Span
-from utils.scoring import Scorer, SpanTableScorer
+from utils.scoring import Scorer
 
 EDGE_THRESHOLDS = [Thresholds(), Thresholds(0.0, 0.0, 0.0, 0.0), Thresholds(1.0, 1.0, 1.0, 1.0),
                    Thresholds(0.0, 0.5, 0.2, 0.0), Thresholds(1.0, 0.0, 0.5, 0.3), Thresholds(0.3, 1 / 3, 1 / 3, 0.5)]
-
-
-def table_scorer(scorer: Scorer, merger: BatchMerger) -> SpanTableScorer:
-    return SpanTableScorer(scorer, merger.note_ids, merger.span_note, merger.span_start, merger.span_end,
-                           merger.span_category)
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -149,7 +144,7 @@ def test_span_table_scores_equal_the_scorer(synthetic, with_stats):
                                stats_csv=paths.stats_csv if with_stats else None)
     prepared = prepare_predictions(synthetic["models"], synthetic["ids"])
     merger = BatchMerger(prepared)
-    table = table_scorer(scorer, merger)
+    table = merger.table_scorer(scorer)
     for thresholds in random_thresholds(25, seed=1):
         rows = merger.kept_rows(thresholds)
         merged = merge_prepared(prepared, thresholds)
@@ -172,7 +167,7 @@ def test_span_table_follows_the_split_and_notes_outside_gold(synthetic):
     scorer.split_ids.add("extra_note")
     prepared = prepare_predictions(models)
     merger = BatchMerger(prepared)
-    table = table_scorer(scorer, merger)
+    table = merger.table_scorer(scorer)
     assert table.n_prediction_files == len(ids) - 2 + 1
     for thresholds in random_thresholds(5, seed=2):
         rows = merger.kept_rows(thresholds)
