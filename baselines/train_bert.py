@@ -44,7 +44,7 @@ from typing import Any, Sequence
 from transformers import TrainingArguments
 
 from utils.fileio import InputError, report_input_error
-from utils.predictions import Span, write_predictions
+from utils.meddec.predictions import Span, write_predictions
 
 WINDOW = 512
 IGNORE = -100
@@ -52,7 +52,7 @@ IGNORE = -100
 
 def bio_labels() -> list[str]:
     """The 19 labels: O, then B-<tag>, I-<tag> in category order (ids: B of category c = 2c-1, I = 2c)."""
-    from utils.tiny_models import bio_labels as labels
+    from utils.testing.tiny_models import bio_labels as labels
 
     return labels()
 

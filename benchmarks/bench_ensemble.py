@@ -40,8 +40,8 @@ from dataset.synthetic import generate_corpus
 from ensemble import optimize, reference
 from ensemble.batch import BatchMerger
 from ensemble.mbr import Thresholds, merge_prepared, prepare_predictions
-from utils.corpus import load_notes, read_split
-from utils.predictions import Predictions, Span, write_predictions
+from utils.meddec.corpus import load_notes, read_split
+from utils.meddec.predictions import Predictions, Span, write_predictions
 from utils.scoring import Scorer
 
 # (drop rate, boundary shift rate, max shift in characters, wrong-category rate, false positives per gold span)

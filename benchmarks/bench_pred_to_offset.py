@@ -3,7 +3,7 @@ whether anything makes it crash.
 
     python benchmarks/bench_pred_to_offset.py [--notes 100] [--seed 0] [--fuzz 10000] [--out result.json]
 
-Each synthetic note (dataset.synthetic) is written as its gold tagged text (utils.tagging), then damaged
+Each synthetic note (dataset.synthetic) is written as its gold tagged text (utils.tagging.convert), then damaged
 with the mix below (``Mix``; per note, every item independently):
 
 * 10 whitespace edits anywhere except next to a tag (a space doubled, a double space made single,
@@ -48,8 +48,8 @@ from typing import Any
 from utils.categories import ID_TO_TAG, TAG_TO_ID, TAGS
 from utils.fileio import write_json_atomic
 from utils.pred_to_offset import locate_spans
-from utils.predictions import Span
-from utils.tagging import TAG_PATTERN, spans_to_tagged, tagged_to_spans
+from utils.meddec.predictions import Span
+from utils.tagging.convert import TAG_PATTERN, spans_to_tagged, tagged_to_spans
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from utils.corpus import Annotation, MedDecPaths, read_gold_dir, read_split
+from utils.meddec.corpus import Annotation, MedDecPaths, read_gold_dir, read_split
 from utils.paths import load_module_from_path
-from utils.predictions import Predictions, Span, write_predictions
+from utils.meddec.predictions import Predictions, Span, write_predictions
 
 #: The synthetic validation set of the benchmark and of the scorer's golden fixtures.
 SYNTHETIC_VAL = dict(seed=0, n_train=0, n_val=53, n_test=0, n_unlabeled=0, mean_chars=9000, mean_spans=160)

@@ -13,8 +13,8 @@ import json
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from utils.predictions import Span
-from utils.tagging import spans_to_tagged
+from utils.meddec.predictions import Span
+from utils.tagging.convert import spans_to_tagged
 
 
 def line_windows(text: str, max_chars: int) -> Iterator[tuple[int, int]]:

@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 
 from dataset.synthetic import SyntheticCorpusInfo, generate_corpus, summarize_notes
 from utils.categories import CATEGORY_IDS, gold_name
-from utils.corpus import load_notes
+from utils.meddec.corpus import load_notes
 from utils.fileio import InputError, report_input_error
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from utils.categories import gold_name
-from utils.corpus import DISCHARGE_CATEGORY, Annotation, MedDecPaths, Note, parse_note_id
+from utils.meddec.corpus import DISCHARGE_CATEGORY, Annotation, MedDecPaths, Note, parse_note_id
 from utils.fileio import InputError
 
 TBD = "TBD"

@@ -26,7 +26,7 @@ from typing import Mapping
 import numpy as np
 
 from ensemble.mbr import PreparedNote, Thresholds, cluster_groups, deduplicate_category
-from utils.predictions import Predictions, Span
+from utils.meddec.predictions import Predictions, Span
 from utils.scoring import Scorer, SpanTableScorer
 
 # Cluster records (sum over pools of spans x (IoU levels + 2)) above which the layout is not built:

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 
 from utils.categories import CATEGORY_IDS
 from utils.fileio import InputError, atomic_open, report_input_error
-from utils.predictions import Predictions, Span, read_predictions, write_predictions
+from utils.meddec.predictions import Predictions, Span, read_predictions, write_predictions
 
 from ensemble.reference import valid_spans
 

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 from utils.categories import CATEGORY_IDS
 from utils.fileio import InputError, write_json_atomic, report_input_error
-from utils.predictions import Predictions, write_predictions
+from utils.meddec.predictions import Predictions, write_predictions
 
 from ensemble.mbr import (
     THRESHOLD_NAMES, PreparedNote, Thresholds, merge_prepared, merge_predictions, note_ids_of,

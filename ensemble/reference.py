@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Sequence
 
 from utils.categories import CATEGORY_IDS
-from utils.predictions import Predictions, Span
+from utils.meddec.predictions import Predictions, Span
 
 
 def is_int(value: Any) -> bool:

@@ -27,7 +27,7 @@ import sys
 from typing import Sequence
 
 from utils.fileio import InputError, write_json_atomic, report_input_error
-from utils.predictions import read_predictions
+from utils.meddec.predictions import read_predictions
 from utils.punkt import PunktMissingError, require_punkt
 from utils.scoring import ScoreReport, Scorer
 

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils.corpus import Annotation
+from utils.meddec.corpus import Annotation
 from utils.fileio import InputError, write_json_atomic, report_input_error
 
 PREDICTION_COLUMNS = ("file_id", "raw_text", "predicted", "entropy")

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from utils.corpus import read_raw_text, read_split
+from utils.meddec.corpus import read_raw_text, read_split
 from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic, report_input_error
 
 DEFAULT_MODEL = "Qwen/Qwen3-Embedding-4B"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from utils.corpus import DISCHARGE_CATEGORY, iter_noteevents, parse_note_id, read_split
+from utils.meddec.corpus import DISCHARGE_CATEGORY, iter_noteevents, parse_note_id, read_split
 from utils.fileio import InputError, atomic_open, report_input_error
 
 ANY_DESCRIPTION = "any"

@@ -141,7 +141,7 @@ def embedding_model_dir() -> Path:
 def build_base_model(train_csv: Path, out_dir: Path, hidden_size: int, seed: int) -> None:
     """Tiny Qwen3.5 + byte-level BPE trained on the training notes and their tagged answers."""
     from utils.gt_to_tag import read_tagged_csv
-    from utils.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
+    from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
 
     frame = read_tagged_csv(train_csv)
     texts = list(frame["raw_text"]) + list(frame["gold_span"])
@@ -158,7 +158,7 @@ def warm_start_base(base_dir: Path, curriculum_csv: Path, out_dir: Path, epochs:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from utils.training import read_training_frame, sft_records, to_dataset
+    from utils.training.helpers import read_training_frame, sft_records, to_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="float32")
@@ -281,7 +281,7 @@ def _infer_flags(base: Path, adapter: Path, profile: Profile) -> list[str]:
 
 def results_table(work: Path) -> list[dict[str, object]]:
     """Span F1, token F1, worst group and final score on test for each model and the ensemble."""
-    from utils.predictions import read_predictions
+    from utils.meddec.predictions import read_predictions
     from utils.scoring import Scorer
 
     corpus = work / "MedDec"

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from utils.fileio import InputError, atomic_open, report_input_error
-from utils.generation import (
+from utils.generation.backends import (
     Generation,
     Generator,
     TransformersGenerator,
@@ -298,7 +298,7 @@ def write_output(job: Job, frame: "pd.DataFrame", done: dict[str, dict[str, Any]
         out.to_csv(handle, index=False, float_format="%.17g", quoting=csv.QUOTE_ALL)
     if args.offsets_json:
         from utils.pred_to_offset import outputs_to_predictions, summarize_reports
-        from utils.predictions import write_predictions
+        from utils.meddec.predictions import write_predictions
 
         rows = zip(out[args.id_column], out[args.text_column], out["predicted"])
         predictions, reports = outputs_to_predictions(rows)

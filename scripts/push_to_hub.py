@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from utils.fileio import InputError, write_text_atomic, report_input_error
-from utils.training import MODEL_CLASSES, merge_adapter
+from utils.training.helpers import MODEL_CLASSES, merge_adapter
 
 # Exact names (or shell patterns) of files that carry no note text.
 ALLOWED_FILES: tuple[str, ...] = (

@@ -36,10 +36,10 @@ from typing import Any, Sequence
 from trl import SFTConfig, SFTTrainer
 from transformers import TrainerCallback
 
-from utils.dft import DFTNotInEffectError, batch_losses, check_dft_in_effect, check_kernel_ran
+from utils.training.dft import DFTNotInEffectError, batch_losses, check_dft_in_effect, check_kernel_ran
 from utils.fileio import InputError, report_input_error
 from utils.paths import load_module_from_path
-from utils.training import (
+from utils.training.helpers import (
     LANGUAGE_MODEL_PROJECTIONS,
     cuda_available,
     lora_config,

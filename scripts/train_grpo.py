@@ -37,7 +37,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from utils.fileio import InputError, report_input_error
 from utils.rewards import REWARDS_BY_NAME, reward_functions
-from utils.training import (
+from utils.training.helpers import (
     CHAT_TEMPLATE_KWARGS,
     count_prompt_tokens,
     cuda_available,

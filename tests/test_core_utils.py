@@ -9,12 +9,12 @@ import os
 import pytest
 
 from utils import categories as cats
-from utils.corpus import (
+from utils.meddec.corpus import (
     Annotation, MedDecPaths, load_notes, parse_note_id, read_gold_dir, read_gold_file, read_raw_text,
     read_split, read_stats,
 )
 from utils.fileio import InputError, atomic_open, write_text_atomic
-from utils.predictions import Span, parse_predictions, read_predictions, write_predictions
+from utils.meddec.predictions import Span, parse_predictions, read_predictions, write_predictions
 from utils.prompt import PROMPT_TEMPLATE, build_messages, build_prompt
 from utils.punkt import PunktMissingError, require_punkt, train_punkt_model, use_nltk_data_dir
 

@@ -7,7 +7,7 @@ import json
 from dataset.curriculum import build_curriculum, line_windows, spans_inside, write_curriculum_csv
 from dataset.synthetic import generate_notes
 from utils.gt_to_tag import gold_row, read_tagged_csv, write_tagged_csv
-from utils.tagging import tagged_to_spans
+from utils.tagging.convert import tagged_to_spans
 
 
 def test_line_windows_cover_the_text_in_whole_lines():

@@ -10,7 +10,7 @@ import pytest
 
 from scripts.demo import MODELS, PROFILES, DemoArguments, build_steps, format_table
 from utils.paths import REPO_ROOT
-from utils.predictions import read_predictions
+from utils.meddec.predictions import read_predictions
 
 pytestmark = pytest.mark.slow
 

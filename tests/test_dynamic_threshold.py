@@ -21,7 +21,7 @@ from pseudolabels.dynamic_threshold import (
 )
 from utils.fileio import InputError
 from utils.gt_to_tag import RawTexts, convert_splits, read_tagged_csv
-from utils.tagging import strip_tags
+from utils.tagging.convert import strip_tags
 
 
 @pytest.fixture(scope="module")

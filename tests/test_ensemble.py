@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ensemble import mbr, reference
 from ensemble.mbr import PreparedNote, Thresholds, merge_note, merge_predictions
 from utils.paths import REPO_ROOT
-from utils.predictions import Span, read_predictions, write_predictions
+from utils.meddec.predictions import Span, read_predictions, write_predictions
 
 ONLY_IDENTICAL = 1.0  # an IoU threshold of 1 links/matches identical spans only
 

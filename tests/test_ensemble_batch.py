@@ -14,8 +14,8 @@ from dataset.synthetic import generate_corpus
 from ensemble import batch, optimize
 from ensemble.batch import BatchMerger, BatchTooLarge, best_in_segments, ragged_arange
 from ensemble.mbr import Thresholds, merge_prepared, prepare_predictions
-from utils.corpus import load_notes, read_split
-from utils.predictions import Span
+from utils.meddec.corpus import load_notes, read_split
+from utils.meddec.predictions import Span
 from utils.scoring import Scorer
 
 EDGE_THRESHOLDS = [Thresholds(), Thresholds(0.0, 0.0, 0.0, 0.0), Thresholds(1.0, 1.0, 1.0, 1.0),

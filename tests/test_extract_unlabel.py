@@ -14,7 +14,7 @@ import pytest
 from dataset.synthetic import generate_corpus
 from pseudolabels import extract_unlabel
 from pseudolabels.extract_unlabel import extract_unlabeled, read_exclusions
-from utils.corpus import parse_note_id
+from utils.meddec.corpus import parse_note_id
 from utils.fileio import InputError
 from utils.paths import REPO_ROOT
 

@@ -16,7 +16,7 @@ import torch
 from scripts import inference
 from scripts.inference import InferenceArguments, render_prompts, run
 from utils.fileio import InputError
-from utils.generation import (
+from utils.generation.backends import (
     Generation,
     TransformersGenerator,
     adapter_rank,
@@ -28,7 +28,7 @@ from utils.generation import (
     vllm_max_lora_rank,
     vllm_sampling_kwargs,
 )
-from utils.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
+from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
 
 NOTES = [
     ("10_20_30", "Patient admitted with chest pain.\r\nContinue aspirin 81 mg daily."),

@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from utils.dft import dft_loss, per_token_cross_entropy
+from utils.training.dft import dft_loss, per_token_cross_entropy
 from utils.paths import REPO_ROOT, load_module_from_path
 
 MODULE_NAME = "lamar_dft_cross_entropy_interpreted"

@@ -11,9 +11,9 @@ import pytest
 from dataset.synthetic import generate_corpus
 from ensemble import optimize
 from ensemble.mbr import Thresholds, merge_predictions, prepare_predictions
-from utils.corpus import load_notes, read_split
+from utils.meddec.corpus import load_notes, read_split
 from utils.fileio import InputError
-from utils.predictions import Span, read_predictions, write_predictions
+from utils.meddec.predictions import Span, read_predictions, write_predictions
 from utils.scoring import Scorer
 
 

@@ -13,8 +13,8 @@ import pytest
 from dataset.synthetic import generate_notes
 from utils import pred_to_offset as p2o
 from utils.paths import REPO_ROOT, load_module_from_path
-from utils.predictions import Span, read_predictions
-from utils.tagging import spans_to_tagged, tagged_to_spans
+from utils.meddec.predictions import Span, read_predictions
+from utils.tagging.convert import spans_to_tagged, tagged_to_spans
 
 NOTE = (
     "Admission Date: [**2101-10-20**]\n"

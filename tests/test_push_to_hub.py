@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scripts import push_to_hub
-from utils.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
+from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def base_and_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from utils.training import lora_config
+    from utils.training.helpers import lora_config
 
     root = tmp_path_factory.mktemp("push")
     base = build_tiny_qwen35(root / "base", build_tiny_tokenizer(["a note"] * 3, vocab_size=400), num_layers=1)

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.corpus import Annotation, Demographics
+from utils.meddec.corpus import Annotation, Demographics
 from utils.paths import REPO_ROOT, load_module_from_path
-from utils.predictions import Span
+from utils.meddec.predictions import Span
 from utils.scoring import (
     Scorer,
     _first_occurrence_order,

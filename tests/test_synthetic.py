@@ -25,7 +25,7 @@ from dataset.synthetic import (
     summarize_notes,
 )
 from utils.categories import gold_name
-from utils.corpus import (
+from utils.meddec.corpus import (
     DISCHARGE_CATEGORY,
     MedDecPaths,
     Note,

@@ -1,4 +1,4 @@
-"""Gold offsets <-> tagged text (utils.tagging) and the gold -> CSV converter (utils.gt_to_tag)."""
+"""Gold offsets <-> tagged text (utils.tagging.convert) and the gold -> CSV converter (utils.gt_to_tag)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from dataset.synthetic import generate_corpus, generate_notes
 from utils import gt_to_tag
 from utils.paths import REPO_ROOT
-from utils.predictions import Span
-from utils.tagging import (
+from utils.meddec.predictions import Span
+from utils.tagging.convert import (
     TagError,
     clean_spans,
     same_category_crossings,
@@ -188,7 +188,7 @@ def test_gt_to_tag_writes_exact_text_tagged_text_and_offsets(small_corpus, tmp_p
     out = tmp_path / "tagged"
     assert gt_to_tag.main(_split_args(paths, out, test=True) + ["--raw_text_dir", str(paths.raw_text_dir)]) == 0
     assert "train: 3 notes" in capsys.readouterr().out
-    from utils.corpus import load_notes, read_split
+    from utils.meddec.corpus import load_notes, read_split
 
     for split in ("train", "val", "test"):
         frame = gt_to_tag.read_tagged_csv(out / f"{split}.csv")

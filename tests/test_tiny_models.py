@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, 
 
 from utils.categories import TAGS
 from utils.prompt import build_messages
-from utils.tiny_models import (
+from utils.testing.tiny_models import (
     EMPTY_THINK_BLOCK,
     bio_labels,
     build_tiny_encoder,

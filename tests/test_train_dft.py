@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from scripts import train_dft
-from utils.dft import (
+from utils.training.dft import (
     BatchLosses,
     DFTNotInEffectError,
     check_dft_in_effect,
@@ -21,8 +21,8 @@ from utils.dft import (
     per_token_dft_loss,
     shift_labels,
 )
-from utils.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
-from utils.training import answer_token_stats, read_training_frame, sft_records, to_dataset
+from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
+from utils.training.helpers import answer_token_stats, read_training_frame, sft_records, to_dataset
 
 FAST = ["--backend", "hf", "--lora_r", "8", "--lora_alpha", "16", "--max_length", "2048", "--report_to", "none",
         "--gradient_accumulation_steps", "1", "--activation_checkpointing", "false", "--logging_steps", "1",

@@ -11,7 +11,7 @@ import torch
 
 from scripts import train_grpo
 from utils.rewards import reward_functions
-from utils.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
+from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_adapter_is_merged_once_into_the_start_model(tiny, tmp_path: Path) -> No
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from utils.training import lora_config
+    from utils.training.helpers import lora_config
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["model"]), lora_config(4, 8))
     with torch.no_grad():

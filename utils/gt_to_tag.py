@@ -5,7 +5,7 @@
 
 writes ``train.csv`` and ``val.csv`` (and ``test.csv`` with ``--test_split``) with the columns
 ``file_id, raw_text, gold_span, gold_offsets``: the exact note text, the note with inline tags
-(``utils.tagging.spans_to_tagged``) and a JSON list ``[[start, end, category], ...]`` of the in-scope
+(``utils.tagging.convert.spans_to_tagged``) and a JSON list ``[[start, end, category], ...]`` of the in-scope
 gold spans in gold-file order (out-of-scope, invalid and duplicate spans left out, as in the tagged
 text). Note text comes from the MedDec ``raw_text/`` folder (``--raw_text_dir``) or from a CSV with
 ``file_id`` and ``raw_text`` columns (``--raw_text_csv``). Test notes without a gold file get empty
@@ -33,9 +33,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from utils.corpus import Annotation, normalize_note_id, read_gold_dir, read_raw_text, read_split
+from utils.meddec.corpus import Annotation, normalize_note_id, read_gold_dir, read_raw_text, read_split
 from utils.fileio import InputError, atomic_open, report_input_error
-from utils.tagging import clean_spans, spans_to_tagged
+from utils.tagging.convert import clean_spans, spans_to_tagged
 
 COLUMNS = ("file_id", "raw_text", "gold_span", "gold_offsets")
 SPLIT_NAMES = ("train", "val", "test")

@@ -9,7 +9,7 @@ whitespace, dropped or repeated lines, output cut short. Offsets are therefore f
    (``< drug_decision >``, ``</ drug_decision>``, ``<Drug-Decision class="x">`` all count); the name is
    lower-cased and ``-`` read as ``_``. Unknown tags are removed (kept as text when that exact token
    occurs in the note). Each closing tag closes the most recent open tag of its category (LIFO, as in
-   ``utils.tagging``); a closing tag with nothing to close is dropped ("stray close").
+   ``utils.tagging.convert``); a closing tag with nothing to close is dropped ("stray close").
 2. Align the de-tagged output to the note with edlib (infix mode "HW": the output may start and end
    anywhere in the note, so an output that is cut short or skips the header costs nothing for the
    missing part, and its last characters are not smeared over the rest of the note), giving each
@@ -41,7 +41,7 @@ Decisions:
 
 CLI: ``python utils/pred_to_offset.py --input pred.csv --output pred.json [--raw_text_dir DIR]
 [--report report.jsonl]``. The CSV has ``file_id``, ``predicted`` and ``raw_text`` columns
-(``raw_text`` may be replaced by ``--raw_text_dir``, read exactly with ``utils.corpus.read_raw_text``).
+(``raw_text`` may be replaced by ``--raw_text_dir``, read exactly with ``utils.meddec.corpus.read_raw_text``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from rapidfuzz.distance import Levenshtein
 
 from utils.categories import TAG_TO_ID
 from utils.fileio import InputError, atomic_open, report_input_error
-from utils.predictions import Predictions, Span, write_predictions
+from utils.meddec.predictions import Predictions, Span, write_predictions
 
 # A tag-like token: optional "/", a name, then spaces/attributes; e.g. "< /drug_decision >", "<a class='x'>".
 TAG_LIKE = re.compile(r"<\s*(/)?\s*([A-Za-z][A-Za-z0-9_\-]*)(?=[\s/>])[^<>]*>")
@@ -451,7 +451,7 @@ def read_output_rows(
     text_column: str = "raw_text",
 ) -> list[tuple[str, str, str]]:
     """(file_id, exact note text, model output) rows of a prediction CSV; note text from the CSV or raw_text/."""
-    from utils.corpus import read_raw_text
+    from utils.meddec.corpus import read_raw_text
     from utils.gt_to_tag import read_csv_strings
 
     needed = [id_column, output_column] + ([] if raw_text_dir else [text_column])

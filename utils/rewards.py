@@ -14,7 +14,7 @@ An optional fourth, ``official_score_reward``, places the completion's spans in 
 (span F1 + token F1) / 2 of that one note.
 
 TRL calls each as ``func(prompts=..., completions=..., completion_ids=..., **dataset_columns)``: the gold tagged
-text arrives in the ``gold_span`` column, the note in ``raw_text`` (see ``utils.training.grpo_records``).
+text arrives in the ``gold_span`` column, the note in ``raw_text`` (see ``utils.training.helpers.grpo_records``).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class OfficialScoreReward:
         self._scorers: dict[str, Any] = {}
 
     def _scorer(self, file_id: str, text: str, gold_offsets: str):
-        from utils.predictions import Span
+        from utils.meddec.predictions import Span
         from utils.scoring import Scorer
 
         key = f"{file_id}\x00{len(text)}\x00{gold_offsets}"

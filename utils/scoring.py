@@ -6,7 +6,7 @@ official one bit for bit. What that takes, and why the code looks the way it doe
 
 - Texts are read as the official script reads them: ``open(path, 'r')``, i.e. with universal-newline
   translation (CRLF and lone CR become LF) in the platform's default encoding. That differs from
-  :func:`utils.corpus.read_raw_text` (exact bytes, used for training and tagging): gold offsets of a
+  :func:`utils.meddec.corpus.read_raw_text` (exact bytes, used for training and tagging): gold offsets of a
   CRLF file therefore point to slightly different characters when scored, exactly as officially.
 - A span is "refined" (widened to whole words, leading/trailing punctuation tokens dropped, see
   :func:`refine_span`) and compared as (note, category, lowercased refined text); duplicates collapse.
@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from utils.categories import ID_TO_NAME, ID_TO_TAG, VALID_CATEGORY_IDS, parse_gold_category
-from utils.corpus import Annotation, Demographics, read_gold_file, read_stats
+from utils.meddec.corpus import Annotation, Demographics, read_gold_file, read_stats
 from utils.fileio import InputError
 
 OFFICIAL_REFERENCE = "github.com/CLU-UML/MedDec evaluate.py at commit f4374cd"
@@ -101,7 +101,7 @@ def read_gold_dir_official_order(gold_dir: str | os.PathLike[str]) -> dict[str, 
 def official_note_key(file_name: str) -> tuple[int, int, int] | None:
     """(SUBJECT_ID, HADM_ID, ROW_ID) of a note id as the official subgroup code parses it.
 
-    Looser than :func:`utils.corpus.parse_note_id` on purpose: base name, extension dropped, split on
+    Looser than :func:`utils.meddec.corpus.parse_note_id` on purpose: base name, extension dropped, split on
     '_', the first three parts read with int() (the ROW part up to a '-annotator' suffix).
     """
     base = os.path.splitext(os.path.basename(str(file_name)))[0]
@@ -592,7 +592,7 @@ class Scorer:
         split_ids: Iterable[str] | None = None,
         raw_text_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        """``gold``: note id -> annotations (utils.corpus.Annotation, or official JSON dicts), in the order
+        """``gold``: note id -> annotations (utils.meddec.corpus.Annotation, or official JSON dicts), in the order
         the official script would hold them; ``texts``: note id -> text as read by
         :func:`read_official_text` (needed for every gold note and every predicted note; with
         ``raw_text_dir`` the texts of other predicted notes are read from there on demand);

@@ -39,7 +39,7 @@ from collections import defaultdict
 from typing import Iterable, NamedTuple, Sequence
 
 from utils.categories import ID_TO_TAG, INNER_RANK, TAG_TO_ID, VALID_CATEGORY_IDS
-from utils.predictions import Span
+from utils.meddec.predictions import Span
 
 # Exact tags only: ``<define_problem>`` / ``</define_problem>`` (lenient parsing lives in utils.pred_to_offset).
 TAG_PATTERN = re.compile(r"<(/?)(" + "|".join(re.escape(t) for t in ID_TO_TAG.values()) + r")>")
