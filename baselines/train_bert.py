@@ -1,342 +1,39 @@
-"""The encoder baseline: a RoBERTa-style token classifier with B/I/O labels (SPEC section 6).
+"""The encoder baseline: a RoBERTa-style B/I/O token classifier (SPEC section 6; logic in ``baselines.bio_tagger``).
 
-As published: 9 categories as B/I/O (19 labels), 512-token windows (a random crop of each note for
-training, consecutive windows for inference), lr 2e-5, AdamW, cosine schedule. Runs on transformers'
-``Trainer``: one process by default, several GPUs with ``accelerate launch`` or ``torchrun`` unchanged;
-checkpoints in ``--output_dir`` (resume with ``--resume_from_checkpoint``). Every ``TrainingArguments``
-option is a flag. Not published, chosen here: 10 epochs, batch 8.
-
-Overlapping gold spans: B/I/O holds one label per token, so a token takes the category of the FIRST
-annotation in gold order that overlaps it (the official token score's rule) and is ``B-`` where that
-annotation's tokens begin, else ``I-``. Later overlapping or nested spans lose those tokens.
-
-Decoding: a span starts at a ``B-X`` token, or at an ``I-X`` token that does not continue a span of X,
-and runs over the following ``I-X`` tokens; its characters run from its first token's start to its last
-token's end.
-
-Data: ``utils/gt_to_tag.py`` CSVs (``file_id``, ``raw_text``, ``gold_offsets``) for training; any CSV with
-``file_id`` and ``raw_text`` for prediction. Each ``--predict_csv`` gives ``<output_dir>/<stem>_predictions.json``
-in the evaluator's format; with ``--gold_dir`` (and ``--raw_text_dir``) it is scored with ``utils.scoring``.
-
-Usage::
-
-    python baselines/train_bert.py --train_csv data/tagged/train.csv --predict_csv data/tagged/val.csv \\
-        --gold_dir MedDec/data --raw_text_dir MedDec/raw_text --split_file MedDec/splits/val.txt \\
+    python baselines/train_bert.py --train_csv data/tagged/train.csv --predict_csv data/tagged/val.csv \
+        --gold_dir MedDec/data --raw_text_dir MedDec/raw_text --split_file MedDec/splits/val.txt \
         --output_dir outputs/roberta_baseline
     accelerate launch baselines/train_bert.py --train_csv ... (same flags, several GPUs)
+
+Flags: ``utils.configs.baseline`` (every TrainingArguments option too). Each ``--predict_csv`` gives
+``<output_dir>/<stem>_predictions.json``; with ``--gold_dir`` it is scored with the official metric.
 """
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
+if __package__ in (None, ""):  # run as a file (the published command): make the repository root importable
     import pathlib
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import json
-import random
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from transformers import TrainingArguments
-
-from utils.fileio import InputError, report_input_error
-from utils.meddec.predictions import Span, write_predictions
-
-WINDOW = 512
-IGNORE = -100
-
-
-def bio_labels() -> list[str]:
-    """The 19 labels: O, then B-<tag>, I-<tag> in category order (ids: B of category c = 2c-1, I = 2c)."""
-    from utils.testing.tiny_models import bio_labels as labels
-
-    return labels()
-
-
-def label_id(prefix: str, category: int) -> int:
-    return 2 * category - 1 if prefix == "B" else 2 * category
-
-
-@dataclass
-class BaselineArguments:
-    """Data and model flags of the encoder baseline."""
-
-    model: str = field(default="roberta-base", metadata={"help": "Encoder checkpoint (Hub id or folder)."})
-    train_csv: str | None = field(default="data/tagged/train.csv", metadata={"help": "gt_to_tag CSV with gold_offsets ('' to only predict)."})
-    predict_csv: list[str] = field(default_factory=list, metadata={"help": "CSVs (file_id, raw_text) to predict."})
-    window: int = field(default=WINDOW, metadata={"help": "Tokens per window, special tokens included."})
-    gold_dir: str | None = field(default=None, metadata={"help": "MedDec data/: score the predictions."})
-    raw_text_dir: str = field(default="MedDec/raw_text", metadata={"help": "MedDec raw_text/ (for scoring)."})
-    split_file: str | None = field(default=None, metadata={"help": "Split file restricting the scored notes."})
-    stats_csv: str | None = field(default=None, metadata={"help": "stats.csv (adds worst/final to the score)."})
-
-
-@dataclass
-class BaselineTrainingArguments(TrainingArguments):
-    """TrainingArguments with the published baseline's defaults."""
-
-    output_dir: str | None = field(default="outputs/roberta_baseline", metadata={"help": "Checkpoints and predictions."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (published 2e-5)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (published cosine)."})
-    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (published AdamW)."})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs (not published; 10 here)."})
-    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our dataset's fields."})
-
-
-# ------------------------------------------------------------------------------------------------ labels
-
-
-def token_labels(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, int]]) -> list[int]:
-    """B/I/O ids per token; the first span (list order) overlapping a token wins it; empty tokens are O."""
-    owner: list[int] = []
-    for start, end in offsets:
-        winner = -1
-        if end > start:
-            for index, (s, e, c) in enumerate(spans):
-                if s < end and start < e and 1 <= c <= 9:
-                    winner = index
-                    break
-        owner.append(winner)
-    labels = []
-    for i, index in enumerate(owner):
-        if index < 0:
-            labels.append(0)
-        else:
-            prefix = "I" if i > 0 and owner[i - 1] == index else "B"
-            labels.append(label_id(prefix, spans[index][2]))
-    return labels
-
-
-def decode_spans(offsets: Sequence[tuple[int, int]], labels: Sequence[int]) -> list[Span]:
-    """Character spans from per-token B/I/O ids (see the module docstring for the rule)."""
-    spans: list[Span] = []
-    current: list[int] | None = None  # [start, end, category]
-    for (start, end), label in zip(offsets, labels):
-        if end <= start:
-            continue
-        category = (label + 1) // 2 if label > 0 else 0
-        inside = label > 0 and label % 2 == 0
-        if current is not None and inside and category == current[2]:
-            current[1] = end
-            continue
-        if current is not None:
-            spans.append(Span(*current))
-            current = None
-        if category:
-            current = [start, end, category]
-    if current is not None:
-        spans.append(Span(*current))
-    return spans
-
-
-# -------------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class EncodedNote:
-    """A whole note tokenised once (no special tokens), with character offsets and labels per token."""
-
-    file_id: str
-    input_ids: list[int]
-    offsets: list[tuple[int, int]]
-    labels: list[int]
-
-
-def encode_note(tokenizer: Any, file_id: str, text: str, spans: Sequence[tuple[int, int, int]] = ()) -> EncodedNote:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    return EncodedNote(file_id, list(enc["input_ids"]), offsets, token_labels(offsets, spans))
-
-
-def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The special tokens the model puts before and after a single sequence (<s> ... </s> for RoBERTa)."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for i in range(len(full) - len(plain) + 1):
-        if full[i : i + len(plain)] == plain:
-            return list(full[:i]), list(full[i + len(plain) :])
-    raise ValueError("cannot tell the tokenizer's special tokens apart from the text")
-
-
-def with_special_tokens(wrapping: tuple[list[int], list[int]], ids: list[int], labels: list[int]) -> dict[str, list[int]]:
-    """<s> window </s> (the model's own special tokens), their labels ignored."""
-    prefix, suffix = wrapping
-    input_ids = prefix + list(ids) + suffix
-    return {
-        "input_ids": input_ids,
-        "attention_mask": [1] * len(input_ids),
-        "labels": [IGNORE] * len(prefix) + list(labels) + [IGNORE] * len(suffix),
-    }
-
-
-class RandomCropDataset:
-    """One item per note; each access takes a random window of the note (published: random crop)."""
-
-    def __init__(self, notes: list[EncodedNote], tokenizer: Any, window: int, seed: int) -> None:
-        self.notes = notes
-        self.wrapping = special_wrapping(tokenizer)
-        self.body = window - sum(map(len, self.wrapping))
-        self.rng = random.Random(seed)
-
-    def __len__(self) -> int:
-        return len(self.notes)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        note = self.notes[index]
-        start = self.rng.randint(0, max(0, len(note.input_ids) - self.body))
-        end = start + self.body
-        return with_special_tokens(self.wrapping, note.input_ids[start:end], note.labels[start:end])
-
-
-def read_training_csv(path: str) -> list[tuple[str, str, list[tuple[int, int, int]]]]:
-    """(file_id, text, gold spans in file order) from a gt_to_tag CSV."""
-    from utils.gt_to_tag import read_csv_strings
-
-    frame = read_csv_strings(path, ("file_id", "raw_text", "gold_offsets"))
-    rows = []
-    for row, (file_id, text, offsets) in enumerate(zip(frame["file_id"], frame["raw_text"], frame["gold_offsets"]), start=1):
-        try:
-            spans = [tuple(int(v) for v in s) for s in json.loads(offsets or "[]")]
-            if any(len(s) != 3 for s in spans):
-                raise ValueError
-        except (ValueError, TypeError):
-            raise InputError(path, f"row {row}", "field 'gold_offsets': expected JSON [[start, end, category], ...]") from None
-        rows.append((file_id, text, spans))
-    return rows
-
-
-def read_predict_csv(path: str) -> list[tuple[str, str]]:
-    from utils.gt_to_tag import read_csv_strings
-
-    frame = read_csv_strings(path, ("file_id", "raw_text"))
-    return list(zip(frame["file_id"], frame["raw_text"]))
-
-
-# --------------------------------------------------------------------------------------------- inference
-
-
-def predict_note(model: Any, tokenizer: Any, text: str, window: int = WINDOW, batch_size: int = 8) -> list[Span]:
-    """Consecutive windows over the note, argmax label per token, decoded to character spans."""
-    import torch
-
-    note = encode_note(tokenizer, "", text)
-    wrapping = special_wrapping(tokenizer)
-    body = window - sum(map(len, wrapping))
-    windows = [with_special_tokens(wrapping, note.input_ids[s : s + body], [0] * len(note.input_ids[s : s + body]))
-               for s in range(0, len(note.input_ids), body)]
-    labels: list[int] = []
-    device = next(model.parameters()).device
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size]
-        width = max(len(w["input_ids"]) for w in batch)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([w["input_ids"] + [pad] * (width - len(w["input_ids"])) for w in batch], device=device)
-        mask = torch.tensor([w["attention_mask"] + [0] * (width - len(w["input_ids"])) for w in batch], device=device)
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        predicted = logits.argmax(-1).tolist()
-        for w, row in zip(batch, predicted):
-            labels.extend(p for p, gold in zip(row, w["labels"]) if gold != IGNORE)
-    return decode_spans(note.offsets, labels)
-
-
-def predict_file(model: Any, tokenizer: Any, path: str, window: int, batch_size: int, progress: bool = True) -> dict[str, list[Span]]:
-    from tqdm.auto import tqdm
-
-    rows = read_predict_csv(path)
-    model.eval()
-    return {file_id: predict_note(model, tokenizer, text, window, batch_size)
-            for file_id, text in tqdm(rows, desc=f"predict {Path(path).name}", unit="note", disable=not progress)}
-
-
-# ------------------------------------------------------------------------------------------------ driver
-
-
-def load_model(name: str):
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    labels = bio_labels()
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForTokenClassification.from_pretrained(
-        name, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-    )
-    if not getattr(tokenizer, "is_fast", False):
-        raise InputError(name, "", "a fast tokenizer (character offsets) is needed")
-    return model, tokenizer
-
-
-def train(args: BaselineArguments, training: BaselineTrainingArguments, progress: bool = True):
-    """Fine-tune on the train CSV (random windows), save the model; returns (model, tokenizer)."""
-    from transformers import DataCollatorForTokenClassification, Trainer, set_seed
-
-    set_seed(training.seed)
-    model, tokenizer = load_model(args.model)
-    if not args.train_csv:
-        return model, tokenizer
-    rows = read_training_csv(args.train_csv)
-    notes = [encode_note(tokenizer, i, t, s) for i, t, s in rows]
-    dataset = RandomCropDataset(notes, tokenizer, args.window, training.seed)
-    trainer = Trainer(
-        model=model,
-        args=training,
-        train_dataset=dataset,
-        data_collator=DataCollatorForTokenClassification(tokenizer),
-        processing_class=tokenizer,
-    )
-    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
-    trainer.save_model(training.output_dir)
-    return trainer.model, tokenizer
-
-
-def score_predictions(args: BaselineArguments, predictions: dict[str, list[Span]]) -> Any:
-    from utils.scoring import Scorer
-
-    scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                               stats_csv=args.stats_csv, extra_ids=list(predictions))
-    return scorer.score(predictions)
-
-
-def run(args: BaselineArguments, training: BaselineTrainingArguments, progress: bool = True) -> dict[str, Path]:
-    """Train (if a train CSV is given), then predict every --predict_csv; returns {csv: prediction JSON}."""
-    for path in [args.train_csv] if args.train_csv else []:
-        read_training_csv(path)  # fail on bad input before loading any model
-    for path in args.predict_csv:
-        read_predict_csv(path)
-    if args.window < 8:
-        raise InputError("--window", "", f"expected at least 8 tokens, got {args.window}")
-    model, tokenizer = train(args, training, progress)
-    written: dict[str, Path] = {}
-    if training.process_index != 0:  # several processes: the main one predicts
-        return written
-    for path in args.predict_csv:
-        predictions = predict_file(model, tokenizer, path, args.window, training.per_device_eval_batch_size, progress)
-        out = Path(training.output_dir) / f"{Path(path).stem}_predictions.json"
-        write_predictions(out, predictions)
-        written[path] = out
-        if args.gold_dir:
-            report = score_predictions(args, predictions)
-            print(f"{out}: span F1 {report.span.f1:.4f}, token F1 {report.token_f1:.4f}, base {report.base:.4f}"
-                  + (f", final {report.final:.4f}" if report.final is not None else ""))
-    return written
+from utils.cli import parse_args, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trl import TrlParser
+    def body() -> None:
+        from baselines.bio_tagger import run
+        from utils.configs.baseline import BaselineArguments, BaselineTrainingArguments
 
-    args, training = TrlParser((BaselineArguments, BaselineTrainingArguments)).parse_args_and_config(argv)
-    try:
-        written = run(args, training)
-    except InputError as err:
-        return report_input_error(err)
-    for source, out in written.items():
-        print(f"{source} -> {out}")
-    return 0
+        args, training = parse_args(BaselineArguments, BaselineTrainingArguments, argv=argv,
+                                    description=__doc__.split("\n\n")[0])
+        for source, out in run(args, training).items():
+            print(f"{source} -> {out}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

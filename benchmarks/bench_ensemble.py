@@ -7,7 +7,7 @@ categories, false positives).
 
 - ours: predictions prepared and laid out in arrays once (``ensemble.batch``), each trial merged on arrays
   and scored by a span-table scorer built once (what ``ensemble.optimize`` runs);
-- per-note: the cached per-note merge (``ensemble.mbr.merge_prepared``) scored by a Scorer built once;
+- per-note: the per-note merge (``ensemble.consensus.merge_prepared``) scored by a Scorer built once;
 - reference: the all-pairs merge (ensemble/reference.py) plus official-style scoring, i.e. a Scorer
   built from scratch per trial (re-reading and re-tokenising every note as the published objective
   did), or the official script itself with ``--official path/to/evaluate.py``.
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dataset.synthetic import generate_corpus
-from ensemble import optimize, reference
+from ensemble import reference, tuning
 from ensemble.batch import BatchMerger
-from ensemble.mbr import Thresholds, merge_prepared, prepare_predictions
+from ensemble.consensus import Thresholds, merge_prepared, prepare_predictions
 from utils.meddec.corpus import load_notes, read_split
 from utils.meddec.predictions import Predictions, Span, write_predictions
 from utils.scoring import Scorer
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speed-up: {results['speedup']:.1f}x")
 
         # -- full study --------------------------------------------------------------------------------
-        evaluate = optimize.make_objective(prepared, scorer)
+        evaluate = tuning.make_objective(prepared, scorer)
         if args.study_trials:
             storage = f"sqlite:///{Path(workdir) / 'study.db'}"
             objective_s = [0.0]
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 objective_s[0] += time.perf_counter() - started
                 return value
 
-            run = optimize.tune(timed_evaluate, args.study_trials, storage, "bench", seed=args.seed, progress=True)
+            run = tuning.tune(timed_evaluate, args.study_trials, storage, "bench", seed=args.seed, progress=True)
             results.update(study_objective_s=objective_s[0], study_optuna_and_storage_s=run.seconds - objective_s[0])
             results.update(study_trials=args.study_trials, study_s=run.seconds,
                            study_ms_per_trial=run.seconds / args.study_trials * 1000,
@@ -227,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- CV gap ---------------------------------------------------------------------------------------
         if args.cv:
-            make_scorer = optimize.scorer_factory(str(paths.gold_dir), str(paths.raw_text_dir), str(paths.stats_csv), workdir)
+            make_scorer = tuning.scorer_factory(str(paths.gold_dir), str(paths.raw_text_dir), str(paths.stats_csv), workdir)
             started = time.perf_counter()
-            in_sample = optimize.tune(evaluate, args.cv_trials, seed=args.seed, progress=False).study.best_value
-            cv = optimize.cross_validate(prepared, make_scorer, args.cv, args.cv_trials, args.seed, progress=False)
+            in_sample = tuning.tune(evaluate, args.cv_trials, seed=args.seed, progress=False).study.best_value
+            cv = tuning.cross_validate(prepared, make_scorer, args.cv, args.cv_trials, args.seed, progress=False)
             results["cv"] = {key: cv[key] for key in ("k", "n_trials_per_fold", "mean_train_score", "mean_held_out_score",
                                                       "mean_held_out_default_score")}
             results["cv"].update(in_sample_same_trials=in_sample, gap=in_sample - cv["mean_held_out_score"],

@@ -47,9 +47,10 @@ from typing import Any
 
 from utils.categories import ID_TO_TAG, TAG_TO_ID, TAGS
 from utils.fileio import write_json_atomic
-from utils.pred_to_offset import locate_spans
+from utils.tagging.locate import locate_spans
 from utils.meddec.predictions import Span
-from utils.tagging.convert import TAG_PATTERN, spans_to_tagged, tagged_to_spans
+from utils.tagging.convert import spans_to_tagged, tagged_to_spans
+from utils.tagging.tags import TAG_PATTERN
 
 
 @dataclass(frozen=True)

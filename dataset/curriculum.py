@@ -66,9 +66,9 @@ def build_curriculum(rows: Sequence[Mapping[str, str]], max_chars: int = 300, in
 
 def write_curriculum_csv(train_csv: str | os.PathLike[str], out_csv: str | os.PathLike[str], max_chars: int = 300) -> int:
     """Read a gt_to_tag training CSV, write its curriculum CSV atomically; returns the number of rows."""
-    from utils.gt_to_tag import read_tagged_csv, write_tagged_csv
+    from utils.meddec.tables import read_tagged_table, write_tagged_table
 
-    frame = read_tagged_csv(train_csv)
+    frame = read_tagged_table(train_csv)
     rows = build_curriculum(frame.to_dict("records"), max_chars=max_chars)
-    write_tagged_csv(out_csv, rows)
+    write_tagged_table(out_csv, rows)
     return len(rows)

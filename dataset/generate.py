@@ -15,33 +15,13 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import sys
-from dataclasses import dataclass, field
 from typing import Sequence
-
-from transformers import HfArgumentParser
 
 from dataset.synthetic import SyntheticCorpusInfo, generate_corpus, summarize_notes
 from utils.categories import CATEGORY_IDS, gold_name
+from utils.cli import parse_args, run_cli
+from utils.configs.pipeline import GenerateArguments
 from utils.meddec.corpus import load_notes
-from utils.fileio import InputError, report_input_error
-
-
-@dataclass
-class GenerateArguments:
-    """Sizes and seed of the synthetic corpus (defaults: the official split sizes, real note lengths)."""
-
-    out_dir: str = field(metadata={"help": "Folder to write (created; an earlier synthetic corpus there is replaced)."})
-    seed: int = field(default=0, metadata={"help": "Random seed: the same seed and sizes give byte-identical files."})
-    n_train: int = field(default=350, metadata={"help": "Notes in splits/train.txt."})
-    n_val: int = field(default=53, metadata={"help": "Notes in splits/val.txt."})
-    n_test: int = field(default=53, metadata={"help": "Notes in splits/test.txt."})
-    n_unlabeled: int = field(
-        default=300,
-        metadata={"help": "Extra NOTEEVENTS discharge summaries (DESCRIPTION 'Report') outside every split, "
-                          "the pseudo-label pool. Addenda and non-discharge rows are added on top."},
-    )
-    mean_chars: int = field(default=9000, metadata={"help": "Median note length in characters (real val: ~9k)."})
-    mean_spans: int = field(default=160, metadata={"help": "Spans per note of median length (real val: ~160)."})
 
 
 def format_summary(info: SyntheticCorpusInfo) -> str:
@@ -71,17 +51,16 @@ def format_summary(info: SyntheticCorpusInfo) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = HfArgumentParser(GenerateArguments, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    try:
+    def body() -> None:
+        (args,) = parse_args(GenerateArguments, argv=argv, prog="python -m dataset.generate",
+                             description=__doc__.split("\n\n")[0])
         info = generate_corpus(
             args.out_dir, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
             n_unlabeled=args.n_unlabeled, mean_chars=args.mean_chars, mean_spans=args.mean_spans,
         )
-    except (InputError, ValueError) as err:
-        return report_input_error(err)
-    print(format_summary(info))
-    return 0
+        print(format_summary(info))
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,7 @@
-"""Span-Cluster Consensus ensemble (``ensemble.mbr``, on arrays in ``ensemble.batch``), its oracle and tuning."""
+"""Span-Cluster Consensus ensemble: the merge (``ensemble.consensus``), the same on arrays for tuning
+(``ensemble.batch``), its all-pairs oracle (``ensemble.reference``), the tuner (``ensemble.optimize``) and the
+merge command (``ensemble/mbr.py``)."""
 
-from typing import Any
+from ensemble.consensus import Thresholds, merge_note, merge_predictions
 
 __all__ = ["Thresholds", "merge_note", "merge_predictions"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so that `python -m ensemble.mbr` does not find its own module already imported.
-    if name in __all__:
-        from ensemble import mbr
-
-        return getattr(mbr, name)
-    raise AttributeError(f"module 'ensemble' has no attribute {name!r}")

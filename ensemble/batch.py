@@ -1,6 +1,6 @@
 """Span-Cluster Consensus over every prepared note at once, with array operations: the tuner's inner loop.
 
-``ensemble.mbr`` merges one note at a time in Python. A tuning trial merges all validation notes under
+``ensemble.consensus`` merges one note at a time in Python. A tuning trial merges all validation notes under
 new thresholds, thousands of times, so here everything that does not depend on the thresholds is laid
 out once in flat arrays over all (note, category) pools:
 
@@ -15,7 +15,7 @@ out once in flat arrays over all (note, category) pools:
 A trial then picks each pool's structure with one search, sums weights column by column in the published
 order (bit-identical to the Python sums), picks each cluster's boundary, keeps the clusters with enough
 support and deduplicates; only runs of three or more overlapping kept spans go back to the Python dedup.
-``ensemble.mbr.merge_prepared`` stays the reference it is tested against.
+``ensemble.consensus.merge_prepared`` stays the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ensemble.mbr import PreparedNote, Thresholds, cluster_groups, deduplicate_category
+from ensemble.consensus import PreparedNote, Thresholds, cluster_groups, deduplicate_category
 from utils.meddec.predictions import Predictions, Span
 from utils.scoring import Scorer, SpanTableScorer
 
@@ -153,7 +153,7 @@ class BatchMerger:
     def _build_structures(self) -> None:
         """Each pool's cluster structure for t_cluster <= 0, for each IoU level, and above every level.
 
-        Structure ``structure_base[p] + key + 1`` belongs to the level key of ``ensemble.mbr`` (-1 for
+        Structure ``structure_base[p] + key + 1`` belongs to the level key of ``ensemble.consensus`` (-1 for
         t <= 0, else the number of the pool's levels below t).
         """
         # compact int64 buffers rather than lists: a list of Python ints would take ~5 times the memory
@@ -305,5 +305,5 @@ class BatchMerger:
         return SpanTableScorer(scorer, self.note_ids, self.span_note, self.span_start, self.span_end, self.span_category)
 
     def merge(self, thresholds: Thresholds = Thresholds()) -> Predictions:
-        """Same result as ``ensemble.mbr.merge_prepared`` on the same notes."""
+        """Same result as ``ensemble.consensus.merge_prepared`` on the same notes."""
         return self.predictions(self.kept_rows(thresholds))

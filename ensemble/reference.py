@@ -1,7 +1,7 @@
 """Span-Cluster Consensus written the slow, obvious way: a literal reading of SPEC section 5.
 
 Every comparison is made between all pairs of spans, exactly in the order the published description
-gives. It is the oracle the fast implementation in ``ensemble.mbr`` is tested against, and the
+gives. It is the oracle the fast implementation in ``ensemble.consensus`` is tested against, and the
 "before" side of ``benchmarks/bench_ensemble.py``. Do not optimise it: its value is being obviously
 right.
 """
@@ -163,7 +163,7 @@ def deduplicate(spans: list[Span], t_dedup: float) -> list[Span]:
 def merge_note(model_spans: Sequence[Sequence[Any]], thresholds: Any = None, explain: list | None = None) -> list[Span]:
     """All-pairs Span-Cluster Consensus of one note; ``thresholds`` has t_cluster/t_pair/t_support/t_dedup."""
     if thresholds is None:
-        from ensemble.mbr import Thresholds
+        from ensemble.consensus import Thresholds
 
         thresholds = Thresholds()
     cleaned = [valid_spans(spans) for spans in model_spans]

@@ -22,31 +22,20 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import argparse
 import sys
 from typing import Sequence
 
-from utils.fileio import InputError, write_json_atomic, report_input_error
+from utils.cli import parse_args, run_cli
+from utils.configs.pipeline import EvaluateArguments
+from utils.fileio import InputError, write_json_atomic
 from utils.meddec.predictions import read_predictions
 from utils.punkt import PunktMissingError, require_punkt
 from utils.scoring import ScoreReport, Scorer
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="MedDec Shared Task Evaluation (the official MedExACT 2026 score, re-implemented exactly)."
-    )
-    parser.add_argument("--gold_dir", help="Directory containing gold annotation files (data/)")
-    parser.add_argument("--predictions", required=True, help="Path to predictions JSON file")
-    parser.add_argument("--raw_text_dir", required=True, help="Directory containing raw text files (raw_text/)")
-    parser.add_argument("--gold_file", help="Optional: specific gold file (overrides gold_dir)")
-    parser.add_argument("--stats_csv", help="Optional: path to stats.csv for shared-task final scoring")
-    parser.add_argument("--split_file", help="Optional: path to split file (e.g. splits/val.txt)")
-    parser.add_argument("--output", help="Optional: output file for results (JSON)")
-    return parser
+DESCRIPTION = "MedDec Shared Task Evaluation (the official MedExACT 2026 score, re-implemented exactly)."
 
 
-def run_evaluation(args: argparse.Namespace) -> ScoreReport:
+def run_evaluation(args: EvaluateArguments) -> ScoreReport:
     """Score as the official main() does, printing the same lines."""
     if not args.gold_file and not args.gold_dir:
         raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
@@ -69,12 +58,11 @@ def run_evaluation(args: argparse.Namespace) -> ScoreReport:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    def body() -> None:
+        (args,) = parse_args(EvaluateArguments, argv=argv, description=DESCRIPTION)
         run_evaluation(args)
-    except (InputError, PunktMissingError) as err:
-        return report_input_error(err)
-    return 0
+
+    return run_cli(body, extra_errors=(PunktMissingError,))
 
 
 if __name__ == "__main__":

@@ -20,23 +20,24 @@ Usage::
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
+if __package__ in (None, ""):  # run as a file (the published command): make the repository root importable
     import pathlib
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from utils.cli import parse_args, run_cli
+from utils.configs.pipeline import EmbeddingArguments
+from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic
 from utils.meddec.corpus import read_raw_text, read_split
-from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic, report_input_error
+from utils.meddec.tables import iter_notes_table
 
-DEFAULT_MODEL = "Qwen/Qwen3-Embedding-4B"
 SOURCES = ("pool", "meddec")
 META_FILE = "meta.json"
 
@@ -44,49 +45,7 @@ Batch = tuple[list[str], list[str]]  # (ids, texts)
 EncodeFn = Callable[[list[str]], np.ndarray]
 
 
-@dataclass
-class EmbeddingArguments:
-    """Flags of ``pseudolabels/embedding.py`` (defaults = the published run)."""
-
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "sentence-transformers model (Hub id or folder)."})
-    sources: list[str] = field(
-        default_factory=lambda: list(SOURCES), metadata={"help": "What to embed: pool, meddec or both."}
-    )
-    pool_csv: str = field(default="work/unlabeled.csv", metadata={"help": "Pool CSV (file_id, raw_text)."})
-    pool_out: str = field(default="work/embeddings/pool", metadata={"help": "Shard folder of the pool."})
-    meddec_raw_text: str = field(default="MedDec/raw_text", metadata={"help": "MedDec raw_text/ folder."})
-    meddec_splits: list[str] = field(
-        default_factory=lambda: ["MedDec/splits/train.txt", "MedDec/splits/val.txt", "MedDec/splits/test.txt"],
-        metadata={"help": "Split files whose notes are embedded (retrieve.py picks the query splits)."},
-    )
-    meddec_out: str = field(default="work/embeddings/meddec", metadata={"help": "Shard folder of the MedDec notes."})
-    shard_size: int = field(default=1024, metadata={"help": "Notes per cached shard (the unit of resuming)."})
-    batch_size: int = field(default=8, metadata={"help": "Encoding batch size."})
-    max_seq_length: int | None = field(default=None, metadata={"help": "Truncate notes to this many tokens."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: automatic)."})
-    dtype: str = field(default="auto", metadata={"help": "Model weights dtype: auto, bfloat16, float16, float32."})
-    prompt_name: str | None = field(default=None, metadata={"help": "Saved prompt of the model to prepend."})
-
-
 # ----------------------------------------------------------------------------------------------- sources
-
-
-def iter_csv_batches(csv_path: str | Path, size: int) -> Iterator[Batch]:
-    """(ids, texts) of a file_id/raw_text CSV, ``size`` rows at a time (streamed: the pool can be large)."""
-    import pandas as pd
-
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise InputError(csv_path, "", "CSV not found")
-    header = list(pd.read_csv(csv_path, nrows=0).columns)
-    missing = [c for c in ("file_id", "raw_text") if c not in header]
-    if missing:
-        raise InputError(csv_path, "line 1", f"missing column(s) {', '.join(missing)}; expected file_id, raw_text")
-    reader = pd.read_csv(
-        csv_path, usecols=["file_id", "raw_text"], dtype=str, keep_default_na=False, chunksize=size
-    )
-    for chunk in reader:
-        yield chunk["file_id"].tolist(), chunk["raw_text"].tolist()
 
 
 def meddec_ids(split_files: Iterable[str | Path]) -> list[str]:
@@ -257,7 +216,7 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
         batches = iter_meddec_batches(args.meddec_raw_text, args.meddec_splits, args.shard_size)
         done["meddec"] = embed_batches(batches, out, encode, total=shards, progress=progress)
     if "pool" in args.sources:
-        batches = iter_csv_batches(args.pool_csv, args.shard_size)
+        batches = iter_notes_table(args.pool_csv, args.shard_size)
         first = next(batches, None)  # validates the CSV before anything is written
         out = prepare_cache(args.pool_out, meta)
         done["pool"] = embed_batches(_prepend(first, batches), out, encode, progress=progress)
@@ -271,17 +230,13 @@ def _prepend(first: Batch | None, rest: Iterator[Batch]) -> Iterator[Batch]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trl import TrlParser
+    def body() -> None:
+        (args,) = parse_args(EmbeddingArguments, argv=argv, description=__doc__.split("\n\n")[0])
+        for source, count in run(args).items():
+            out = args.pool_out if source == "pool" else args.meddec_out
+            print(f"{source}: {count} shard(s) embedded now, cache complete in {out}")
 
-    (args,) = TrlParser(EmbeddingArguments).parse_args_and_config(argv)
-    try:
-        done = run(args)
-    except InputError as err:
-        return report_input_error(err)
-    for source, count in done.items():
-        out = args.pool_out if source == "pool" else args.meddec_out
-        print(f"{source}: {count} shard(s) embedded now, cache complete in {out}")
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ Usage::
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
+if __package__ in (None, ""):  # run as a file (the published command): make the repository root importable
     import pathlib
     import sys
 
@@ -28,35 +28,15 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import csv
 import itertools
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from utils.cli import parse_args, run_cli
+from utils.configs.pipeline import ANY_DESCRIPTION, ExtractArguments
+from utils.fileio import InputError, atomic_open
 from utils.meddec.corpus import DISCHARGE_CATEGORY, iter_noteevents, parse_note_id, read_split
-from utils.fileio import InputError, atomic_open, report_input_error
-
-ANY_DESCRIPTION = "any"
-OUTPUT_COLUMNS = ("file_id", "raw_text")
-
-
-@dataclass
-class ExtractArguments:
-    """Flags of ``pseudolabels/extract_unlabel.py`` (defaults = the published run)."""
-
-    noteevents: str = field(default="MedDec/NOTEEVENTS.csv", metadata={"help": "MIMIC-III NOTEEVENTS.csv."})
-    splits: list[str] = field(
-        default_factory=lambda: ["MedDec/splits/train.txt", "MedDec/splits/val.txt", "MedDec/splits/test.txt"],
-        metadata={"help": "Split files (one MedDec id per line) whose notes must not enter the pool."},
-    )
-    output: str = field(default="work/unlabeled.csv", metadata={"help": "Output CSV (file_id, raw_text)."})
-    description: str = field(
-        default="Report",
-        metadata={"help": f"DESCRIPTION to keep (exact match); '{ANY_DESCRIPTION}' keeps Report and Addendum alike."},
-    )
-    exclude_patients: bool = field(
-        default=False, metadata={"help": "Also drop every note of a patient (SUBJECT_ID) found in the splits."}
-    )
-    chunksize: int = field(default=2_000, metadata={"help": "Rows of NOTEEVENTS read at a time (bounds memory)."})
+from utils.meddec.tables import NOTE_COLUMNS
 
 
 @dataclass
@@ -152,7 +132,7 @@ def extract_unlabeled(
         unit=" rows", unit_scale=True, desc="NOTEEVENTS", disable=not progress
     ) as bar:
         writer = csv.writer(handle)
-        writer.writerow(OUTPUT_COLUMNS)
+        writer.writerow(NOTE_COLUMNS)
         for chunk in itertools.chain([first] if first is not None else [], chunks):
             kept = filter_chunk(chunk, exclusions, counts, description, exclude_patients)
             writer.writerows(zip(_file_ids(kept), kept["TEXT"].fillna("")))
@@ -162,18 +142,14 @@ def extract_unlabeled(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trl import TrlParser
+    def body() -> None:
+        (args,) = parse_args(ExtractArguments, argv=argv, description=__doc__.split("\n\n")[0])
+        counts = extract_unlabeled(args.noteevents, args.output, args.splits, args.description, args.exclude_patients,
+                                   args.chunksize)
+        print(counts.summary())
+        print(f"wrote {args.output}")
 
-    (args,) = TrlParser(ExtractArguments).parse_args_and_config(argv)
-    try:
-        counts = extract_unlabeled(
-            args.noteevents, args.output, args.splits, args.description, args.exclude_patients, args.chunksize
-        )
-    except InputError as err:
-        return report_input_error(err)
-    print(counts.summary())
-    print(f"wrote {args.output}")
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

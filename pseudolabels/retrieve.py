@@ -24,7 +24,7 @@ Usage::
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
+if __package__ in (None, ""):  # run as a file (the published command): make the repository root importable
     import pathlib
     import sys
 
@@ -32,33 +32,18 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import csv
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from pseudolabels.embedding import iter_csv_batches, load_embeddings, meddec_ids
-from utils.fileio import InputError, atomic_open, report_input_error
+from pseudolabels.embedding import load_embeddings, meddec_ids
+from utils.cli import parse_args, run_cli
+from utils.configs.pipeline import RetrieveArguments
+from utils.fileio import InputError, atomic_open
+from utils.meddec.tables import iter_notes_table
 
 OUTPUT_COLUMNS = ("file_id", "raw_text", "query_id", "similarity", "assign_rank")
-
-
-@dataclass
-class RetrieveArguments:
-    """Flags of ``pseudolabels/retrieve.py`` (defaults = the published run)."""
-
-    pool_embeddings: str = field(default="work/embeddings/pool", metadata={"help": "Shard folder of the pool."})
-    meddec_embeddings: str = field(default="work/embeddings/meddec", metadata={"help": "Shard folder of MedDec."})
-    pool_csv: str = field(default="work/unlabeled.csv", metadata={"help": "Pool CSV (file_id, raw_text)."})
-    query_splits: list[str] = field(
-        default_factory=lambda: ["MedDec/splits/train.txt", "MedDec/splits/val.txt", "MedDec/splits/test.txt"],
-        metadata={"help": "Split files whose notes act as queries (published: train, val and test)."},
-    )
-    output: str = field(default="work/pseudo_candidates.csv", metadata={"help": "Assigned candidates CSV."})
-    top_k: int = field(default=100, metadata={"help": "Candidates considered per MedDec note."})
-    per_note: int = field(default=5, metadata={"help": "Candidates assigned per MedDec note at most."})
-    query_block: int = field(default=256, metadata={"help": "Query rows per similarity block (bounds memory)."})
 
 
 class Assignment(NamedTuple):
@@ -154,7 +139,7 @@ def write_assignments(
     wanted = {pool_ids[a.candidate]: None for a in assignments}
     texts: dict[str, str] = {}
     row = 0
-    for ids, batch_texts in iter_csv_batches(pool_csv, 10_000):
+    for ids, batch_texts in iter_notes_table(pool_csv, 10_000):
         for note_id, text in zip(ids, batch_texts):
             if row < len(pool_ids) and note_id != pool_ids[row]:
                 raise InputError(pool_csv, f"row {row + 1}", f"file_id {note_id!r} differs from the embedding cache ({pool_ids[row]!r}); re-embed")
@@ -188,16 +173,13 @@ def run(args: RetrieveArguments) -> list[Assignment]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trl import TrlParser
-
-    (args,) = TrlParser(RetrieveArguments).parse_args_and_config(argv)
-    try:
+    def body() -> None:
+        (args,) = parse_args(RetrieveArguments, argv=argv, description=__doc__.split("\n\n")[0])
         assignments = run(args)
-    except InputError as err:
-        return report_input_error(err)
-    notes = len({a.query for a in assignments})
-    print(f"assigned {len(assignments)} candidates to {notes} MedDec notes; wrote {args.output}")
-    return 0
+        notes = len({a.query for a in assignments})
+        print(f"assigned {len(assignments)} candidates to {notes} MedDec notes; wrote {args.output}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from utils.cli import parse_args, run_cli
+from utils.configs.pipeline import DemoArguments
 from utils.fileio import write_json_atomic, write_text_atomic
 from utils.paths import REPO_ROOT
 
@@ -66,16 +68,6 @@ PROFILES: dict[str, Profile] = {
                   hidden_size=32),
 }
 MODELS = ("model1", "model2", "model3")
-
-
-@dataclass
-class DemoArguments:
-    """Command-line options of the demo."""
-
-    work_dir: str = field(default="work/demo", metadata={"help": "Folder for every artefact (re-running resumes)."})
-    profile: str = field(default="full", metadata={"help": "Sizes: full (~4 min on 2 cores) or ci (reduced)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the synthetic corpus and tiny models."})
-    force: bool = field(default=False, metadata={"help": "Run every step again even if its outputs exist."})
 
 
 @dataclass
@@ -140,10 +132,10 @@ def embedding_model_dir() -> Path:
 
 def build_base_model(train_csv: Path, out_dir: Path, hidden_size: int, seed: int) -> None:
     """Tiny Qwen3.5 + byte-level BPE trained on the training notes and their tagged answers."""
-    from utils.gt_to_tag import read_tagged_csv
+    from utils.meddec.tables import read_tagged_table
     from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
 
-    frame = read_tagged_csv(train_csv)
+    frame = read_tagged_table(train_csv)
     texts = list(frame["raw_text"]) + list(frame["gold_span"])
     tokenizer = build_tiny_tokenizer(texts, vocab_size=2048)
     build_tiny_qwen35(out_dir, tokenizer, hidden_size=hidden_size, num_layers=2, seed=seed)
@@ -158,7 +150,7 @@ def warm_start_base(base_dir: Path, curriculum_csv: Path, out_dir: Path, epochs:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from utils.training.helpers import read_training_frame, sft_records, to_dataset
+    from utils.training.data import read_training_frame, sft_records, to_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="float32")
@@ -249,8 +241,7 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
     for model in MODELS:
         steps.append(Step(f"10. inference of {model} on val and test", [infer / model / "val_predictions.json", infer / model / "test_predictions.json"], argv=py(
             "scripts/inference.py", *_infer_flags(bases[model], models / model, profile),
-            "--val_csv", tagged / "val.csv", "--test_csv", tagged / "test.csv", "--output_dir", infer / model,
-            "--offsets_json", "true")))
+            "--val_csv", tagged / "val.csv", "--test_csv", tagged / "test.csv", "--output_dir", infer / model)))
     steps += [
         Step("11. tune the Span-Cluster Consensus thresholds on val, apply to test", [ens / "best.json", ens / "test_submission.json"], argv=py(
             "-m", "ensemble.optimize", "--predictions", *[infer / m / "val_predictions.json" for m in MODELS],
@@ -334,8 +325,6 @@ def ensure_punkt(work: Path) -> None:
 
 
 def run_demo(args: DemoArguments) -> list[dict[str, object]]:
-    if args.profile not in PROFILES:
-        raise SystemExit(f"demo: --profile must be one of {', '.join(PROFILES)}, got {args.profile!r}")
     profile = PROFILES[args.profile]
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -359,11 +348,11 @@ def run_demo(args: DemoArguments) -> list[dict[str, object]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from transformers import HfArgumentParser
+    def body() -> None:
+        (args,) = parse_args(DemoArguments, argv=argv, description=__doc__.split("\n\n")[0])
+        run_demo(args)
 
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
-    run_demo(args)
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ import random
 import pytest
 import torch
 
-from baselines.train_bert import (
-    BaselineArguments,
-    BaselineTrainingArguments,
+from baselines.bio_tagger import (
+    bio_labels,
     RandomCropDataset,
     decode_spans,
     encode_note,
@@ -20,10 +19,11 @@ from baselines.train_bert import (
 )
 from dataset.synthetic import generate_corpus
 from utils.categories import ID_TO_TAG
+from utils.configs.baseline import BaselineArguments, BaselineTrainingArguments
 from utils.meddec.corpus import read_raw_text
-from utils.gt_to_tag import RawTexts, convert_splits
+from utils.tagging.splits import RawTexts, convert_splits
 from utils.meddec.predictions import Span, read_predictions
-from utils.testing.tiny_models import bio_labels, build_tiny_encoder
+from utils.testing.tiny_models import build_tiny_encoder
 
 # Tokens as character ranges: "aa bb cc dd ee" -> five two-letter tokens.
 OFFSETS = [(0, 2), (3, 5), (6, 8), (9, 11), (12, 14)]

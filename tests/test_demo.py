@@ -73,8 +73,9 @@ def test_rerun_skips_every_finished_step(demo_run):
     assert json.loads((work / "results.json").read_text())["results"] == json.loads(before)["results"]
 
 
-def test_unknown_profile_fails_with_one_line(tmp_path):
+def test_unknown_profile_fails_with_one_line(tmp_path, capsys):
     from scripts.demo import main
 
-    with pytest.raises(SystemExit, match="--profile must be one of full, ci, got 'huge'"):
-        main(["--work_dir", str(tmp_path), "--profile", "huge"])
+    assert main(["--work_dir", str(tmp_path), "--profile", "huge"]) == 2
+    assert capsys.readouterr().err == ("error: <command line>: argument --profile: invalid choice: 'huge' "
+                                       "(choose from 'full', 'ci')\n")

@@ -20,8 +20,10 @@ from pseudolabels.dynamic_threshold import (
     select,
 )
 from utils.fileio import InputError
-from utils.gt_to_tag import RawTexts, convert_splits, read_tagged_csv
-from utils.tagging.convert import strip_tags
+from utils.meddec.tables import inference_output_frame, read_tagged_table, write_csv
+from utils.tagging.locate import locate_spans
+from utils.tagging.splits import RawTexts, convert_splits
+from utils.tagging.tags import strip_tags
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +38,11 @@ def tagged(tmp_path_factory):
 
 
 def _write_predictions(path, frame: pd.DataFrame, predicted, entropy) -> None:
-    out = frame[["file_id", "raw_text"]].copy()
-    out["predicted"] = predicted
-    out["entropy"] = ["" if e is None else repr(e) for e in entropy]
-    out["num_tokens"] = "5"
-    out["truncated"] = ["True" if i % 2 else "False" for i in range(len(out))]
-    out.to_csv(path, index=False, quoting=1)
+    """An inference output table as scripts/inference.py writes it (spans located in the note, once)."""
+    records = [{"predicted": output, "entropy": e, "num_tokens": 5, "truncated": i % 2 == 1,
+                "spans": locate_spans(text, output).spans}
+               for i, (text, output, e) in enumerate(zip(frame["raw_text"], predicted, entropy))]
+    write_csv(path, inference_output_frame(frame[["file_id", "raw_text"]], records))
 
 
 def test_quantile_threshold_is_inclusive_and_skips_missing_entropy():
@@ -55,7 +56,7 @@ def test_quantile_threshold_is_inclusive_and_skips_missing_entropy():
 
 def test_explore_scores_each_note_and_correlates_with_entropy(tagged, tmp_path):
     corpus, folder = tagged
-    val = read_tagged_csv(folder / "val.csv")
+    val = read_tagged_table(folder / "val.csv")
     # The three lowest-entropy outputs hold the gold tags, the others lost every tag.
     predicted = [gold if i < 3 else strip_tags(gold) for i, gold in enumerate(val["gold_span"])]
     entropy = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
@@ -84,7 +85,7 @@ def test_explore_scores_each_note_and_correlates_with_entropy(tagged, tmp_path):
 
 def test_select_keeps_the_quantile_converts_and_mixes(tagged, tmp_path):
     corpus, folder = tagged
-    val = read_tagged_csv(folder / "val.csv")  # stands in for pool notes tagged by Model 1
+    val = read_tagged_table(folder / "val.csv")  # stands in for pool notes tagged by Model 1
     noisy = ["<think>\nok\n</think>\n\n" + val["gold_span"][0], val["gold_span"][1] + "<define_problem>dangling",
              val["gold_span"][2], strip_tags(val["gold_span"][3]), val["gold_span"][4], val["gold_span"][5]]
     _write_predictions(tmp_path / "pool_pred.csv", val, noisy, [0.1, 0.2, 0.9, 0.3, None, 0.8])
@@ -92,8 +93,8 @@ def test_select_keeps_the_quantile_converts_and_mixes(tagged, tmp_path):
                            threshold=0.5, output=str(tmp_path / "mixed.csv"))
     summary = select(args)
     assert summary.threshold == pytest.approx(0.3) and summary.selected == 3  # 0.1, 0.2, 0.3; None never
-    mixed = read_tagged_csv(tmp_path / "mixed.csv")
-    train = read_tagged_csv(folder / "train.csv")
+    mixed = read_tagged_table(tmp_path / "mixed.csv")
+    train = read_tagged_table(folder / "train.csv")
     assert len(mixed) == len(train) + 3 == summary.written
     pd.testing.assert_frame_equal(mixed.iloc[: len(train)].reset_index(drop=True), train)
     pseudo = mixed.iloc[len(train) :].reset_index(drop=True)
@@ -118,7 +119,7 @@ def test_cli_subcommands_and_errors(tagged, tmp_path, capsys):
     assert dynamic_threshold.main(["frobnicate"]) == 2
     assert "usage: dynamic_threshold.py {explore,select}" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
-    bad.write_text("file_id,raw_text,predicted,entropy\na,b,c,high\n", encoding="utf-8")
+    bad.write_text("file_id,raw_text,predicted,entropy,num_tokens,truncated,spans\na,b,c,high,1,False,[]\n", encoding="utf-8")
     code = dynamic_threshold.main(["select", "--pool_predictions", str(bad), "--train_csv", str(folder / "train.csv"),
                                    "--output", str(tmp_path / "o.csv")])
     assert code == 2

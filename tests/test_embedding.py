@@ -10,15 +10,15 @@ import pytest
 from dataset.synthetic import generate_corpus
 from pseudolabels import embedding
 from pseudolabels.embedding import (
-    EmbeddingArguments,
     embed_batches,
-    iter_csv_batches,
     load_embeddings,
     load_sentence_encoder,
     prepare_cache,
     run,
 )
+from utils.configs.pipeline import EmbeddingArguments
 from utils.fileio import InputError
+from utils.meddec.tables import iter_notes_table
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_embeddings_are_normalised_sharded_and_match_the_model(tmp_path, model_p
     assert ids == [f"1_2_{i}" for i in range(7)]
     assert vectors.dtype == np.float32 and vectors.shape == (7, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
-    texts = [t for _, batch in iter_csv_batches(pool_csv, 100) for t in batch]
+    texts = [t for _, batch in iter_notes_table(pool_csv, 100) for t in batch]
     np.testing.assert_allclose(vectors, encoder(texts), atol=1e-5)
     meddec_ids, meddec = load_embeddings(tmp_path / "emb_meddec")
     assert meddec_ids == [i for s in ("train", "val", "test") for i in corpus.paths.split(s).read_text().split()]
@@ -97,7 +97,7 @@ def test_a_killed_run_resumes_to_the_same_embeddings(tmp_path, encoder, pool_csv
     out = tmp_path / "killed"
     prepare_cache(out, {"model": "m", "shard_size": 2})
     with pytest.raises(KeyboardInterrupt):
-        embed_batches(iter_csv_batches(pool_csv, 2), out, dies_on_third_shard, progress=False)
+        embed_batches(iter_notes_table(pool_csv, 2), out, dies_on_third_shard, progress=False)
     assert sorted(p.name for p in out.glob("shard_*")) == [
         "shard_00000.ids.txt", "shard_00000.npy", "shard_00001.ids.txt", "shard_00001.npy"
     ]
@@ -107,11 +107,11 @@ def test_a_killed_run_resumes_to_the_same_embeddings(tmp_path, encoder, pool_csv
         encoded.append(len(texts))
         return encoder(texts)
 
-    assert embed_batches(iter_csv_batches(pool_csv, 2), out, counting, progress=False) == 2
+    assert embed_batches(iter_notes_table(pool_csv, 2), out, counting, progress=False) == 2
     assert encoded == [2, 1]  # only shards 2 and 3 were computed again
     uninterrupted = tmp_path / "whole"
     prepare_cache(uninterrupted, {"model": "m", "shard_size": 2})
-    embed_batches(iter_csv_batches(pool_csv, 2), uninterrupted, encoder, progress=False)
+    embed_batches(iter_notes_table(pool_csv, 2), uninterrupted, encoder, progress=False)
     ids_a, a = load_embeddings(out)
     ids_b, b = load_embeddings(uninterrupted)
     assert ids_a == ids_b
@@ -121,7 +121,7 @@ def test_a_killed_run_resumes_to_the_same_embeddings(tmp_path, encoder, pool_csv
 def test_a_cache_from_other_settings_or_other_notes_is_refused(tmp_path, pool_csv):
     out = tmp_path / "c"
     prepare_cache(out, {"model": "m", "shard_size": 2})
-    embed_batches(iter_csv_batches(pool_csv, 2), out, lambda t: np.ones((len(t), 3)), progress=False)
+    embed_batches(iter_notes_table(pool_csv, 2), out, lambda t: np.ones((len(t), 3)), progress=False)
     with pytest.raises(InputError, match=r"meta.json: cache made with other settings \(shard_size: cached 2, now 3\)"):
         prepare_cache(out, {"model": "m", "shard_size": 3})
     other = [(["x_y_z", "1_2_1"], ["a", "b"])]

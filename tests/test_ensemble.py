@@ -1,8 +1,7 @@
-"""Span-Cluster Consensus (ensemble/mbr.py) against hand-built cases and the all-pairs oracle."""
+"""Span-Cluster Consensus (ensemble.consensus, ensemble/mbr.py) against hand-built cases and the all-pairs oracle."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ensemble import mbr, reference
-from ensemble.mbr import PreparedNote, Thresholds, merge_note, merge_predictions
+from ensemble import consensus, mbr, reference
+from ensemble.consensus import PreparedNote, Thresholds, merge_note, merge_predictions
 from utils.paths import REPO_ROOT
 from utils.meddec.predictions import Span, read_predictions, write_predictions
 
@@ -94,7 +93,7 @@ def test_matching_ties_follow_a_then_b_order():
     total = 1 / 3 + 0.2
     expected = 2 * (total / 2) * (total / 2) / (total / 2 + total / 2)
     assert reference.similarity(a, b, 0.1) == expected
-    pool = mbr.CategoryPool([[(s.start, s.end) for s in a], [(s.start, s.end) for s in b]])
+    pool = consensus.CategoryPool([[(s.start, s.end) for s in a], [(s.start, s.end) for s in b]])
     assert pool.similarity(0, 1, 0.1) == expected
     assert pool.similarity(1, 0, 0.1) == expected
     # the 0.2 pair no longer counts when t_pair rises above it
@@ -225,10 +224,29 @@ def test_fast_merge_equals_all_pairs_reference(models, thresholds):
 @pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(models_strategy(), st.lists(thresholds_strategy, min_size=2, max_size=6))
-def test_cached_merges_of_a_prepared_note_equal_the_reference(models, many_thresholds):
+def test_repeated_merges_of_a_prepared_note_equal_the_reference(models, many_thresholds):
     prepared = PreparedNote(models)
     for thresholds in many_thresholds + many_thresholds[::-1]:
-        assert prepared.merge(thresholds, cache=True) == reference.merge_note(models, thresholds)
+        assert prepared.merge(thresholds) == reference.merge_note(models, thresholds)
+
+
+junk_item = st.one_of(
+    st.tuples(st.integers(-5, 60), st.integers(-5, 60), st.integers(-1, 12)),
+    st.fixed_dictionaries({"start_offset": st.one_of(st.integers(-5, 60), st.floats(0, 60), st.booleans(), st.none()),
+                           "end_offset": st.one_of(st.integers(-5, 60), st.text(max_size=2)),
+                           "category": st.one_of(st.integers(-1, 12), st.just("3"), st.booleans())}),
+    st.dictionaries(st.sampled_from(["start_offset", "end_offset", "category", "x"]), st.integers(0, 9), max_size=3),
+    st.lists(st.integers(-2, 40), max_size=4),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(junk_item, max_size=12))
+def test_input_validation_agrees_with_the_oracle_on_junk(items):
+    # consensus and the oracle each validate spans their own way; they must keep exactly the same ones
+    assert consensus.valid_spans(items) == reference.valid_spans(items)
 
 
 def test_per_category_support_thresholds():
@@ -290,29 +308,18 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "bad.json" in err and "start_offset" in err and "expected an integer" in err
     assert not (tmp_path / "o.json").exists()
-    with pytest.raises(SystemExit) as exc:
-        mbr.main(["--predictions", paths[0], "--output", "x.json", "--t_pair", "1.5"])
-    assert exc.value.code == 2
+    assert mbr.main(["--predictions", paths[0], "--output", "x.json", "--t_pair", "1.5"]) == 2
+    assert capsys.readouterr().err == "error: <command line>: --t_pair: expected a number in [0, 1], got 1.5\n"
 
 
-def test_cli_reads_inference_csv(tmp_path):
-    rows = [
-        ("1_2_3", "<drug_decision>Start aspirin</drug_decision> now.", "Start aspirin now."),
-        ("4_5_6", "No change.", "No change."),
-    ]
+def test_cli_refuses_an_inference_csv_with_a_hint(tmp_path, capsys):
     path = tmp_path / "m.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file_id", "predicted", "raw_text"])
-        writer.writerows(rows)
-    assert mbr.read_model_predictions(path) == {"1_2_3": [Span(0, 13, 5)], "4_5_6": []}
-    out = tmp_path / "merged.json"
-    assert mbr.main(["--predictions", str(path), str(path), "--output", str(out)]) == 0
-    assert read_predictions(out) == {"1_2_3": [Span(0, 13, 5)], "4_5_6": []}
-    missing = tmp_path / "missing.csv"
-    missing.write_text("file_id,raw_text\n1_2_3,x\n")
-    with pytest.raises(Exception, match=r"missing.csv: line 1: missing column\(s\) predicted"):
-        mbr.read_model_predictions(missing)
+    path.write_text("file_id,predicted,raw_text\n1_2_3,x,x\n", encoding="utf-8")
+    assert mbr.main(["--predictions", str(path), "--output", str(tmp_path / "merged.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {path}: expected prediction JSON, not a CSV (scripts/inference.py writes the spans of "
+                   "its outputs to <output>.json beside each output CSV)")
+    assert not (tmp_path / "merged.json").exists()
 
 
 @pytest.mark.parametrize("how", [["-m", "ensemble.mbr"], ["ensemble/mbr.py"]])

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from benchmarks.bench_ensemble import MODEL_NOISE, perturbed_predictions
 from dataset.synthetic import generate_corpus
-from ensemble import batch, optimize
+from ensemble import batch, tuning
 from ensemble.batch import BatchMerger, BatchTooLarge, best_in_segments, ragged_arange
-from ensemble.mbr import Thresholds, merge_prepared, prepare_predictions
+from ensemble.consensus import Thresholds, merge_prepared, prepare_predictions
 from utils.meddec.corpus import load_notes, read_split
 from utils.meddec.predictions import Span
 from utils.scoring import Scorer
@@ -179,9 +179,9 @@ def test_objective_uses_arrays_and_falls_back_to_the_per_note_merge(synthetic, m
     scorer = Scorer.from_files(gold_dir=paths.gold_dir, raw_text_dir=paths.raw_text_dir, split_file=paths.split("val"),
                                stats_csv=paths.stats_csv)
     prepared = prepare_predictions(synthetic["models"], synthetic["ids"])
-    fast = optimize.make_objective(prepared, scorer)
+    fast = tuning.make_objective(prepared, scorer)
     monkeypatch.setattr(batch, "MAX_CLUSTER_RECORDS", 10)
     with pytest.warns(UserWarning, match="per-note merge"):
-        slow = optimize.make_objective(prepared, scorer)
+        slow = tuning.make_objective(prepared, scorer)
     for thresholds in random_thresholds(3, seed=4):
         assert fast(thresholds) == slow(thresholds) == scorer.final_score(merge_prepared(prepared, thresholds))

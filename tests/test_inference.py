@@ -1,4 +1,5 @@
-"""scripts/inference.py: output format, exact chosen-token logprobs, resume after a kill, and the vLLM seams."""
+"""scripts/inference.py (utils.generation.runner): output format, exact chosen-token logprobs, resume after a kill,
+and the vLLM seams."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 import torch
 
 from scripts import inference
-from scripts.inference import InferenceArguments, render_prompts, run
+from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError
+from utils.generation.runner import plan_jobs, run
+from utils.prompt import render_chat_prompt
 from utils.generation.backends import (
     Generation,
     TransformersGenerator,
@@ -83,6 +86,10 @@ def _factory(generator, calls=None, die_on_call=None):
     return lambda: (Wrapped(), generator.tokenizer)
 
 
+def render_prompts(tokenizer, texts) -> list[str]:
+    return [render_chat_prompt(tokenizer, text) for text in texts]
+
+
 def _read(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
@@ -116,13 +123,17 @@ def test_resume_after_a_kill_gives_the_same_csv_as_an_uninterrupted_run(tmp_path
 @pytest.mark.slow
 def test_output_columns_and_exact_chosen_token_logprobs(tmp_path, model_dir, generator, input_csv):
     out = tmp_path / "out.csv"
-    run(_args(model_dir, [input_csv], [out], offsets_json=True), _factory(generator), progress=False)
+    run(_args(model_dir, [input_csv], [out]), _factory(generator), progress=False)
     frame = _read(out)
-    assert list(frame.columns) == ["file_id", "raw_text", "gold_span", "predicted", "entropy", "num_tokens", "truncated"]
+    assert list(frame.columns) == ["file_id", "raw_text", "gold_span", "predicted", "entropy", "num_tokens", "truncated",
+                                   "spans"]
     assert list(zip(frame.file_id, frame.raw_text)) == NOTES  # CRLF, a lone CR, quotes and "NA" survive
     assert frame.num_tokens.tolist() == ["6"] * 5 and frame.truncated.tolist() == ["True"] * 5  # random model: no EOS
     predictions = json.loads(out.with_suffix(".json").read_text())
     assert [p["file_name"] for p in predictions] == [i for i, _ in NOTES]
+    # the JSON holds exactly the spans of the CSV's spans column (located once, at generation)
+    assert [[[s["start_offset"], s["end_offset"], s["category"]] for s in p["predictions"]] for p in predictions] == [
+        json.loads(cell) for cell in frame.spans]
 
     # The entropy is the mean -log p of the greedy tokens under the model (teacher-forced check).
     prompt = render_prompts(generator.tokenizer, [NOTES[0][1]])[0]
@@ -183,10 +194,12 @@ def test_settings_change_refuses_to_resume_and_inputs_are_checked_first(tmp_path
 
 
 def test_published_defaults_and_val_test_outputs(tmp_path):
-    args = InferenceArguments(val_csv="v.csv", test_csv="t.csv", output_dir=str(tmp_path))
+    for name in ("v.csv", "t.csv"):
+        (tmp_path / name).write_text("file_id,raw_text\n1_2_3,x\n", encoding="utf-8")
+    args = InferenceArguments(val_csv=str(tmp_path / "v.csv"), test_csv=str(tmp_path / "t.csv"), output_dir=str(tmp_path))
     assert (args.backend, args.temperature, args.max_new_tokens, args.max_model_len, args.batch_size, args.logprobs,
             args.enable_thinking) == ("vllm", 0.0, 24576, 32768, 8, True, False)
-    jobs = inference.plan_jobs(args)
+    jobs = plan_jobs(args)
     assert [j.output for j in jobs] == [tmp_path / "val_predictions.csv", tmp_path / "test_predictions.csv"]
 
 
@@ -196,7 +209,8 @@ def test_cli_with_a_yaml_config_and_a_one_line_error(tmp_path, capsys, input_csv
     assert inference.main(["--config", str(config)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.csv'}: file not found"
     assert inference.main(["--config", str(config), "--backend", "tgi"]) == 2
-    assert "--backend: expected one of vllm, transformers, got 'tgi'" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: <command line>: argument --backend: invalid choice: 'tgi' "
+                                       "(choose from 'vllm', 'transformers')\n")
 
 
 # ------------------------------------------------------------------------------------- the vLLM seams

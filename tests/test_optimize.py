@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from dataset.synthetic import generate_corpus
-from ensemble import optimize
-from ensemble.mbr import Thresholds, merge_predictions, prepare_predictions
+from ensemble import optimize, tuning
+from ensemble.consensus import Thresholds, merge_predictions, prepare_predictions
 from utils.meddec.corpus import load_notes, read_split
 from utils.fileio import InputError
 from utils.meddec.predictions import Span, read_predictions, write_predictions
@@ -65,15 +65,15 @@ def corpus(tmp_path_factory):
     scorer = Scorer.from_files(gold_dir=root / "data", raw_text_dir=root / "raw_text",
                                split_file=root / "splits" / "val.txt", stats_csv=root / "stats.csv")
     return {"root": root, "ids": ids, "truth": truth, "models": models, "paths": paths, "scorer": scorer,
-            "evaluate": optimize.make_objective(prepare_predictions(models), scorer)}
+            "evaluate": tuning.make_objective(prepare_predictions(models), scorer)}
 
 
 def test_search_space_and_defaults():
-    assert optimize.default_params(False) == {"t_cluster": 0.1, "t_pair": 0.1, "t_support": 0.34, "t_dedup": 0.8}
-    per_category = optimize.default_params(True)
+    assert tuning.default_params(False) == {"t_cluster": 0.1, "t_pair": 0.1, "t_support": 0.34, "t_dedup": 0.8}
+    per_category = tuning.default_params(True)
     assert len(per_category) == 12 and "t_support" not in per_category
-    assert optimize.thresholds_from_params(per_category, True).t_support_by_category == (0.34,) * 9
-    assert optimize.thresholds_from_params(optimize.default_params(False), False) == Thresholds()
+    assert tuning.thresholds_from_params(per_category, True).t_support_by_category == (0.34,) * 9
+    assert tuning.thresholds_from_params(tuning.default_params(False), False) == Thresholds()
 
 
 def test_tuner_finds_the_known_optimum(corpus):
@@ -82,8 +82,8 @@ def test_tuner_finds_the_known_optimum(corpus):
     assert merge_predictions(corpus["models"], Thresholds(t_support=0.95)) == corpus["truth"]
     assert evaluate(Thresholds(t_support=0.95)) == optimum
     assert evaluate(Thresholds()) < optimum  # the published defaults keep the wrong spans
-    run = optimize.tune(evaluate, n_trials=40, seed=1, progress=False)
-    assert run.study.trials[0].params == optimize.default_params(False)
+    run = tuning.tune(evaluate, n_trials=40, seed=1, progress=False)
+    assert run.study.trials[0].params == tuning.default_params(False)
     assert run.study.trials[0].value == evaluate(Thresholds())
     assert run.study.best_value == optimum
     assert merge_predictions(corpus["models"], run.best_thresholds) == corpus["truth"]
@@ -91,17 +91,17 @@ def test_tuner_finds_the_known_optimum(corpus):
 
 def test_resume_keeps_trials_and_best_value(corpus, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    first = optimize.tune(corpus["evaluate"], 5, storage, "s", seed=3, progress=False)
+    first = tuning.tune(corpus["evaluate"], 5, storage, "s", seed=3, progress=False)
     before = [(t.params, t.value) for t in first.study.trials]
-    second = optimize.tune(corpus["evaluate"], 8, storage, "s", seed=3, progress=False)
+    second = tuning.tune(corpus["evaluate"], 8, storage, "s", seed=3, progress=False)
     assert (second.n_previous, second.n_new) == (5, 3)
     loaded = optuna.load_study(study_name="s", storage=storage)
     assert len(loaded.trials) == 8
     assert [(t.params, t.value) for t in loaded.trials[:5]] == before
     assert loaded.best_value >= first.study.best_value
-    assert sum(t.params == optimize.default_params(False) for t in loaded.trials) >= 1
-    assert loaded.trials[0].params == optimize.default_params(False)  # enqueued once, not again on resume
-    third = optimize.tune(corpus["evaluate"], 8, storage, "s", progress=False)  # already complete: no new trials
+    assert sum(t.params == tuning.default_params(False) for t in loaded.trials) >= 1
+    assert loaded.trials[0].params == tuning.default_params(False)  # enqueued once, not again on resume
+    third = tuning.tune(corpus["evaluate"], 8, storage, "s", progress=False)  # already complete: no new trials
     assert third.n_new == 0 and len(third.study.trials) == 8
 
 
@@ -113,10 +113,10 @@ def test_killed_run_loses_no_finished_trial(corpus, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        optimize.tune(corpus["evaluate"], 10, storage, "k", seed=0, progress=False, on_trial=kill_after_three)
+        tuning.tune(corpus["evaluate"], 10, storage, "k", seed=0, progress=False, on_trial=kill_after_three)
     survivors = optuna.load_study(study_name="k", storage=storage).trials
-    assert len(survivors) == 3 and survivors[0].params == optimize.default_params(False)
-    resumed = optimize.tune(corpus["evaluate"], 6, storage, "k", seed=0, progress=False)
+    assert len(survivors) == 3 and survivors[0].params == tuning.default_params(False)
+    resumed = tuning.tune(corpus["evaluate"], 6, storage, "k", seed=0, progress=False)
     assert (resumed.n_previous, resumed.n_new) == (3, 3)
     final = optuna.load_study(study_name="k", storage=storage).trials
     assert [(t.params, t.value) for t in final[:3]] == [(t.params, t.value) for t in survivors]
@@ -125,38 +125,31 @@ def test_killed_run_loses_no_finished_trial(corpus, tmp_path):
 
 def test_study_with_other_settings_is_refused(corpus, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    optimize.tune(corpus["evaluate"], 2, storage, "c", progress=False)
+    tuning.tune(corpus["evaluate"], 2, storage, "c", progress=False)
     with pytest.raises(InputError, match="per_category"):
-        optimize.tune(corpus["evaluate"], 3, storage, "c", per_category=True, progress=False)
-
-
-def test_parallel_workers_give_complete_trials(corpus):
-    run = optimize.tune(corpus["evaluate"], 4, seed=0, n_jobs=2, progress=False)
-    assert len(run.study.trials) == 4
-    for trial in run.study.trials:
-        assert trial.value == corpus["evaluate"](optimize.thresholds_from_params(trial.params, False))
+        tuning.tune(corpus["evaluate"], 3, storage, "c", per_category=True, progress=False)
 
 
 def test_per_category_tuning_has_nine_support_thresholds(corpus):
-    run = optimize.tune(corpus["evaluate"], 40, seed=1, per_category=True, progress=False)
+    run = tuning.tune(corpus["evaluate"], 40, seed=1, per_category=True, progress=False)
     assert len(run.study.trials[0].params) == 12
     assert run.best_thresholds.t_support_by_category is not None
     assert run.study.best_value == corpus["evaluate"](run.best_thresholds)
 
 
 def test_folds_cover_every_note_once():
-    folds = optimize.make_folds([f"n{i}" for i in range(10)], 3, seed=0)
+    folds = tuning.make_folds([f"n{i}" for i in range(10)], 3, seed=0)
     assert sorted(sum(folds, [])) == sorted(f"n{i}" for i in range(10))
     assert sorted(len(f) for f in folds) == [3, 3, 4]
     with pytest.raises(ValueError):
-        optimize.make_folds(["a", "b"], 3, seed=0)
+        tuning.make_folds(["a", "b"], 3, seed=0)
 
 
 def test_cross_validation_scores_held_out_folds(corpus, tmp_path):
     root = corpus["root"]
-    make_scorer = optimize.scorer_factory(str(root / "data"), str(root / "raw_text"), str(root / "stats.csv"), str(tmp_path))
+    make_scorer = tuning.scorer_factory(str(root / "data"), str(root / "raw_text"), str(root / "stats.csv"), str(tmp_path))
     prepared = prepare_predictions(corpus["models"])
-    cv = optimize.cross_validate(prepared, make_scorer, k=2, n_trials=6, seed=0, progress=False)
+    cv = tuning.cross_validate(prepared, make_scorer, k=2, n_trials=6, seed=0, progress=False)
     assert cv["k"] == 2 and len(cv["folds"]) == 2
     for fold in cv["folds"]:
         assert fold["n_train"] + fold["n_held_out"] == len(corpus["ids"])
@@ -166,13 +159,13 @@ def test_cross_validation_scores_held_out_folds(corpus, tmp_path):
 
 def test_plots_and_importance_needing_variation(tmp_path):
     study = optuna.create_study(direction="maximize")
-    study.enqueue_trial(optimize.default_params(False))
-    study.optimize(lambda t: sum(t.suggest_float(n, 0, 1) for n in optimize.param_names(False)), n_trials=1)
-    one = optimize.save_plots(study, str(tmp_path / "h1.png"), str(tmp_path / "i1.png"))
+    study.enqueue_trial(tuning.default_params(False))
+    study.optimize(lambda t: sum(t.suggest_float(n, 0, 1) for n in tuning.param_names(False)), n_trials=1)
+    one = tuning.save_plots(study, str(tmp_path / "h1.png"), str(tmp_path / "i1.png"))
     assert one["history"] == str(tmp_path / "h1.png") and (tmp_path / "h1.png").stat().st_size > 0
     assert one["importance"].startswith("skipped")
-    study.optimize(lambda t: sum(t.suggest_float(n, 0, 1) for n in optimize.param_names(False)), n_trials=4)
-    four = optimize.save_plots(study, str(tmp_path / "h.png"), str(tmp_path / "i.png"))
+    study.optimize(lambda t: sum(t.suggest_float(n, 0, 1) for n in tuning.param_names(False)), n_trials=4)
+    four = tuning.save_plots(study, str(tmp_path / "h.png"), str(tmp_path / "i.png"))
     assert four == {"history": str(tmp_path / "h.png"), "importance": str(tmp_path / "i.png")}
     assert (tmp_path / "i.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -213,7 +206,7 @@ def test_cli_bad_input_exits_2(corpus, tmp_path, capsys):
 
 
 def test_sqlite_storage_folder_is_created(tmp_path):
-    from ensemble.optimize import ensure_sqlite_folder
+    from ensemble.tuning import ensure_sqlite_folder
 
     ensure_sqlite_folder(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'study.db'}")
     assert (tmp_path / "new" / "deeper").is_dir()

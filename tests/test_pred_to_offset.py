@@ -12,6 +12,7 @@ import pytest
 
 from dataset.synthetic import generate_notes
 from utils import pred_to_offset as p2o
+from utils.tagging import align, locate
 from utils.paths import REPO_ROOT, load_module_from_path
 from utils.meddec.predictions import Span, read_predictions
 from utils.tagging.convert import spans_to_tagged, tagged_to_spans
@@ -30,8 +31,8 @@ def _text(span: Span) -> str:
     return NOTE[span.start : span.end]
 
 
-def _locate(output: str, **kwargs) -> p2o.LocateResult:
-    result = p2o.locate_spans(NOTE, output, **kwargs)
+def _locate(output: str, **kwargs) -> locate.LocateResult:
+    result = locate.locate_spans(NOTE, output, **kwargs)
     assert len(result.spans) == len(result.matches)
     assert all(0 <= s.start < s.end <= len(NOTE) for s in result.spans)
     return result
@@ -69,7 +70,7 @@ def test_unclosed_tag_is_dropped_or_closed_at_end_of_output():
     output = "He was started on <drug_decision>aspirin 81 mg daily.\n"
     result = _locate(output)
     assert result.spans == []
-    assert result.dropped == [p2o.Dropped("drug_decision", "unclosed tag", "aspirin 81 mg daily.\n", 18)]
+    assert result.dropped == [locate.Dropped("drug_decision", "unclosed tag", "aspirin 81 mg daily.\n", 18)]
     result = _locate(output, unclosed="close_at_end")
     assert result.spans == [Span(51, 72, 5)] and result.closed_at_end == 1 and result.dropped == []
 
@@ -95,7 +96,7 @@ def test_stray_close_and_unknown_tags():
 
 def test_tag_like_text_that_is_in_the_note_stays_text():
     note = "Dx: <unknown> mass, see <b>report</b>.\n"
-    result = p2o.locate_spans(note, "Dx: <define_problem><unknown> mass</define_problem>, see <b>report</b>.\n")
+    result = locate.locate_spans(note, "Dx: <define_problem><unknown> mass</define_problem>, see <b>report</b>.\n")
     assert result.spans == [Span(4, 18, 3)] and result.matches == ["aligned"] and result.dropped == []
 
 
@@ -136,7 +137,7 @@ def test_phrase_that_occurs_many_times_takes_the_nearest_occurrence():
     note = "Continue aspirin.\n" + "x" * 300 + "\nContinue aspirin.\nPlease call if fever.\n" + "y" * 300 + "\nContinue aspirin.\n"
     near = note.index("Continue aspirin.", 20)
     output = note.replace("Please call if fever.", "QQQQ WWWW <drug_decision>Continue aspirin</drug_decision> KKKK")
-    result = p2o.locate_spans(note, output)
+    result = locate.locate_spans(note, output)
     assert near == 319 and result.spans == [Span(near, near + 16, 5)]
     assert result.matches == ["search"]
 
@@ -164,16 +165,16 @@ def test_texts_beyond_edlibs_alphabet_fall_back_to_rapidfuzz():
     note = "".join(chr(0x4E00 + i) for i in range(300)) + " tail text"
     spans = [Span(10, 20, 3), Span(295, 305, 7)]
     output = spans_to_tagged(note, spans).replace(chr(0x4E00 + 50), "?")
-    assert p2o._compact_bytes(p2o.scan_output(output, note).plain, note) is None
-    result = p2o.locate_spans(note, output)
+    assert align.compact_bytes(locate.scan_output(output, note).plain, note) is None
+    result = locate.locate_spans(note, output)
     assert result.spans == spans and result.matches == ["aligned", "aligned"]
 
 
 def test_degenerate_inputs():
-    assert p2o.locate_spans("", "<drug_decision>x</drug_decision>").spans == []
-    assert p2o.locate_spans("abc", "").spans == []
-    assert p2o.locate_spans("abc", None).spans == []  # an empty CSV cell read as NaN elsewhere
-    assert p2o.locate_spans("abc", "<drug_decision>abc</drug_decision>").spans == [Span(0, 3, 5)]
+    assert locate.locate_spans("", "<drug_decision>x</drug_decision>").spans == []
+    assert locate.locate_spans("abc", "").spans == []
+    assert locate.locate_spans("abc", None).spans == []  # an empty CSV cell read as NaN elsewhere
+    assert locate.locate_spans("abc", "<drug_decision>abc</drug_decision>").spans == [Span(0, 3, 5)]
 
 
 # ------------------------------------------------------------------------------- batches and CLI
@@ -181,13 +182,11 @@ def test_degenerate_inputs():
 
 def test_outputs_to_predictions_and_reports():
     rows = [("n1", NOTE, spans_to_tagged(NOTE, GOLD)), ("n2", "abc", "<x>abc")]
-    predictions, reports = p2o.outputs_to_predictions(rows)
+    predictions, reports = locate.outputs_to_predictions(rows)
     assert predictions == {"n1": GOLD, "n2": []}
     assert reports[0]["matches"] == {"aligned": 3} and reports[0]["spans"] == 3
     assert reports[1]["dropped"] == [{"tag": "x", "reason": "unknown tag", "text": "<x>", "output_offset": 0}]
-    assert "2 notes, 3 spans" in p2o.summarize_reports(reports)
-    with pytest.raises(ValueError, match="duplicate file_id 'n1'"):
-        p2o.outputs_to_predictions(rows + rows[:1])
+    assert "2 notes, 3 spans" in locate.summarize_reports(reports)
 
 
 def _write_csv(path, frame):
@@ -224,7 +223,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     _write_csv(tmp_path / "a.csv", pd.DataFrame({"file_id": ["x"], "output": ["y"]}))
     assert p2o.main(["--input", str(tmp_path / "a.csv"), "--output", str(tmp_path / "o.json")]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {tmp_path / 'a.csv'}: line 1: missing column(s) predicted, raw_text; expected file_id, predicted, raw_text"
+        f"error: {tmp_path / 'a.csv'}: line 1: missing column(s) raw_text, predicted; expected file_id, raw_text, predicted"
     )
     _write_csv(tmp_path / "b.csv", pd.DataFrame({"file_id": ["x", "x"], "predicted": ["", ""], "raw_text": ["", ""]}))
     assert p2o.main(["--input", str(tmp_path / "b.csv"), "--output", str(tmp_path / "o.json")]) == 2
@@ -253,7 +252,7 @@ def test_gold_outputs_of_synthetic_notes_come_back_exactly():
     for note in generate_notes(5, seed=11):
         spans = [(a.start, a.end, a.category) for a in note.in_scope]
         _, reference = tagged_to_spans(spans_to_tagged(note.text, spans))
-        result = p2o.locate_spans(note.text, spans_to_tagged(note.text, spans))
+        result = locate.locate_spans(note.text, spans_to_tagged(note.text, spans))
         assert result.spans == reference and set(result.matches) == {"aligned"}
 
 

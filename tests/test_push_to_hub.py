@@ -16,11 +16,12 @@ def base_and_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from utils.training.helpers import lora_config
+    from utils.configs.training import GRPOModelConfig
+    from utils.training.models import peft_config
 
     root = tmp_path_factory.mktemp("push")
     base = build_tiny_qwen35(root / "base", build_tiny_tokenizer(["a note"] * 3, vocab_size=400), num_layers=1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora_config(2, 2))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), peft_config(GRPOModelConfig()))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

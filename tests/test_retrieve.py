@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pseudolabels.embedding import embed_batches, prepare_cache
-from pseudolabels.retrieve import Assignment, RetrieveArguments, assign_candidates, run, top_k_per_row
+from pseudolabels.retrieve import Assignment, assign_candidates, run, top_k_per_row
+from utils.configs.pipeline import RetrieveArguments
 
 
 def brute_force(queries: np.ndarray, pool: np.ndarray, top_k: int, per_note: int) -> list[Assignment]:

@@ -1,4 +1,4 @@
-"""Gold offsets <-> tagged text (utils.tagging.convert) and the gold -> CSV converter (utils.gt_to_tag)."""
+"""Gold offsets <-> tagged text (utils.tagging.convert) and the gold -> CSV converter (utils/gt_to_tag.py)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,9 @@ from dataset.synthetic import generate_corpus, generate_notes
 from utils import gt_to_tag
 from utils.paths import REPO_ROOT
 from utils.meddec.predictions import Span
-from utils.tagging.convert import (
-    TagError,
-    clean_spans,
-    same_category_crossings,
-    spans_to_tagged,
-    strip_tags,
-    tagged_to_spans,
-)
+from utils.meddec.tables import TAGGED_COLUMNS, read_tagged_table, write_tagged_table
+from utils.tagging.convert import TagError, clean_spans, same_category_crossings, spans_to_tagged, tagged_to_spans
+from utils.tagging.tags import strip_tags
 
 # ------------------------------------------------------------------------------- writing rules
 
@@ -191,8 +186,8 @@ def test_gt_to_tag_writes_exact_text_tagged_text_and_offsets(small_corpus, tmp_p
     from utils.meddec.corpus import load_notes, read_split
 
     for split in ("train", "val", "test"):
-        frame = gt_to_tag.read_tagged_csv(out / f"{split}.csv")
-        assert list(frame.columns) == list(gt_to_tag.COLUMNS)
+        frame = read_tagged_table(out / f"{split}.csv")
+        assert list(frame.columns) == list(TAGGED_COLUMNS)
         ids = read_split(paths.split(split))
         assert list(frame["file_id"]) == ids and sorted(ids) == sorted(small_corpus.ids(split))  # split-file order
         notes = load_notes(paths.gold_dir, paths.raw_text_dir, ids)
@@ -204,7 +199,7 @@ def test_gt_to_tag_writes_exact_text_tagged_text_and_offsets(small_corpus, tmp_p
             assert offsets == expected  # gold-file order, in scope, no duplicates
             assert row["gold_span"] == spans_to_tagged(note.text, offsets)
             assert strip_tags(row["gold_span"]) == note.text
-    assert any("\r\n" in t for s in ("train", "val", "test") for t in gt_to_tag.read_tagged_csv(out / f"{s}.csv")["raw_text"])
+    assert any("\r\n" in t for s in ("train", "val", "test") for t in read_tagged_table(out / f"{s}.csv")["raw_text"])
 
 
 def test_gt_to_tag_raw_text_csv_keeps_crlf_lone_cr_quotes_and_na(tmp_path):
@@ -217,7 +212,7 @@ def test_gt_to_tag_raw_text_csv_keeps_crlf_lone_cr_quotes_and_na(tmp_path):
         (gold_dir / f"{note_id}.json").write_text(json.dumps({"discharge_summary_id": note_id + "_", "annotations": annotations}))
     (gold_dir / "7_8_9.json").unlink()  # a test note without gold
     csv_path = tmp_path / "raw.csv"
-    gt_to_tag.write_tagged_csv(tmp_path / "raw_full.csv", [])  # header-only file is readable too
+    write_tagged_table(tmp_path / "raw_full.csv", [])  # header-only file is readable too
     import pandas as pd
 
     with open(csv_path, "w", encoding="utf-8", newline="") as handle:
@@ -228,15 +223,15 @@ def test_gt_to_tag_raw_text_csv_keeps_crlf_lone_cr_quotes_and_na(tmp_path):
     argv = ["--gold_dir", str(gold_dir), "--raw_text_csv", str(csv_path), "--train_split", str(tmp_path / "train.txt"),
             "--val_split", str(tmp_path / "val.txt"), "--test_split", str(tmp_path / "test.txt"), "--out_dir", str(out)]
     assert gt_to_tag.main(argv) == 0
-    train = gt_to_tag.read_tagged_csv(out / "train.csv").iloc[0]
+    train = read_tagged_table(out / "train.csv").iloc[0]
     assert train["raw_text"] == texts["1_2_3"]
     assert train["gold_span"] == '<drug_decision>St</drug_decision>art "aspirin",\r\nthen\rstop.\n'
     assert json.loads(train["gold_offsets"]) == [[0, 2, 5]]
-    val = gt_to_tag.read_tagged_csv(out / "val.csv").iloc[0]
+    val = read_tagged_table(out / "val.csv").iloc[0]
     assert (val["raw_text"], val["gold_span"]) == ("NA", "<drug_decision>NA</drug_decision>")
-    test = gt_to_tag.read_tagged_csv(out / "test.csv").iloc[0]
+    test = read_tagged_table(out / "test.csv").iloc[0]
     assert (test["file_id"], test["raw_text"], test["gold_span"], test["gold_offsets"]) == ("7_8_9", "x", "", "")
-    assert gt_to_tag.read_tagged_csv(tmp_path / "raw_full.csv").empty
+    assert read_tagged_table(tmp_path / "raw_full.csv").empty
 
 
 def test_gt_to_tag_errors_are_one_line_with_exit_code_2(small_corpus, tmp_path, capsys):

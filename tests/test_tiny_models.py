@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from baselines.bio_tagger import bio_labels
 from utils.categories import TAGS
 from utils.prompt import build_messages
 from utils.testing.tiny_models import (
     EMPTY_THINK_BLOCK,
-    bio_labels,
     build_tiny_encoder,
     build_tiny_qwen35,
     build_tiny_tokenizer,

@@ -11,6 +11,9 @@ import torch
 import yaml
 
 from scripts import train_dft
+from utils.cli import parse_args
+from utils.configs.training import DFTConfig, DFTModelConfig, DFTScriptArguments
+from utils.training import sft
 from utils.training.dft import (
     BatchLosses,
     DFTNotInEffectError,
@@ -22,7 +25,7 @@ from utils.training.dft import (
     shift_labels,
 )
 from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
-from utils.training.helpers import answer_token_stats, read_training_frame, sft_records, to_dataset
+from utils.training.data import answer_token_stats, read_training_frame, sft_records, to_dataset
 
 FAST = ["--backend", "hf", "--lora_r", "8", "--lora_alpha", "16", "--max_length", "2048", "--report_to", "none",
         "--gradient_accumulation_steps", "1", "--activation_checkpointing", "false", "--logging_steps", "1",
@@ -82,7 +85,7 @@ def test_kernel_guard_fires_when_the_patched_kernel_never_ran() -> None:
     check_kernel_ran(3, 5)
     with pytest.raises(DFTNotInEffectError, match="never called during the first optimisation step"):
         check_kernel_ran(3, 3)
-    guard = train_dft.KernelCallGuard(lambda: 7)
+    guard = sft.KernelCallGuard(lambda: 7)
     guard.on_step_begin(None, None, None)
     with pytest.raises(DFTNotInEffectError):
         guard.on_step_end(None, None, None)
@@ -91,15 +94,15 @@ def test_kernel_guard_fires_when_the_patched_kernel_never_ran() -> None:
 # --- the hf backend -----------------------------------------------------------------------------------------
 
 
-def _trainer(tiny, out: Path, loss_type: str, expected: str) -> train_dft.GuardedSFTTrainer:
+def _trainer(tiny, out: Path, loss_type: str, expected: str) -> sft.GuardedSFTTrainer:
     """A guarded trainer whose TRL loss_type may disagree with what the guard expects (simulated mis-routing)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    script, config = train_dft.parse_args(["--model_name_or_path", str(tiny["model"]), "--train_csv",
-                                           str(tiny["csv"]), "--output_dir", str(out), *FAST, "--max_steps", "1"])
+    script, _, config = parse(["--model_name_or_path", str(tiny["model"]), "--train_csv", str(tiny["csv"]),
+                               "--output_dir", str(out), *FAST, "--max_steps", "1"])
     config.loss_type = loss_type
     dataset = to_dataset(sft_records(read_training_frame(tiny["csv"])))
-    return train_dft.GuardedSFTTrainer(
+    return sft.GuardedSFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny["model"]), args=config, train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(tiny["model"]), expected_loss=expected,
     )
@@ -159,24 +162,20 @@ def test_dft_steps_lower_answer_nll_and_raise_accuracy(tiny, tmp_path: Path) -> 
 # --- the script -------------------------------------------------------------------------------------------------
 
 
-def test_published_defaults_and_recipes() -> None:
-    script, config = train_dft.parse_args([])
-    assert (script.model_name_or_path, script.backend, script.loss) == ("Qwen/Qwen3.5-4B", "unsloth", "dft")
-    assert (script.lora_r, script.lora_alpha, script.lora_dropout, script.use_rslora) == (256, 32, 0.0, True)
-    assert config.learning_rate == 2e-4 and config.lr_scheduler_type == "cosine"
-    assert config.warmup_steps == 0.05 and config.weight_decay == 0.001 and config.num_train_epochs == 2
-    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (1, 8)
-    assert config.max_length == 24576 and config.seed == 3407 and config.activation_checkpointing is True
-    assert config.optim in ("adamw_8bit", "adamw_torch")  # 8-bit AdamW needs a GPU
-    assert config.packing is False and config.completion_only_loss is True
+def parse(argv):
+    return parse_args(DFTScriptArguments, DFTModelConfig, DFTConfig, argv=argv)
 
-    for recipe, csv in (("model1_dft", "data/tagged/train.csv"), ("model3_dft_pseudo", "data/tagged/train_pseudo.csv")):
-        script, config = train_dft.parse_args(["--config", f"recipes/{recipe}.yaml"])
-        assert script.train_csv == csv and script.lora_r == 256 and config.max_length == 24576
-        assert config.output_dir == f"outputs/{recipe}"
-        assert config.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        assert config.learning_rate == 2e-4 and config.optim == ("adamw_8bit" if torch.cuda.is_available()
-                                                                 else "adamw_torch")
+
+def test_recipes_are_overlays_of_the_published_defaults() -> None:
+    _, defaults_model, defaults = parse([])
+    for recipe, csv in (("model1_dft", "data/tagged/train.csv"), ("model3_dft_pseudo", "data/tagged/train_mixed.csv")):
+        script, model_args, config = parse(["--config", f"recipes/{recipe}.yaml"])
+        assert script.train_csv == csv and config.output_dir == f"outputs/{recipe}"
+        assert model_args == defaults_model  # same base model and LoRA as the code defaults
+        for name in ("learning_rate", "num_train_epochs", "max_length", "seed", "optim", "bf16", "warmup_steps"):
+            assert getattr(config, name) == getattr(defaults, name), name
+    script, _, config = parse(["--config", "recipes/model1_dft.yaml", "--output_dir", "elsewhere"])
+    assert config.output_dir == "elsewhere"  # a flag wins over the recipe
 
 
 @pytest.mark.slow
@@ -213,7 +212,7 @@ def test_cli_rejects_bad_input_with_one_line(tiny, tmp_path: Path, capsys) -> No
 
 
 def test_unsloth_backend_refuses_a_cpu_machine(tiny, tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(train_dft, "cuda_available", lambda: False)
+    monkeypatch.setattr(sft, "cuda_available", lambda: False)
     code = train_dft.main(["--backend", "unsloth", "--model_name_or_path", str(tiny["model"]), "--train_csv",
                            str(tiny["csv"]), "--output_dir", str(tmp_path / "u")])
     assert code == 2

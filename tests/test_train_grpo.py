@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from scripts import train_grpo
+from utils.cli import parse_args
+from utils.configs.training import GRPOModelConfig, GRPOScriptArguments, LamarGRPOConfig
 from utils.rewards import reward_functions
+from utils.training import grpo
+from utils.training.models import merge_adapter, peft_config
 from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
 
 
@@ -38,30 +42,23 @@ def lora_state(trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-def test_published_grpo_defaults_and_recipe() -> None:
-    for argv in ([], ["--config", "recipes/model2_grpo.yaml"]):
-        script, config = train_grpo.parse_args(argv)
-        assert script.model_name_or_path == train_grpo.MODEL1 and script.adapter is None
-        assert (script.lora_r, script.lora_alpha, script.max_prompt_length) == (2, 2, 10029)
-        assert script.rewards == ["fidelity", "token_f1", "exact_f1"]
-        assert (config.loss_type, config.epsilon, config.epsilon_high, config.beta) == ("dapo", 0.2, 0.28, 0.0)
-        assert config.importance_sampling_level == "token"
-        assert config.multi_objective_aggregation == "normalize_then_sum"
-        assert config.mask_truncated_completions is True and config.max_grad_norm == 0.2
-        assert (config.learning_rate, config.lr_scheduler_type, config.num_train_epochs) == (5e-5, "constant", 1)
-        assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (2, 4)
-        assert (config.num_generations, config.temperature, config.min_p, config.top_p) == (8, 1.0, 0.1, 1.0)
-        assert config.max_completion_length == 14547 and config.save_steps == 10
-        assert config.chat_template_kwargs == {"enable_thinking": False}
-        assert config.output_dir == "outputs/model2_grpo"
+def parse(argv):
+    return parse_args(GRPOScriptArguments, GRPOModelConfig, LamarGRPOConfig, argv=argv)
+
+
+def test_the_recipe_is_an_overlay_of_the_published_defaults() -> None:
+    defaults = parse([])
+    script, model_args, config = parse(["--config", "recipes/model2_grpo.yaml"])
+    assert (script, model_args) == defaults[:2]
+    assert config.to_dict() == defaults[2].to_dict()  # the recipe only names the defaults' data and output paths
 
 
 @pytest.mark.slow
 def test_two_grpo_steps_change_the_new_lora_and_clear_rope_deltas(tiny, tmp_path: Path) -> None:
-    script, config = train_grpo.parse_args(tiny_args(tiny, tmp_path / "run", "--max_steps", "2",
-                                                     "--mask_truncated_completions", "false", "--save_steps", "1"))
-    trainer = train_grpo.build_trainer(script, config,
-                                       reward_funcs=[*reward_functions(script.rewards), length_reward])
+    script, model_args, config = parse(tiny_args(tiny, tmp_path / "run", "--max_steps", "2",
+                                                 "--mask_truncated_completions", "false", "--save_steps", "1"))
+    trainer = grpo.build_trainer(script, model_args, config,
+                                 reward_funcs=[*reward_functions(script.rewards), length_reward])
     assert config.use_vllm is False  # no GPU here
     planted = trainer.model.base_model.model.model
     planted.rope_deltas = torch.tensor([[5]])  # as if left over from an earlier generate()
@@ -82,9 +79,9 @@ def test_two_grpo_steps_change_the_new_lora_and_clear_rope_deltas(tiny, tmp_path
 @pytest.mark.slow
 def test_masked_truncated_completions_give_no_update_without_eos(tiny, tmp_path: Path) -> None:
     """The documented trap: a random tiny model never emits EOS, so with masking on nothing is learned."""
-    script, config = train_grpo.parse_args(tiny_args(tiny, tmp_path / "masked", "--max_steps", "1",
-                                                     "--save_strategy", "no"))
-    trainer = train_grpo.build_trainer(script, config, reward_funcs=[length_reward])
+    script, model_args, config = parse(tiny_args(tiny, tmp_path / "masked", "--max_steps", "1",
+                                                 "--save_strategy", "no"))
+    trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[length_reward])
     before = lora_state(trainer)
     trainer.train()
     after = lora_state(trainer)
@@ -110,21 +107,20 @@ def test_adapter_is_merged_once_into_the_start_model(tiny, tmp_path: Path) -> No
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from utils.training.helpers import lora_config
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["model"]), lora_config(4, 8))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["model"]),
+                           peft_config(GRPOModelConfig(lora_r=4, lora_alpha=8)))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.fill_(0.01)
     model.save_pretrained(tmp_path / "adapter")
-    merged = train_grpo.merge_adapter(str(tiny["model"]), str(tmp_path / "adapter"), tmp_path / "merged",
+    merged = merge_adapter(str(tiny["model"]), str(tmp_path / "adapter"), tmp_path / "merged",
                                       torch.float32)
     reloaded = AutoModelForCausalLM.from_pretrained(merged)
     ids = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     stamp = (merged / "config.json").stat().st_mtime_ns
-    assert train_grpo.merge_adapter(str(tiny["model"]), "unused", tmp_path / "merged", torch.float32) == merged
+    assert merge_adapter(str(tiny["model"]), "unused", tmp_path / "merged", torch.float32) == merged
     assert (merged / "config.json").stat().st_mtime_ns == stamp
 
 

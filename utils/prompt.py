@@ -10,6 +10,9 @@ from typing import Any
 
 RAW_TEXT_FIELD = "{raw_text}"
 
+# The chat template is applied with thinking off, as the released checkpoints were trained and are served.
+CHAT_TEMPLATE_KWARGS: dict[str, Any] = {"enable_thinking": False}
+
 PROMPT_TEMPLATE = """You are an expert specializes in extracting clinical decisions from a patient's discharge summary.
 
 ### YOUR TASK ###
@@ -61,11 +64,8 @@ def build_messages(raw_text: str, answer: str | None = None) -> list[dict[str, A
     return messages
 
 
-def render_chat_prompt(tokenizer: Any, raw_text: str) -> str:
-    """Generation prompt text for one note through the tokenizer's chat template, thinking off."""
+def render_chat_prompt(tokenizer: Any, raw_text: str, enable_thinking: bool = False) -> str:
+    """Generation prompt text for one note through the tokenizer's chat template (thinking off as published)."""
     return tokenizer.apply_chat_template(
-        build_messages(raw_text),
-        tokenize=False,
-        add_generation_prompt=True,
-        enable_thinking=False,
+        build_messages(raw_text), tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
     )

@@ -10,11 +10,11 @@ The three published rewards (SPEC section 4):
 Both F1 rewards are 1.0 when neither side has a span and 0.0 when only one side has.
 
 An optional fourth, ``official_score_reward``, places the completion's spans in the note
-(``utils.pred_to_offset.locate_spans``) and scores them with the official metric (``utils.scoring.Scorer``):
+(``utils.tagging.locate.locate_spans``) and scores them with the official metric (``utils.scoring.Scorer``):
 (span F1 + token F1) / 2 of that one note.
 
 TRL calls each as ``func(prompts=..., completions=..., completion_ids=..., **dataset_columns)``: the gold tagged
-text arrives in the ``gold_span`` column, the note in ``raw_text`` (see ``utils.training.helpers.grpo_records``).
+text arrives in the ``gold_span`` column, the note in ``raw_text`` (see ``utils.training.data.grpo_records``).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ class OfficialScoreReward:
         return self._scorers[key]
 
     def score_one(self, file_id: str, text: str, gold_offsets: str, output: str) -> float:
-        from utils.pred_to_offset import locate_spans
+        from utils.tagging.locate import locate_spans
 
         spans = locate_spans(text, output).spans
         return float(self._scorer(file_id, text, gold_offsets).base_score({file_id: spans}))
@@ -228,7 +228,6 @@ class OfficialScoreReward:
 
 official_score_reward = OfficialScoreReward()
 
-PUBLISHED_REWARDS = (fidelity_reward, token_f1_reward, exact_f1_reward)
 REWARDS_BY_NAME = {
     "fidelity": fidelity_reward,
     "token_f1": token_f1_reward,

@@ -65,10 +65,6 @@ class Annotation:
     annotation_id: str = ""
     decision: str = ""
 
-    def as_prediction(self) -> dict[str, int]:
-        """The span in the evaluator's prediction format."""
-        return {"start_offset": self.start, "end_offset": self.end, "category": self.category}
-
 
 @dataclass
 class Note:
@@ -169,14 +165,6 @@ def read_split(path: str | os.PathLike[str]) -> list[str]:
             return [normalize_note_id(line.strip()) for line in handle if line.strip()]
     except FileNotFoundError:
         raise InputError(path, "", "split file not found") from None
-
-
-def read_splits(paths: Sequence[str | os.PathLike[str]]) -> set[str]:
-    """Union of the ids of several split files."""
-    ids: set[str] = set()
-    for path in paths:
-        ids.update(read_split(path))
-    return ids
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,13 @@ Decisions (documented because downstream code depends on them):
 from __future__ import annotations
 
 import numbers
-import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Iterable, NamedTuple, Sequence
 
 from utils.categories import ID_TO_TAG, INNER_RANK, TAG_TO_ID, VALID_CATEGORY_IDS
 from utils.meddec.predictions import Span
-
-# Exact tags only: ``<define_problem>`` / ``</define_problem>`` (lenient parsing lives in utils.pred_to_offset).
-TAG_PATTERN = re.compile(r"<(/?)(" + "|".join(re.escape(t) for t in ID_TO_TAG.values()) + r")>")
+from utils.meddec.tables import spans_json
+from utils.tagging.tags import TAG_PATTERN
 
 
 class DroppedSpan(NamedTuple):
@@ -122,11 +120,6 @@ def spans_to_tagged(text: str, spans: Iterable[tuple[int, int, int]]) -> str:
     return "".join(pieces)
 
 
-def strip_tags(tagged: str) -> str:
-    """The text without the nine exact tags (anything else, including other ``<...>``, stays)."""
-    return TAG_PATTERN.sub("", tagged)
-
-
 def tagged_to_spans(tagged: str) -> tuple[str, list[Span]]:
     """Exact inverse of ``spans_to_tagged``: (plain text, spans in opening-tag order).
 
@@ -174,3 +167,16 @@ def same_category_crossings(spans: Iterable[Sequence[int]]) -> list[tuple[Span, 
                 if first.start < second.start and first.end < second.end:
                     pairs.append((first, second))
     return pairs
+
+
+def gold_row(file_id: str, text: str, spans: Iterable[Sequence[int]] | None) -> tuple[dict[str, str], Counter[str]]:
+    """One tagged-split row for a note (``utils.meddec.tables``), and why spans were left out (reason -> count).
+
+    ``spans`` are (start, end, category) triples in gold order; None means the note has no gold (test): both
+    gold columns are then empty strings.
+    """
+    if spans is None:
+        return {"file_id": file_id, "raw_text": text, "gold_span": "", "gold_offsets": ""}, Counter()
+    kept, dropped = clean_spans(len(text), spans)
+    row = {"file_id": file_id, "raw_text": text, "gold_span": spans_to_tagged(text, kept), "gold_offsets": spans_json(kept)}
+    return row, Counter(d.reason for d in dropped)

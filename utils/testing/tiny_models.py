@@ -182,11 +182,6 @@ def build_tiny_qwen35(
 # --- the encoder baseline -------------------------------------------------------------------------------
 
 
-def bio_labels() -> list[str]:
-    """The 19 B/I/O labels of the encoder baseline: O, then B-<tag>, I-<tag> in category order."""
-    return ["O"] + [f"{prefix}-{tag}" for tag in TAGS for prefix in ("B", "I")]
-
-
 def build_tiny_roberta_tokenizer(
     texts: Iterable[str] = (), out_dir: str | Path | None = None, vocab_size: int = 1024
 ) -> PreTrainedTokenizerFast:
@@ -226,9 +221,11 @@ def build_tiny_encoder(
     """Save a tiny RobertaForTokenClassification (512-token windows) and its tokenizer to ``out_dir``.
 
     Without ``tokenizer`` a RoBERTa-style BPE is trained on ``texts`` (plus the prompt text). Labels default to
-    :func:`bio_labels` when ``num_labels`` is 19, else generic ``LABEL_i``.
+    :func:`baselines.bio_tagger.bio_labels` when ``num_labels`` is 19, else generic ``LABEL_i``.
     """
     from transformers import RobertaConfig, RobertaForTokenClassification
+
+    from baselines.bio_tagger import bio_labels
 
     if tokenizer is None:
         tokenizer = build_tiny_roberta_tokenizer(texts)
@@ -268,9 +265,11 @@ def write_tiny_tagged_csv(
 ) -> list[dict[str, str]]:
     """A gt_to_tag-style training CSV of a few short synthetic notes (file_id, raw_text, gold_span, gold_offsets)."""
     from dataset.synthetic import generate_notes
-    from utils.gt_to_tag import gold_row, write_tagged_csv
+    from utils.meddec.tables import write_tagged_table
+    from utils.tagging.splits import in_scope_spans
+    from utils.tagging.convert import gold_row
 
     notes = generate_notes(n_notes, seed=seed, mean_chars=mean_chars, mean_spans=mean_spans)
-    rows = [gold_row(note.note_id, note.text, note.annotations)[0] for note in notes]
-    write_tagged_csv(path, rows)
+    rows = [gold_row(note.note_id, note.text, in_scope_spans(note.annotations))[0] for note in notes]
+    write_tagged_table(path, rows)
     return rows

@@ -1,0 +1,141 @@
+"""The one command-line convention of every entry point.
+
+Options are dataclass fields (``utils.configs``) parsed by TRL's ``TrlParser``: every field is a flag with the
+published default, ``--config recipe.yaml`` sets any of them from a YAML file, and flags given on the command
+line win over the file. What this module adds is the error behaviour users need: a missing or malformed config
+file, an unknown key or flag, or a value of the wrong type is ONE line naming the file or flag, the key and what
+was expected (exit code 2), never a traceback, and recipe values are converted by the same type as the flag
+(YAML reads ``2e-4`` as a string; the flag's float conversion applies to it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+from utils.fileio import InputError, report_input_error
+
+COMMAND_LINE = "<command line>"
+CONFIG_HELP = ("--config FILE  a YAML recipe (e.g. recipes/*.yaml) setting any of the options above by name; "
+               "flags given on the command line win over it")
+
+
+def _trl_parser_class():
+    from trl import TrlParser
+
+    return TrlParser
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A recipe: a YAML mapping of option names to values; any problem is a one-line InputError."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise InputError(path, "", "--config: file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "", "--config: expected a YAML file, got a folder") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"byte {err.start}", "--config: not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise InputError(path, where, f"invalid YAML ({getattr(err, 'problem', None) or err})") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise InputError(path, "top level", f"expected a mapping of option: value, got a {type(config).__name__}")
+    return config
+
+
+class LamarParser(_trl_parser_class()):
+    """TrlParser whose recipe and flag problems are one-line :class:`InputError` s."""
+
+    def known_options(self) -> dict[str, Any]:
+        return {action.dest: action for action in self._actions if action.dest not in ("help",)}
+
+    def _convert(self, path: str, key: str, value: Any, action: Any) -> Any:
+        """A recipe value converted like the flag's own value (so ``2e-4`` becomes a float), choices checked."""
+        convert = action.type
+        try:
+            if action.nargs in ("+", "*") and isinstance(value, (list, tuple)):
+                value = [convert(v) if convert is not None and isinstance(v, str) else v for v in value]
+            elif convert is not None and isinstance(value, str):
+                value = convert(value)
+        except (TypeError, ValueError) as err:
+            expected = getattr(convert, "__name__", "a valid value")
+            raise InputError(path, f"key '{key}'", f"expected {expected}, got {value!r} ({err})") from None
+        if action.choices is not None:
+            values = value if isinstance(value, list) else [value]
+            bad = [v for v in values if v not in action.choices]
+            if bad:
+                raise InputError(path, f"key '{key}'", f"expected one of {', '.join(map(str, action.choices))}, "
+                                                       f"got {bad[0]!r}")
+        return value
+
+    def apply_config(self, path: str) -> None:
+        """Set defaults from a recipe; unknown keys are an error naming the closest known option."""
+        import os
+
+        config = read_config_file(path)
+        env = config.pop("env", None)
+        if env is not None:
+            if not isinstance(env, dict):
+                raise InputError(path, "key 'env'", "expected a mapping of environment variable: value")
+            for key, value in env.items():
+                os.environ[str(key)] = str(value)
+        known = self.known_options()
+        for key, value in config.items():
+            if key not in known:
+                raise InputError(path, f"key '{key}'", f"unknown option{_closest(str(key), known)}")
+            action = known[key]
+            action.default = self._convert(path, key, value, action)
+            action.required = False
+
+    def error(self, message: str) -> None:  # argparse's own errors (unknown flag, bad value, missing flag)
+        raise InputError(COMMAND_LINE, "", message)
+
+    def parse(self, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+        args = list(sys.argv[1:] if argv is None else argv)
+        if "--config" in args:
+            index = args.index("--config")
+            if index + 1 >= len(args):
+                raise InputError(COMMAND_LINE, "--config", "expected a YAML file path after --config")
+            self.apply_config(args[index + 1])
+            del args[index : index + 2]
+        namespace, remaining = self.parse_known_args(args=args)
+        if remaining:
+            flag = next((a for a in remaining if a.startswith("-")), remaining[0])
+            raise InputError(COMMAND_LINE, flag, f"unknown option{_closest(flag.lstrip('-'), self.known_options())}")
+        outputs = []
+        for dtype in self.dataclass_types:
+            import dataclasses
+
+            keys = {f.name for f in dataclasses.fields(dtype) if f.init}
+            try:
+                outputs.append(dtype(**{k: v for k, v in vars(namespace).items() if k in keys}))
+            except (TypeError, ValueError) as err:  # a dataclass's own validation (e.g. TrainingArguments)
+                raise InputError(COMMAND_LINE, "", f"invalid options: {err}") from None
+        return tuple(outputs)
+
+
+def parse_args(*dataclass_types: type, argv: Sequence[str] | None = None, prog: str | None = None,
+               description: str | None = None) -> tuple[Any, ...]:
+    """Instances of ``dataclass_types`` from flags and an optional ``--config`` recipe (flags win)."""
+    return LamarParser(list(dataclass_types), prog=prog, description=description, epilog=CONFIG_HELP).parse(argv)
+
+
+def run_cli(body: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a command's body; input problems print the project's one-line error and return exit code 2."""
+    try:
+        return body() or 0
+    except (InputError, *extra_errors) as err:
+        return report_input_error(err)

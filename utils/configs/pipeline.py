@@ -1,0 +1,299 @@
+"""Argument dataclasses of the data, inference, pseudo-label, scoring, ensemble, hub and demo commands.
+
+Defaults are the published settings and the README's folder layout (``utils.configs``). Parsed by
+``utils.cli.parse_args``: each field is a flag, ``--config`` takes a YAML recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from utils.configs import (
+    EMBEDDING_MODEL, MEDDEC, MIXED_TRAIN_CSV, OPTUNA_STORAGE, OPTUNA_STUDY, RELEASED_MODEL_1, TAGGED_DIR, WORK_DIR,
+    split_files,
+)
+from utils.training.models import MODEL_CLASSES
+
+ANY_DESCRIPTION = "any"
+UNCLOSED_POLICIES = ("drop", "close_at_end")
+INFERENCE_BACKENDS = ("vllm", "transformers")
+
+
+# ------------------------------------------------------------------------------------------- data preparation
+
+
+@dataclass
+class GtToTagArguments:
+    """``utils/gt_to_tag.py``: gold annotations -> tagged-text CSVs, one per split."""
+
+    gold_dir: str = field(default=str(MEDDEC.gold_dir), metadata={"help": "MedDec data/ folder with <ID>.json gold files."})
+    raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ folder with <ID>.txt notes."})
+    raw_text_csv: str | None = field(default=None, metadata={
+        "help": "CSV with file_id and raw_text columns: note texts come from here instead of --raw_text_dir."})
+    train_split: str = field(default=str(MEDDEC.split("train")), metadata={"help": "Train split file (one id per line)."})
+    val_split: str = field(default=str(MEDDEC.split("val")), metadata={"help": "Validation split file."})
+    test_split: str | None = field(default=None, metadata={
+        "help": "Optional test split file (notes without gold get empty gold columns)."})
+    out_dir: str = field(default=str(TAGGED_DIR), metadata={"help": "Folder for train.csv, val.csv (and test.csv)."})
+
+
+@dataclass
+class PredToOffsetArguments:
+    """``utils/pred_to_offset.py``: tagged model outputs -> prediction JSON (character offsets)."""
+
+    input: str = field(metadata={"help": "CSV with file_id, predicted (model output) and raw_text columns."})
+    output: str = field(metadata={"help": "Prediction JSON to write (the evaluator's format)."})
+    raw_text_dir: str | None = field(default=None, metadata={
+        "help": "MedDec raw_text/ folder: note texts come from here instead of the CSV."})
+    report: str | None = field(default=None, metadata={
+        "help": "Optional JSON Lines report: per note, how spans were matched and what was dropped."})
+    unclosed: str = field(default="drop", metadata={"help": "What to do with tags left open.",
+                                                    "choices": list(UNCLOSED_POLICIES)})
+    id_column: str = field(default="file_id", metadata={"help": "Column with the note id."})
+    output_column: str = field(default="predicted", metadata={"help": "Column holding the model output."})
+    text_column: str = field(default="raw_text", metadata={"help": "Column with the note text (ignored with --raw_text_dir)."})
+
+
+# -------------------------------------------------------------------------------------------------- inference
+
+
+@dataclass
+class InferenceArguments:
+    """``scripts/inference.py`` (defaults = the published run: vLLM, greedy, 24,576 new tokens, context 32,768)."""
+
+    model: str = field(default=RELEASED_MODEL_1, metadata={"help": "Merged model, or the base model with --adapter."})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT LoRA adapter on top of --model (vLLM LoRA)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: --model)."})
+    backend: str = field(default="vllm", metadata={"help": "vllm (GPU) or transformers (CPU fallback).",
+                                                   "choices": list(INFERENCE_BACKENDS)})
+    val_csv: str | None = field(default=None, metadata={"help": "Validation CSV -> <output_dir>/val_predictions.csv."})
+    test_csv: str | None = field(default=None, metadata={"help": "Test CSV -> <output_dir>/test_predictions.csv."})
+    output_dir: str = field(default="outputs/inference", metadata={"help": "Folder for --val_csv/--test_csv outputs."})
+    input: list[str] = field(default_factory=list, metadata={"help": "Input CSVs (file_id, raw_text, ...)."})
+    output: list[str] = field(default_factory=list, metadata={"help": "Output CSVs, one per --input."})
+    id_column: str = field(default="file_id", metadata={"help": "Column with the note id."})
+    text_column: str = field(default="raw_text", metadata={"help": "Column with the exact note text."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy (published)."})
+    max_new_tokens: int = field(default=24576, metadata={"help": "Generated tokens at most."})
+    max_model_len: int = field(default=32768, metadata={"help": "Context length (prompt + generation)."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences generated at a time (vLLM max_num_seqs)."})
+    flush_every: int = field(default=64, metadata={"help": "vLLM: prompts per generate call = rows per resume step."})
+    logprobs: bool = field(default=True, metadata={"help": "Keep the chosen tokens' logprobs (needed for entropy)."})
+    enable_thinking: bool = field(default=False, metadata={"help": "Chat template thinking switch (published: off)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel GPUs."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype (auto, bfloat16, float32, ...)."})
+    device: str = field(default="cpu", metadata={"help": "transformers backend device (cpu, cuda, ...)."})
+    seed: int = field(default=3407, metadata={"help": "Engine seed (greedy decoding does not depend on it)."})
+    vllm_kwargs: str | None = field(default=None, metadata={"help": "Extra vllm.LLM arguments as a JSON object."})
+    unclosed: str = field(default="drop", metadata={
+        "help": "Tags left open in an output when its spans are located (utils/pred_to_offset.py).",
+        "choices": list(UNCLOSED_POLICIES)})
+    overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
+
+
+# -------------------------------------------------------------------------------------------------- pseudo-labels
+
+
+@dataclass
+class ExtractArguments:
+    """``pseudolabels/extract_unlabel.py``: the unlabeled discharge-summary pool."""
+
+    noteevents: str = field(default=str(MEDDEC.noteevents_csv), metadata={"help": "MIMIC-III NOTEEVENTS.csv."})
+    splits: list[str] = field(default_factory=split_files, metadata={
+        "help": "Split files (one MedDec id per line) whose notes must not enter the pool."})
+    output: str = field(default=str(WORK_DIR / "unlabeled.csv"), metadata={"help": "Output CSV (file_id, raw_text)."})
+    description: str = field(default="Report", metadata={
+        "help": f"DESCRIPTION to keep (exact match); '{ANY_DESCRIPTION}' keeps Report and Addendum alike."})
+    exclude_patients: bool = field(default=False, metadata={
+        "help": "Also drop every note of a patient (SUBJECT_ID) found in the splits."})
+    chunksize: int = field(default=2_000, metadata={"help": "Rows of NOTEEVENTS read at a time (bounds memory)."})
+
+
+@dataclass
+class EmbeddingArguments:
+    """``pseudolabels/embedding.py``: embeddings of the pool and of the MedDec notes."""
+
+    model: str = field(default=EMBEDDING_MODEL, metadata={"help": "sentence-transformers model (Hub id or folder)."})
+    sources: list[str] = field(default_factory=lambda: ["pool", "meddec"], metadata={
+        "help": "What to embed: pool, meddec or both."})
+    pool_csv: str = field(default=str(WORK_DIR / "unlabeled.csv"), metadata={"help": "Pool CSV (file_id, raw_text)."})
+    pool_out: str = field(default=str(WORK_DIR / "embeddings/pool"), metadata={"help": "Shard folder of the pool."})
+    meddec_raw_text: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ folder."})
+    meddec_splits: list[str] = field(default_factory=split_files, metadata={
+        "help": "Split files whose notes are embedded (retrieve.py picks the query splits)."})
+    meddec_out: str = field(default=str(WORK_DIR / "embeddings/meddec"), metadata={"help": "Shard folder of the MedDec notes."})
+    shard_size: int = field(default=1024, metadata={"help": "Notes per cached shard (the unit of resuming)."})
+    batch_size: int = field(default=8, metadata={"help": "Encoding batch size."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Truncate notes to this many tokens."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: automatic)."})
+    dtype: str = field(default="auto", metadata={"help": "Model weights dtype: auto, bfloat16, float16, float32."})
+    prompt_name: str | None = field(default=None, metadata={"help": "Saved prompt of the model to prepend."})
+
+
+@dataclass
+class RetrieveArguments:
+    """``pseudolabels/retrieve.py``: greedy unique assignment of pool notes to MedDec notes."""
+
+    pool_embeddings: str = field(default=str(WORK_DIR / "embeddings/pool"), metadata={"help": "Shard folder of the pool."})
+    meddec_embeddings: str = field(default=str(WORK_DIR / "embeddings/meddec"), metadata={"help": "Shard folder of MedDec."})
+    pool_csv: str = field(default=str(WORK_DIR / "unlabeled.csv"), metadata={"help": "Pool CSV (file_id, raw_text)."})
+    query_splits: list[str] = field(default_factory=split_files, metadata={
+        "help": "Split files whose notes act as queries (published: train, val and test)."})
+    output: str = field(default=str(WORK_DIR / "pseudo_candidates.csv"), metadata={"help": "Assigned candidates CSV."})
+    top_k: int = field(default=100, metadata={"help": "Candidates considered per MedDec note."})
+    per_note: int = field(default=5, metadata={"help": "Candidates assigned per MedDec note at most."})
+    query_block: int = field(default=256, metadata={"help": "Query rows per similarity block (bounds memory)."})
+
+
+@dataclass
+class ExploreArguments:
+    """``dynamic_threshold.py explore``: does low entropy mean good output, and what would each quantile keep?"""
+
+    val_predictions: str = field(default="outputs/inference/model1/val_predictions.csv", metadata={
+        "help": "Inference CSV of Model 1 on validation."})
+    gold_dir: str = field(default=str(MEDDEC.gold_dir), metadata={"help": "MedDec data/ (gold of the validation notes)."})
+    raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ (texts as scored)."})
+    pool_predictions: str | None = field(default=None, metadata={"help": "Inference CSV on the pool candidates."})
+    bins: int = field(default=5, metadata={"help": "Entropy quantile bins of the validation notes."})
+    quantiles: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 1.0], metadata={
+        "help": "Candidate thresholds (quantiles)."})
+    report: str = field(default=str(WORK_DIR / "threshold_report.json"), metadata={"help": "JSON report."})
+    plot: str | None = field(default=str(WORK_DIR / "threshold_explore.png"), metadata={"help": "PNG plot ('' for none)."})
+
+
+@dataclass
+class SelectArguments:
+    """``dynamic_threshold.py select``: keep the low-entropy pool outputs and mix them into the train CSV."""
+
+    pool_predictions: str = field(default=str(WORK_DIR / "pseudo_candidates_model1.csv"), metadata={
+        "help": "Inference CSV of Model 1 on the pool candidates."})
+    train_csv: str = field(default=str(TAGGED_DIR / "train.csv"), metadata={"help": "gt_to_tag train CSV to mix with."})
+    threshold: float = field(default=0.10, metadata={"help": "Keep entropy <= this quantile of the pool (0.10 = 10%%)."})
+    output: str = field(default=str(MIXED_TRAIN_CSV), metadata={"help": "Mixed training CSV."})
+    min_spans: int = field(default=0, metadata={"help": "Also drop selected rows with fewer located spans."})
+    drop_truncated: bool = field(default=False, metadata={"help": "Also drop outputs that hit the token budget."})
+
+
+# ----------------------------------------------------------------------------------------------- scoring, ensemble
+
+
+@dataclass
+class EvaluateArguments:
+    """``evaluate/evaluate.py``: the official flags of the MedDec evaluation script."""
+
+    predictions: str = field(metadata={"help": "Path to predictions JSON file"})
+    raw_text_dir: str = field(metadata={"help": "Directory containing raw text files (raw_text/)"})
+    gold_dir: str | None = field(default=None, metadata={"help": "Directory containing gold annotation files (data/)"})
+    gold_file: str | None = field(default=None, metadata={"help": "Optional: specific gold file (overrides gold_dir)"})
+    stats_csv: str | None = field(default=None, metadata={"help": "Optional: path to stats.csv for shared-task final scoring"})
+    split_file: str | None = field(default=None, metadata={"help": "Optional: path to split file (e.g. splits/val.txt)"})
+    output: str | None = field(default=None, metadata={"help": "Optional: output file for results (JSON)"})
+
+
+@dataclass
+class ThresholdArguments:
+    """The four Span-Cluster Consensus thresholds as flags; unset ones come from --thresholds_json or the defaults."""
+
+    t_cluster: float | None = field(default=None, metadata={
+        "help": "IoU that links two spans of a category into one cluster (default 0.1, published)."})
+    t_pair: float | None = field(default=None, metadata={
+        "help": "IoU a span pair needs to count in the model-agreement matching (default 0.1, published)."})
+    t_support: float | None = field(default=None, metadata={
+        "help": "Summed model weight a cluster needs to be kept (default 0.34, published)."})
+    t_dedup: float | None = field(default=None, metadata={
+        "help": "IoU at which a kept span duplicates another of its category (default 0.8, published)."})
+
+
+@dataclass
+class MergeArguments:
+    """``ensemble/mbr.py``: merge several models' predictions (thresholds: :class:`ThresholdArguments`)."""
+
+    predictions: list[str] = field(metadata={
+        "help": "One prediction JSON per model (scripts/inference.py writes <output>.json beside each CSV)."})
+    output: str = field(metadata={"help": "Merged prediction JSON."})
+    thresholds_json: str | None = field(default=None, metadata={
+        "help": "Thresholds from a JSON object (e.g. the tuner's best.json); flags given win over it."})
+    explain: str | None = field(default=None, metadata={
+        "help": "JSON Lines file: per note and category, model weights, clusters, support, boundary."})
+
+
+@dataclass
+class OptimizeArguments:
+    """``ensemble/optimize.py``: Optuna TPE tuning of the thresholds on validation (published: 5,000 trials)."""
+
+    predictions: list[str] = field(metadata={"help": "Validation prediction JSON, one file per model."})
+    gold_dir: str = field(default=str(MEDDEC.gold_dir), metadata={"help": "MedDec data/ folder."})
+    raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ folder."})
+    split_file: str | None = field(default=None, metadata={
+        "help": "Note ids to tune on (e.g. splits/val.txt); default: all gold notes."})
+    stats_csv: str | None = field(default=None, metadata={
+        "help": "stats.csv: objective = final score; without it the base score."})
+    n_trials: int = field(default=5000, metadata={"help": "Total finished trials the study should hold."})
+    storage: str = field(default=OPTUNA_STORAGE, metadata={
+        "help": "Optuna storage URL, resumable; 'none' for in memory only."})
+    study_name: str = field(default=OPTUNA_STUDY, metadata={"help": "Optuna study name."})
+    seed: int = field(default=0, metadata={"help": "TPE sampler seed."})
+    output: str = field(default="outputs/ensemble/best.json", metadata={"help": "Best thresholds and scores as JSON."})
+    history_plot: str | None = field(default=None, metadata={
+        "help": "Optimisation-history PNG (default: <output stem>_history.png)."})
+    importance_plot: str | None = field(default=None, metadata={
+        "help": "Parameter-importance PNG (default: <output stem>_importance.png)."})
+    no_plots: bool = field(default=False, metadata={"help": "Do not draw the PNG plots."})
+    cv: int = field(default=0, metadata={"help": "Also report the K-fold cross-validated score (K >= 2; 0 = none)."})
+    cv_trials: int | None = field(default=None, metadata={"help": "Trials per CV fold (default: --n_trials)."})
+    per_category: bool = field(default=False, metadata={
+        "help": "Tune one support threshold per category (9 parameters instead of t_support)."})
+    apply: list[str] = field(default_factory=list, metadata={
+        "help": "Other predictions (e.g. test), one per model in the same order, merged with the best thresholds."})
+    apply_output: str | None = field(default=None, metadata={"help": "Merged JSON for --apply."})
+    quiet: bool = field(default=False, metadata={"help": "No progress bars."})
+
+
+# ----------------------------------------------------------------------------------------------- hub, corpus, demo
+
+
+@dataclass
+class PushArguments:
+    """``scripts/push_to_hub.py``: where the model is, where it goes, and whether to merge an adapter first."""
+
+    folder: str = field(metadata={"help": "Folder to upload (the merged model is written here with --adapter)."})
+    repo_id: str = field(metadata={"help": "Hub repository, e.g. user/lamar-model1."})
+    base_model: str | None = field(default=None, metadata={"help": "Base model to merge --adapter into."})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder to merge before uploading."})
+    model_class: str = field(default="causal_lm", metadata={
+        "help": "causal_lm (text only) or image_text_to_text (keeps a VLM's vision tower, e.g. full Qwen3.5).",
+        "choices": list(MODEL_CLASSES)})
+    dtype: str = field(default="bfloat16", metadata={"help": "dtype of the merged weights (bfloat16 as published)."})
+    private: bool = field(default=True, metadata={"help": "Create the repository as private."})
+    commit_message: str = field(default="Upload LAMAR model", metadata={"help": "Commit message."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (prefer the HF_TOKEN variable)."})
+    dry_run: bool = field(default=False, metadata={"help": "List what would be uploaded; upload nothing."})
+    model_card: bool = field(default=True, metadata={"help": "Write a README.md model card into the folder."})
+
+
+@dataclass
+class GenerateArguments:
+    """``python -m dataset.generate``: sizes and seed of the synthetic corpus (official split sizes, real lengths)."""
+
+    out_dir: str = field(metadata={"help": "Folder to write (created; an earlier synthetic corpus there is replaced)."})
+    seed: int = field(default=0, metadata={"help": "Random seed: the same seed and sizes give byte-identical files."})
+    n_train: int = field(default=350, metadata={"help": "Notes in splits/train.txt."})
+    n_val: int = field(default=53, metadata={"help": "Notes in splits/val.txt."})
+    n_test: int = field(default=53, metadata={"help": "Notes in splits/test.txt."})
+    n_unlabeled: int = field(default=300, metadata={
+        "help": "Extra NOTEEVENTS discharge summaries (DESCRIPTION 'Report') outside every split, the pseudo-label "
+                "pool. Addenda and non-discharge rows are added on top."})
+    mean_chars: int = field(default=9000, metadata={"help": "Median note length in characters (real val: ~9k)."})
+    mean_spans: int = field(default=160, metadata={"help": "Spans per note of median length (real val: ~160)."})
+
+
+@dataclass
+class DemoArguments:
+    """``scripts/demo.py``: the whole pipeline on synthetic data with tiny models."""
+
+    work_dir: str = field(default="work/demo", metadata={"help": "Folder for every artefact (re-running resumes)."})
+    profile: str = field(default="full", metadata={"help": "Sizes: full (~4 min on 2 cores) or ci (reduced).",
+                                                   "choices": ["full", "ci"]})
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic corpus and tiny models."})
+    force: bool = field(default=False, metadata={"help": "Run every step again even if its outputs exist."})

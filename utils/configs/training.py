@@ -1,0 +1,162 @@
+"""Argument dataclasses of the training scripts, on TRL's ``SFTConfig``, ``GRPOConfig`` and ``ModelConfig``.
+
+Each script parses (script arguments, model config, trainer config), as TRL's own ``trl/scripts/sft.py`` does; the
+LoRA adapter is built from the model config by ``utils.training.models.peft_config`` (TRL's ``get_peft_config``).
+Defaults are the published settings (SPEC section 4): Model 1 and 3 share the DFT classes (Model 3 differs only in
+its training CSV and output folder), Model 2 uses the GRPO classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig, ModelConfig, SFTConfig
+
+from utils.configs import BASE_MODEL, RELEASED_MODEL_1, TAGGED_DIR
+from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, resolve_optim
+
+DFT_BACKENDS = ("unsloth", "hf")
+DFT_LOSSES = ("dft", "nll")
+USE_VLLM_MODES = ("auto", "true", "false")
+REWARD_NAMES = ("fidelity", "token_f1", "exact_f1", "official")
+_TARGETS_HELP = ("Module names to adapt (default: attention and MLP projections of the language model, "
+                 f"{' '.join(LANGUAGE_MODEL_PROJECTIONS)}; never the vision tower)")
+
+
+@dataclass
+class DFTModelConfig(ModelConfig):
+    """Model 1 / 3: Qwen3.5-4B with a new LoRA adapter (bf16, r 256, alpha 32, rsLoRA, dropout 0)."""
+
+    model_name_or_path: str | None = field(default=BASE_MODEL, metadata={"help": "Base model (Hub id or folder)."})
+    dtype: str | None = field(default="auto", metadata={
+        "help": "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32."})
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (published)."})
+    lora_r: int = field(default=256, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    use_rslora: bool = field(default=True, metadata={"help": "Rank-stabilised LoRA scaling alpha/sqrt(r)."})
+    lora_target_modules: list[str] | None = field(default_factory=lambda: list(LANGUAGE_MODEL_PROJECTIONS),
+                                                  metadata={"help": _TARGETS_HELP})
+
+
+@dataclass
+class GRPOModelConfig(ModelConfig):
+    """Model 2: the merged Model 1 with a new small LoRA adapter (r 2, alpha 2)."""
+
+    model_name_or_path: str | None = field(default=RELEASED_MODEL_1, metadata={
+        "help": "Merged Model 1, or the base model with --adapter."})
+    dtype: str | None = field(default="auto", metadata={
+        "help": "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32."})
+    use_peft: bool = field(default=True, metadata={"help": "Train a new LoRA adapter (published)."})
+    lora_r: int = field(default=2, metadata={"help": "Rank of the new LoRA."})
+    lora_alpha: int = field(default=2, metadata={"help": "Alpha of the new LoRA."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(default_factory=lambda: list(LANGUAGE_MODEL_PROJECTIONS),
+                                                  metadata={"help": _TARGETS_HELP})
+
+
+@dataclass
+class DFTScriptArguments:
+    """What to train on, which backend and loss, and the run-time loss guard."""
+
+    train_csv: str = field(default=str(TAGGED_DIR / "train.csv"), metadata={
+        "help": "Training CSV from utils/gt_to_tag.py (file_id, raw_text, gold_span, gold_offsets)."})
+    backend: str = field(default="unsloth", metadata={"help": "unsloth (GPU, as published) or hf (any device).",
+                                                      "choices": list(DFT_BACKENDS)})
+    loss: str = field(default="dft", metadata={"help": "dft (published) or nll (plain SFT ablation).",
+                                               "choices": list(DFT_LOSSES)})
+    dft_guard: bool = field(default=True, metadata={
+        "help": "Stop unless the chosen loss is verifiably in effect at the first optimisation step."})
+    guard_rel_tol: float = field(default=1e-2, metadata={"help": "Relative tolerance of the guard's comparisons."})
+    auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+
+
+@dataclass
+class DFTConfig(SFTConfig):
+    """TRL's SFTConfig with the published Model 1 settings as defaults (every TrainingArguments flag still works)."""
+
+    output_dir: str = field(default="outputs/model1_dft", metadata={"help": "Where checkpoints and the adapter go."})
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up: a ratio of total steps when < 1."})
+    weight_decay: float = 0.001
+    num_train_epochs: float = 2.0
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    optim: str = field(default="adamw_8bit", metadata={"help": "Optimizer (adamw_8bit falls back to adamw_torch on CPU)."})
+    max_length: int | None = field(default=24576, metadata={
+        "help": "Max tokens of prompt + answer (set explicitly: TRL's default would silently truncate notes)."})
+    seed: int = 3407
+    activation_checkpointing: bool | None = True  # a.k.a. gradient checkpointing
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on where the GPU supports it)."})
+    logging_steps: float = 1
+    save_strategy: str = "steps"
+    save_steps: float = 20
+    save_total_limit: int | None = 3
+    report_to: None | str | list[str] = "tensorboard"
+    packing: bool = False  # packing fails on Qwen3.5 without causal_conv1d
+    completion_only_loss: bool | None = True
+    assistant_only_loss: bool = False
+    loss_type: str = field(default="dft", metadata={"help": "Set by --loss; do not set directly."})
+
+    def __post_init__(self) -> None:
+        self.bf16 = resolve_bf16(self.bf16)
+        self.optim = resolve_optim(self.optim)
+        super().__post_init__()
+
+
+@dataclass
+class GRPOScriptArguments:
+    """Data, start adapter and rewards of Model 2."""
+
+    train_csv: str = field(default=str(TAGGED_DIR / "train.csv"), metadata={"help": "Training CSV from utils/gt_to_tag.py."})
+    adapter: str | None = field(default=None, metadata={
+        "help": "DFT LoRA adapter to merge into --model_name_or_path first (e.g. your own Model 1)."})
+    rewards: list[str] = field(default_factory=lambda: ["fidelity", "token_f1", "exact_f1"], metadata={
+        "help": f"Reward functions, from {', '.join(REWARD_NAMES)}.", "choices": list(REWARD_NAMES)})
+    max_prompt_length: int = field(default=10029, metadata={"help": "Leave out notes with longer prompts (tokens)."})
+    use_vllm_mode: str = field(default="auto", metadata={
+        "help": "auto: vLLM when a GPU and vLLM are present; true / false to force.", "choices": list(USE_VLLM_MODES)})
+    auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+
+
+@dataclass
+class LamarGRPOConfig(GRPOConfig):
+    """TRL's GRPOConfig with the published Model 2 settings as defaults (DAPO loss, GDPO aggregation)."""
+
+    output_dir: str = field(default="outputs/model2_grpo", metadata={"help": "Checkpoints and the adapter."})
+    loss_type: str = "dapo"
+    epsilon: float = 0.2
+    epsilon_high: float | None = 0.28
+    beta: float = 0.0
+    importance_sampling_level: str = "token"
+    multi_objective_aggregation: str = "normalize_then_sum"  # GDPO: each reward normalised in its group, then summed
+    mask_truncated_completions: bool = True
+    max_grad_norm: float = 0.2
+    learning_rate: float = 5e-5
+    lr_scheduler_type: str = "constant"
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 4
+    num_generations: int | None = 8
+    temperature: float = 1.0
+    min_p: float | None = 0.1
+    top_p: float = 1.0
+    max_completion_length: int | None = 14547
+    optim: str = "adamw_8bit"
+    seed: int = 3407
+    save_strategy: str = "steps"
+    save_steps: float = 10
+    logging_steps: float = 1
+    report_to: None | str | list[str] = "tensorboard"
+    bf16: bool | None = None
+    chat_template_kwargs: dict | None = field(default_factory=lambda: {"enable_thinking": False})
+    vllm_mode: str = "colocate"
+    activation_checkpointing: bool | None = True  # a.k.a. gradient checkpointing
+
+    def __post_init__(self) -> None:
+        self.bf16 = resolve_bf16(self.bf16)
+        self.optim = resolve_optim(self.optim)
+        super().__post_init__()

@@ -1,0 +1,258 @@
+"""Tag notes with a generative model, resumably: the logic behind ``scripts/inference.py``.
+
+Each input CSV (a notes table, ``utils.meddec.tables``) gives one output: the input columns + ``predicted``,
+``entropy``, ``num_tokens``, ``truncated`` and ``spans`` (the output's spans located in the exact note text by
+``utils.tagging.locate``, once, as the row is generated), plus ``<output>.json``, the same spans as prediction
+JSON for the ensemble and the scorer.
+
+Resumable: every finished batch is appended to ``<output>.partial.jsonl`` (flushed and fsynced) and rows found
+there are skipped when the command is run again after a crash or kill; the outputs are written atomically once
+all rows are done. The partial file stays as a cache; ``--overwrite`` starts afresh. Rows whose prompt alone fills
+the context get an empty output (``truncated``, entropy NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from utils.configs.pipeline import InferenceArguments
+from utils.fileio import InputError
+from utils.generation.backends import (
+    Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, new_token_budget, vllm_engine_kwargs,
+)
+from utils.meddec.predictions import write_predictions
+from utils.meddec.tables import inference_output_frame, read_notes_table, write_csv
+from utils.prompt import render_chat_prompt
+from utils.tagging.locate import locate_spans, note_report, summarize_reports
+
+# Settings that change the outputs: a partial file made with others is not reused.
+RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
+               "logprobs", "unclosed")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input CSV, its rows, and where its results go."""
+
+    input: Path
+    output: Path
+    frame: Any  # the input table, read once
+
+    @property
+    def partial(self) -> Path:
+        return self.output.with_name(self.output.name + ".partial.jsonl")
+
+    @property
+    def offsets(self) -> Path:
+        return self.output.with_suffix(".json")
+
+
+def plan_jobs(args: InferenceArguments) -> list[Job]:
+    """(input, output) pairs from --val_csv/--test_csv and --input/--output, each input read and checked once."""
+    pairs = [(Path(path), Path(args.output_dir) / f"{name}_predictions.csv")
+             for name, path in (("val", args.val_csv), ("test", args.test_csv)) if path]
+    if len(args.input) != len(args.output):
+        raise InputError("--output", "", f"expected one output per --input ({len(args.input)}), got {len(args.output)}")
+    pairs.extend((Path(i), Path(o)) for i, o in zip(args.input, args.output))
+    if not pairs:
+        raise InputError("--input", "", "nothing to do: give --val_csv/--test_csv or --input/--output")
+    outputs = [output.resolve() for _, output in pairs]
+    if len(set(outputs)) != len(outputs):
+        raise InputError("--output", "", "two inputs would write the same output file")
+    return [Job(i, o, read_notes_table(i, args.id_column, args.text_column, forbid_results=True)) for i, o in pairs]
+
+
+# ----------------------------------------------------------------------------------------- partial file
+
+
+def resume_settings(args: InferenceArguments) -> dict[str, Any]:
+    values = asdict(args)
+    return {k: values[k] for k in RESUME_KEYS}
+
+
+def load_partial(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Results already done: {file_id: record}. A torn last line (killed mid-write) is cut off the file."""
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.readlines()
+    done: dict[str, dict[str, Any]] = {}
+    good_bytes = 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not line.endswith("\n"):
+                raise ValueError("unterminated line")
+        except ValueError:
+            if number == len(lines):  # the write that was interrupted: drop it and redo that row
+                with open(path, "r+b") as handle:
+                    handle.truncate(good_bytes)
+                break
+            raise InputError(path, f"line {number}", "not a JSON line; delete the file or use --overwrite") from None
+        if number == 1:
+            if record.get("settings") != settings:
+                raise InputError(path, "line 1", f"partial results made with other settings {record.get('settings')}; "
+                                 "delete the file or use --overwrite")
+        else:
+            done[record["file_id"]] = record
+        good_bytes += len(line.encode("utf-8"))
+    return done
+
+
+class PartialWriter:
+    """Append-only JSON Lines: each finished row is on disk (flushed, fsynced) before the next batch starts."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], fresh: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = fresh or not path.is_file() or path.stat().st_size == 0
+        self.handle = open(path, "w" if new else "a", encoding="utf-8")
+        if new:
+            self.write([{"settings": settings}])
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self.handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def result_record(file_id: str, note: str, generation: Generation, unclosed: str = "drop") -> dict[str, Any]:
+    """One row's result: the output, its entropy, and its spans located in the note (the one conversion)."""
+    entropy = generation.entropy
+    located = locate_spans(note, generation.text, unclosed)
+    return {
+        "file_id": file_id,
+        "predicted": generation.text,
+        "entropy": None if math.isnan(entropy) else entropy,
+        "num_tokens": generation.num_tokens,
+        "truncated": generation.truncated,
+        "spans": [list(span) for span in located.spans],
+        "report": note_report(file_id, located, note, generation.text),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def generate_rows(generator: Generator, tokenizer: Any, ids: Sequence[str], texts: Sequence[str],
+                  args: InferenceArguments) -> list[Generation]:
+    """Generate one step's rows; prompts that leave no room for output get an empty, truncated result."""
+    prompts = [render_chat_prompt(tokenizer, text, args.enable_thinking) for text in texts]
+    budgets = [new_token_budget(generator.prompt_length(p), args.max_new_tokens, args.max_model_len) for p in prompts]
+    results: list[Generation | None] = [None] * len(prompts)
+    live = [i for i, b in enumerate(budgets) if b > 0]
+    for i in set(range(len(prompts))) - set(live):
+        warnings.warn(f"{ids[i]}: the prompt fills the {args.max_model_len}-token context; output left empty")
+        results[i] = Generation("", 0, (), False)
+    if live:
+        for i, g in zip(live, generator.generate([prompts[i] for i in live], [budgets[i] for i in live])):
+            results[i] = g
+    return [r for r in results if r is not None]
+
+
+GeneratorFactory = Callable[[], tuple[Generator, Any]]
+
+
+def infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceArguments, progress: bool = True) -> int:
+    """Run the rows of one input not done yet, then write its outputs; returns rows generated now."""
+    from tqdm.auto import tqdm
+
+    settings = resume_settings(args)
+    done = {} if args.overwrite else load_partial(job.partial, settings)
+    ids = job.frame[args.id_column].tolist()
+    texts = dict(zip(ids, job.frame[args.text_column]))
+    pending = [i for i in ids if i not in done]
+    step = args.batch_size if args.backend == "transformers" else max(args.flush_every, 1)
+    if pending:
+        generator, tokenizer = generator_factory()
+        writer = PartialWriter(job.partial, settings, fresh=args.overwrite)
+        try:
+            with tqdm(total=len(ids), initial=len(ids) - len(pending), desc=job.input.name, unit="note",
+                      disable=not progress) as bar:
+                for chunk in batches(pending, step):
+                    generations = generate_rows(generator, tokenizer, chunk, [texts[i] for i in chunk], args)
+                    records = [result_record(i, texts[i], g, args.unclosed) for i, g in zip(chunk, generations)]
+                    writer.write(records)
+                    done.update((r["file_id"], r) for r in records)
+                    bar.update(len(chunk))
+        finally:
+            writer.close()
+    write_outputs(job, [done[i] for i in ids], args.id_column)
+    return len(pending)
+
+
+def write_outputs(job: Job, records: list[dict[str, Any]], id_column: str) -> None:
+    """The output CSV (input columns + results, input order) and the prediction JSON, each written atomically."""
+    write_csv(job.output, inference_output_frame(job.frame, records))
+    write_predictions(job.offsets, {job.frame[id_column].iloc[k]: r["spans"] for k, r in enumerate(records)})
+    print(f"{job.offsets}: {summarize_reports([r['report'] for r in records])}")
+
+
+def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
+    """(backend, tokenizer used for the chat template)."""
+    if args.backend == "transformers":
+        gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device)
+        return gen, gen.tokenizer
+    engine = vllm_engine_kwargs(
+        args.model,
+        tokenizer=args.tokenizer,
+        adapter_r=adapter_rank(args.adapter) if args.adapter else None,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.batch_size,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        dtype=args.dtype,
+        seed=args.seed,
+        extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
+    )
+    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed)
+    return gen, gen.tokenizer
+
+
+def lazy_factory(args: InferenceArguments) -> GeneratorFactory:
+    """Build the backend once, on first need (a run with nothing left to do loads no model)."""
+    cache: dict[str, Any] = {}
+
+    def factory() -> tuple[Generator, Any]:
+        if "gen" not in cache:
+            cache["gen"] = build_generator(args)
+        return cache["gen"]
+
+    return factory
+
+
+def validate(args: InferenceArguments) -> list[Job]:
+    """Check flags and every input before any model is loaded; returns the jobs with their inputs read."""
+    if args.backend == "transformers" and args.temperature != 0:
+        raise InputError("--temperature", "", "the transformers fallback decodes greedily only (temperature 0)")
+    for name in ("max_new_tokens", "max_model_len", "batch_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    if args.vllm_kwargs:
+        try:
+            if not isinstance(json.loads(args.vllm_kwargs), dict):
+                raise ValueError
+        except ValueError:
+            raise InputError("--vllm_kwargs", "", "expected a JSON object, e.g. '{\"enforce_eager\": true}'") from None
+    return plan_jobs(args)
+
+
+def run(args: InferenceArguments, generator_factory: GeneratorFactory | None = None,
+        progress: bool = True) -> dict[str, int]:
+    """All jobs; returns {output path: rows generated in this call}."""
+    jobs = validate(args)
+    factory = generator_factory or lazy_factory(args)
+    return {str(job.output): infer_file(job, factory, args, progress) for job in jobs}

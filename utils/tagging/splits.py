@@ -1,0 +1,83 @@
+"""Gold annotations of MedDec splits -> tagged split tables (the generative taggers' training data).
+
+Per split file, one table (``utils.meddec.tables``) in split-file order: the exact note text, the note with inline
+tags (``utils.tagging.convert.spans_to_tagged``) and the in-scope gold spans as JSON in gold-file order
+(out-of-scope, invalid and duplicate spans left out, as in the tagged text). Test notes without a gold file get
+empty gold columns; train and validation notes must have one. Nothing is written unless every split can be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from utils.fileio import InputError
+from utils.meddec.corpus import Annotation, read_gold_dir, read_raw_text, read_split
+from utils.meddec.tables import read_notes_texts, write_tagged_table
+from utils.tagging.convert import gold_row
+
+UNLABELED_SPLITS = ("test",)  # splits whose notes may lack gold
+
+
+class RawTexts:
+    """Exact note texts by id, from a MedDec ``raw_text/`` folder or a notes table (file_id, raw_text)."""
+
+    def __init__(self, raw_text_dir: str | os.PathLike[str] | None = None, raw_text_csv: str | os.PathLike[str] | None = None):
+        if (raw_text_dir is None) == (raw_text_csv is None):
+            raise ValueError("give exactly one of raw_text_dir and raw_text_csv")
+        self.raw_text_dir = raw_text_dir
+        self.csv_path = raw_text_csv
+        self.from_csv = read_notes_texts(raw_text_csv) if raw_text_csv is not None else None
+
+    def __getitem__(self, note_id: str) -> str:
+        if self.from_csv is None:
+            return read_raw_text(self.raw_text_dir, note_id)
+        if note_id not in self.from_csv:
+            raise InputError(self.csv_path, "", f"no raw_text row for note {note_id}")
+        return self.from_csv[note_id]
+
+
+def in_scope_spans(annotations: Sequence[Annotation]) -> list[tuple[int, int, int]]:
+    """(start, end, category) of the gold annotations of categories 1-9, in gold-file order."""
+    return [(a.start, a.end, a.category) for a in annotations if a.category]
+
+
+def build_split_rows(ids: Sequence[str], texts: RawTexts, gold: Mapping[str, list[Annotation]],
+                     progress: bool = False, split_name: str = "split") -> tuple[list[dict[str, str]], Counter[str]]:
+    """Rows of one split in split-file order (notes without gold get empty gold columns)."""
+    from tqdm.auto import tqdm
+
+    rows: list[dict[str, str]] = []
+    reasons: Counter[str] = Counter()
+    for note_id in tqdm(ids, desc=f"tagging {split_name}", unit="note", disable=not progress):
+        annotations = gold.get(note_id)
+        row, dropped = gold_row(note_id, texts[note_id], None if annotations is None else in_scope_spans(annotations))
+        rows.append(row)
+        reasons.update(dropped)
+    return rows, reasons
+
+
+def convert_splits(
+    gold_dir: str | os.PathLike[str],
+    texts: RawTexts,
+    split_files: Mapping[str, str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    progress: bool = False,
+) -> dict[str, tuple[int, int, Counter[str]]]:
+    """Write ``<split>.csv`` per split file given; returns split -> (notes, spans written, dropped reasons)."""
+    ids_by_split = {name: read_split(path) for name, path in split_files.items()}
+    gold = read_gold_dir(gold_dir, [i for ids in ids_by_split.values() for i in ids])
+    for name, ids in ids_by_split.items():  # fail before writing anything
+        missing = [i for i in ids if i not in gold]
+        if missing and name not in UNLABELED_SPLITS:
+            raise InputError(gold_dir, "", f"no gold file for {name} note(s) {', '.join(missing[:5])}")
+    built = {name: build_split_rows(ids, texts, gold, progress, name) for name, ids in ids_by_split.items()}
+    summary: dict[str, tuple[int, int, Counter[str]]] = {}
+    for name, (rows, reasons) in built.items():
+        write_tagged_table(Path(out_dir) / f"{name}.csv", rows)
+        spans = sum(len(json.loads(r["gold_offsets"])) for r in rows if r["gold_offsets"])
+        summary[name] = (len(rows), spans, reasons)
+    return summary

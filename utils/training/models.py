@@ -1,0 +1,121 @@
+"""Loading, adapting and merging the generative taggers: dtype, LoRA targets, optimiser fallbacks, adapter merge.
+
+Everything here decides something the training and inference scripts would otherwise each decide on their own
+(and did, three times): the torch dtype of ``--dtype``, which modules get LoRA, what runs on a CPU machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from utils.fileio import InputError
+
+logger = logging.getLogger(__name__)
+
+# Attention (full attention and Qwen3.5's gated-delta linear attention) and MLP projections of the language model.
+LANGUAGE_MODEL_PROJECTIONS: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj",  # full attention
+    "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj",  # gated-delta (linear) attention
+    "gate_proj", "up_proj", "down_proj",  # MLP
+)
+DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
+MODEL_CLASSES = ("causal_lm", "image_text_to_text")
+
+
+def cuda_available() -> bool:
+    """True on a machine with a usable CUDA device."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(name: str | None, flag: str = "--dtype"):
+    """The torch dtype of a ``--dtype`` value: auto = bfloat16 on a GPU (published), float32 on CPU."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.bfloat16 if cuda_available() else torch.float32
+    if name not in DTYPE_NAMES:
+        raise InputError(flag, "", f"expected one of {', '.join(DTYPE_NAMES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def resolve_optim(optim: str, on_gpu: bool | None = None) -> str:
+    """The published 8-bit AdamW needs bitsandbytes and a GPU; on CPU fall back to plain AdamW (with a warning)."""
+    on_gpu = cuda_available() if on_gpu is None else on_gpu
+    if "8bit" in str(optim) and not on_gpu:
+        logger.warning("optim %s needs a GPU (bitsandbytes): using adamw_torch on this CPU machine", optim)
+        return "adamw_torch"
+    return str(optim)
+
+
+def resolve_bf16(bf16: bool | None, on_gpu: bool | None = None) -> bool:
+    """bf16 by default where the GPU supports it; full precision on CPU (bf16 CPU training is slow)."""
+    import torch
+
+    if bf16 is not None:
+        return bool(bf16)
+    on_gpu = cuda_available() if on_gpu is None else on_gpu
+    return bool(on_gpu and torch.cuda.is_bf16_supported())
+
+
+def language_model_targets(names: Sequence[str]) -> str:
+    """PEFT ``target_modules`` regex: modules with these names anywhere except inside a vision tower."""
+    alternatives = "|".join(re.escape(name) for name in names)
+    return rf"^(?!.*(?:visual|vision_tower)).*\.({alternatives})$"
+
+
+def peft_config(model_args: Any):
+    """The LoRA config of a TRL ``ModelConfig`` (``trl.get_peft_config``); its target module names are matched in
+    the language model only, never in a vision tower (Qwen3.5 checkpoints are multimodal)."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    if config is not None and model_args.lora_target_modules:
+        config.target_modules = language_model_targets(model_args.lora_target_modules)
+    return config
+
+
+def load_causal_lm(model_args: Any):
+    """(model, tokenizer) of a TRL ``ModelConfig`` with transformers (the hf training backend and GRPO)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, dtype=resolve_dtype(model_args.dtype),
+        attn_implementation=model_args.attn_implementation,
+    )
+    return model, tokenizer
+
+
+def _auto_model_class(model_class: str):
+    """AutoModelForCausalLM (text only) or AutoModelForImageTextToText (keeps a VLM's vision tower)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if model_class not in MODEL_CLASSES:
+        raise ValueError(f"model_class must be one of {', '.join(MODEL_CLASSES)}, got {model_class!r}")
+    return AutoModelForCausalLM if model_class == "causal_lm" else AutoModelForImageTextToText
+
+
+def merge_adapter(base: str, adapter: str, out_dir: str | os.PathLike[str], dtype=None, *,
+                  model_class: str = "causal_lm", overwrite: bool = False) -> Path:
+    """Merge a LoRA ``adapter`` into ``base``; save model + tokenizer to ``out_dir`` (kept if already there).
+
+    The tokenizer comes from the adapter folder when it has one (training saves it there), else from the base.
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file() and not overwrite:
+        return out
+    model = _auto_model_class(model_class).from_pretrained(base, dtype=dtype)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(str(out))
+    tokenizer_source = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(str(out))
+    return out

@@ -1,0 +1,72 @@
+"""Run bookkeeping of the training scripts: which checkpoint to resume, and the resolved configuration on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from utils.fileio import InputError, atomic_open
+
+
+def last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` (None when there is none)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not os.path.isdir(output_dir):
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str | os.PathLike[str],
+                   auto_resume: bool = True) -> str | None:
+    """Which checkpoint to resume: an explicit path, "true"/True = the newest, else the newest when auto-resuming."""
+    value = resume_from_checkpoint
+    if isinstance(value, str) and value.lower() in ("true", "false", ""):
+        value = value.lower() == "true"
+    if isinstance(value, str):
+        if not os.path.isdir(value):
+            raise InputError(value, "", "--resume_from_checkpoint: not a checkpoint folder")
+        return value
+    if value or auto_resume:
+        found = last_checkpoint(output_dir)
+        if value and found is None:
+            raise InputError(output_dir, "", "--resume_from_checkpoint true: no checkpoint-* folder to resume from")
+        return found
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """JSON/YAML-safe version of a config value (enums, paths, sets)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "value") and isinstance(value.value, (str, int)):
+        return value.value
+    return str(value)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A dataclass (or TrainingArguments) as a plain dict, every field kept."""
+    if hasattr(config, "to_dict"):
+        return _plain(config.to_dict())
+    return _plain(dataclasses.asdict(config))
+
+
+def save_run_config(out_dir: str | os.PathLike[str], sections: dict[str, Any], name: str = "run_config") -> Path:
+    """Write the fully resolved run configuration as YAML and JSON beside the adapter (reproducibility)."""
+    import yaml
+
+    data = {key: config_dict(value) if not isinstance(value, dict) else _plain(value) for key, value in sections.items()}
+    out = Path(out_dir)
+    with atomic_open(out / f"{name}.yaml", "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True)
+    with atomic_open(out / f"{name}.json", "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    return out / f"{name}.yaml"
