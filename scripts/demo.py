@@ -17,7 +17,6 @@ from __future__ import annotations
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
-import json
 import os
 import shlex
 import subprocess

@@ -10,7 +10,7 @@ import pytest
 
 from utils import categories as cats
 from utils.meddec.corpus import (
-    Annotation, MedDecPaths, load_notes, parse_note_id, read_gold_dir, read_gold_file, read_raw_text,
+    MedDecPaths, load_notes, parse_note_id, read_gold_dir, read_gold_file, read_raw_text,
     read_split, read_stats,
 )
 from utils.fileio import InputError, atomic_open, write_text_atomic
