@@ -27,10 +27,6 @@ def explain_of(model_spans, thresholds=Thresholds()):
 # -- published defaults and input handling -----------------------------------------------------------
 
 
-def test_published_defaults():
-    assert Thresholds() == Thresholds(t_cluster=0.1, t_pair=0.1, t_support=0.34, t_dedup=0.8)
-
-
 def test_empty_inputs():
     assert merge_note([]) == []
     assert merge_note([[], [], []]) == []
