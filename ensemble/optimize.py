@@ -19,9 +19,11 @@ if __package__ in (None, ""):  # run as a file (the published command): make the
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import hashlib
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any, Sequence
 
 from ensemble.consensus import Thresholds, merge_predictions, note_ids_of, prepare_predictions
@@ -58,10 +60,37 @@ def plot_paths(args: OptimizeArguments) -> tuple[str | None, str | None]:
     return args.history_plot or f"{stem}_history.png", args.importance_plot or f"{stem}_importance.png"
 
 
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inputs_fingerprint(args: OptimizeArguments, note_ids: Sequence[str]) -> dict[str, Any]:
+    """What determines a study's trials: every input's content (not its name) and the objective's settings."""
+    gold_files = [Path(args.gold_dir) / name for name in sorted(os.listdir(args.gold_dir)) if name.endswith(".json")]
+    texts = hashlib.sha256()
+    for note_id in sorted(note_ids):
+        texts.update(f"{note_id}\0{file_digest(Path(args.raw_text_dir) / f'{note_id}.txt')}\0".encode())
+    gold = hashlib.sha256("".join(f"{p.name}\0{file_digest(p)}\0" for p in gold_files).encode()).hexdigest()
+    return {
+        "predictions": [file_digest(path) for path in args.predictions],
+        "gold": gold,
+        "texts": texts.hexdigest(),
+        "notes": hashlib.sha256("\n".join(sorted(note_ids)).encode()).hexdigest(),
+        "stats": file_digest(args.stats_csv) if args.stats_csv else None,
+    }
+
+
 def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[str]]:
     """Models' predictions, the scorer, and the note ids to tune on."""
+    from utils.punkt import require_punkt
     from utils.scoring import Scorer, read_official_split
 
+    require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     models = [read_model_predictions(path) for path in args.predictions]
     scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
                                stats_csv=args.stats_csv)
@@ -69,6 +98,8 @@ def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[s
     ids = [i for i in note_ids_of(models) if i in wanted]
     if not ids:
         raise InputError(args.predictions[0], "", "no predicted note is in the gold/split set: check --split_file")
+    if args.cv > len(ids):  # refused before any trial is run, not after tuning
+        raise InputError("<command line>", "--cv", f"K = {args.cv} folds need at least {args.cv} notes, got {len(ids)}")
     return models, scorer, ids
 
 
@@ -83,8 +114,8 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
     print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score")
     prepared = prepare_predictions(models, ids)
     evaluate = make_objective(prepared, scorer)
-    config = {"objective": objective, "predictions": [os.path.basename(p) for p in args.predictions]}
-    run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, progress, config)
+    fingerprint = {"objective": objective, **inputs_fingerprint(args, ids)}
+    run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, progress, fingerprint)
     study, best = run.study, run.best_thresholds
     report: dict[str, Any] = {
         "thresholds": best.as_dict(),
@@ -151,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              description=__doc__.split("\n\n")[0])
         optimize(args)
 
-    return run_cli(body)
+    from utils.punkt import PunktMissingError
+
+    return run_cli(body, extra_errors=(PunktMissingError,))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ same storage and study name continues up to ``n_trials`` in total.
 Speed: gold is loaded and tokenised once (``utils.scoring.Scorer``), the predictions are prepared once and laid out
 in arrays (``ensemble.batch``), so a trial is a few array operations over all notes. Optuna's SQLite storage costs
 tens of milliseconds of CPU per trial through its ORM, so the sampler works on an in-memory copy of the study and
-every finished trial is handed at once to a writer process that adds it to SQLite (on another core): a killed run
-loses only the trials not yet handed over, and the SQLite file is an ordinary Optuna study (``optuna.load_study``).
+every finished trial is handed at once to a writer process that adds it to SQLite on another core
+(``ensemble.storage``). A killed run keeps the trials written so far; resuming replays the seeded sampler over them,
+so the study ends exactly as an uninterrupted run's, and the SQLite file is an ordinary Optuna study
+(``optuna.load_study``).
 Evaluating trials in several worker processes was measured not to help (2,000 trials: 46.9 s with two workers,
 45.2 s with one): Optuna's own sampling dominates.
 
@@ -29,11 +31,11 @@ from statistics import mean
 from typing import Any, Callable, Sequence
 
 from ensemble.consensus import THRESHOLD_NAMES, PreparedNote, Thresholds, merge_prepared
+from ensemble.storage import StudyLock, TrialWriter, open_persistent_study, quiet_optuna
 from utils.categories import CATEGORY_IDS
 from utils.configs import OPTUNA_STUDY
 from utils.fileio import InputError
 
-CONFIG_ATTR = "lamar_ensemble_config"
 
 Evaluate = Callable[[Thresholds], float]
 
@@ -125,87 +127,20 @@ class TuningRun:
         return thresholds_from_params(self.study.best_trial.params, self.per_category)
 
 
-def _quiet_optuna() -> None:
-    import optuna
+def replay(study: Any, previous: Sequence[Any], distributions: dict[str, Any], storage: str, study_name: str) -> None:
+    """Bring a freshly seeded sampler to the state an uninterrupted run had after ``previous``.
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def ensure_sqlite_folder(storage: str) -> None:
-    """Create the folder of a ``sqlite:///path`` storage: SQLite cannot create it and fails obscurely."""
-    prefix = "sqlite:///"
-    if storage.startswith(prefix) and storage[len(prefix):] not in ("", ":memory:"):
-        Path(storage[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
-
-
-def open_persistent_study(storage: str | None, study_name: str, config: dict[str, Any]) -> Any:
-    """The persistent study (None for a purely in-memory run); refuses one tuned with other settings."""
-    import optuna
-
-    if storage is None:
-        return None
-    ensure_sqlite_folder(storage)
-    persistent = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True)
-    previous = persistent.user_attrs.get(CONFIG_ATTR)
-    if previous is None:
-        persistent.set_user_attr(CONFIG_ATTR, config)
-    else:
-        for key in ("per_category", "objective"):
-            if previous.get(key) != config.get(key):
-                raise InputError(storage, f"study '{study_name}'",
-                                 f"was tuned with {key}={previous.get(key)!r}, this run asks for {config.get(key)!r}; "
-                                 "use another --study_name")
-    return persistent
-
-
-class TrialWriter:
-    """Writes finished trials to the persistent study from a separate process.
-
-    Optuna's SQLite storage spends ~25-40 ms of CPU per written trial in its ORM, as much as a trial
-    itself; a writer process moves that work to another core. Trials are queued the moment they
-    finish; :meth:`close` waits until every queued trial is written. If the tuner is killed, the
-    writer still drains what reached its queue, then exits.
+    The sampler is asked for each earlier trial again (same seed, same history, so the same parameters, and the
+    same random numbers consumed) and told its stored value instead of re-evaluating it: the trials that follow are
+    then exactly those an uninterrupted run would have made.
     """
-
-    def __init__(self, storage: str, study_name: str) -> None:
-        import multiprocessing
-
-        context = multiprocessing.get_context("fork")
-        self.queue = context.Queue()
-        self.process = context.Process(target=_write_trials, args=(storage, study_name, self.queue, os.getpid()),
-                                       name="optuna-trial-writer", daemon=False)
-        self.process.start()
-
-    def put(self, trial: Any) -> None:
-        self.queue.put(trial)
-
-    def close(self) -> None:
-        """Flush: wait until every queued trial has been written."""
-        self.queue.put(None)
-        self.queue.close()
-        self.queue.join_thread()
-        self.process.join()
-        if self.process.exitcode != 0:
-            raise RuntimeError(f"the trial writer process failed (exit code {self.process.exitcode}); see its error above")
-
-
-def _write_trials(storage: str, study_name: str, queue: Any, parent_pid: int) -> None:
-    import queue as queue_module
-
-    import optuna
-
-    _quiet_optuna()
-    persistent = optuna.load_study(study_name=study_name, storage=storage)
-    while True:
-        try:
-            trial = queue.get(timeout=1.0)
-        except queue_module.Empty:
-            if os.getppid() != parent_pid:  # the tuner died: what it queued is written, stop
-                return
-            continue
-        if trial is None:
-            return
-        persistent.add_trial(trial)
+    for stored in sorted(previous, key=lambda t: t.number):
+        trial = study.ask(distributions)
+        if trial.params != stored.params:
+            raise InputError(storage, f"study '{study_name}' trial {stored.number}",
+                             "cannot be replayed with this seed (made with another sampler or Optuna version?); "
+                             "use another --study_name")
+        study.tell(trial, stored.value)
 
 
 def tune(
@@ -216,28 +151,38 @@ def tune(
     seed: int | None = 0,
     per_category: bool = False,
     progress: bool = True,
-    config: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None,
     on_trial: Callable[[Any], None] | None = None,
 ) -> TuningRun:
-    """Run TPE until the study holds ``n_trials`` finished trials (resuming what ``storage`` holds).
+    """Run TPE until the study holds ``n_trials`` finished trials, resuming what ``storage`` holds.
 
-    ``on_trial(frozen_trial)`` is called after each finished trial has been queued for writing (tests
-    use it to simulate a kill).
+    With a seed, a resumed study ends exactly as an uninterrupted run would (:func:`replay`; bit for bit when both
+    processes share ``PYTHONHASHSEED``, since the official token F1's last bit follows set-iteration order). ``fingerprint``
+    names the inputs (see ``ensemble.storage``); ``on_trial(frozen_trial)`` is called after each finished trial has
+    been queued for writing (tests use it to simulate a kill).
     """
+    with StudyLock(storage):
+        return _tune(evaluate, n_trials, storage, study_name, seed, per_category, progress, fingerprint, on_trial)
+
+
+def _tune(evaluate: Evaluate, n_trials: int, storage: str | None, study_name: str, seed: int | None,
+          per_category: bool, progress: bool, fingerprint: dict[str, Any] | None,
+          on_trial: Callable[[Any], None] | None) -> TuningRun:
     import optuna
     from tqdm.auto import tqdm
 
-    _quiet_optuna()
-    config = {"per_category": per_category, **(config or {})}
-    persistent = open_persistent_study(storage, study_name, config)
+    quiet_optuna()
+    fingerprint = {"per_category": per_category, "seed": seed, **(fingerprint or {})}
+    persistent = open_persistent_study(storage, study_name, fingerprint)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     previous = [] if persistent is None else persistent.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if previous:
+    distributions = search_space(per_category)
+    if previous and seed is None:  # no seed: nothing to reproduce, continue from the trials as they are
         study.add_trials(previous)
     else:
-        study.enqueue_trial(default_params(per_category))
+        study.enqueue_trial(default_params(per_category))  # the published defaults are always trial 0
+        replay(study, previous, distributions, storage, study_name)
     n_new = max(0, n_trials - len(previous))
-    distributions = search_space(per_category)
     started = time.perf_counter()
     bar = tqdm(total=n_trials, initial=len(previous), desc="tuning thresholds", unit="trial", disable=not progress)
     best = [study.best_value if previous else None]

@@ -101,7 +101,7 @@ def test_resume_keeps_trials_and_best_value(corpus, tmp_path):
     assert loaded.best_value >= first.study.best_value
     assert sum(t.params == tuning.default_params(False) for t in loaded.trials) >= 1
     assert loaded.trials[0].params == tuning.default_params(False)  # enqueued once, not again on resume
-    third = tuning.tune(corpus["evaluate"], 8, storage, "s", progress=False)  # already complete: no new trials
+    third = tuning.tune(corpus["evaluate"], 8, storage, "s", seed=3, progress=False)  # complete: no new trials
     assert third.n_new == 0 and len(third.study.trials) == 8
 
 
@@ -205,9 +205,106 @@ def test_cli_bad_input_exits_2(corpus, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "bad.json: line 1 column 3: invalid JSON" in err
 
 
-def test_sqlite_storage_folder_is_created(tmp_path):
-    from ensemble.tuning import ensure_sqlite_folder
+def test_sqlite_storage_folder_is_created_only_inside_an_existing_folder(tmp_path):
+    from ensemble.storage import ensure_sqlite_folder
 
-    ensure_sqlite_folder(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'study.db'}")
-    assert (tmp_path / "new" / "deeper").is_dir()
+    ensure_sqlite_folder(f"sqlite:///{tmp_path / 'new' / 'study.db'}")
+    assert (tmp_path / "new").is_dir()
+    with pytest.raises(InputError, match=r"--storage: .*: the folder .*/missing does not exist"):
+        ensure_sqlite_folder(f"sqlite:///{tmp_path / 'missing' / 'deeper' / 'study.db'}")
+    assert not (tmp_path / "missing").exists()
     ensure_sqlite_folder("sqlite:///:memory:")  # nothing to create, no error
+
+
+# --- studies are keyed by their inputs, locked, and resume exactly -------------------------------------------------
+
+
+def _cli(corpus, tmp_path, storage, *extra):
+    root = corpus["root"]
+    return ["--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
+            "--split_file", str(root / "splits" / "val.txt"), "--stats_csv", str(root / "stats.csv"),
+            "--storage", storage, "--study_name", "s", "--output", str(tmp_path / "best.json"), "--quiet",
+            "--no_plots", *extra]
+
+
+def test_a_study_refuses_other_predictions(corpus, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--n_trials", "3")]) == 0
+    other = [str(tmp_path / f"b{i}.json") for i in range(3)]
+    for path, predictions in zip(other, reversed(corpus["models"])):  # set B: the same files in another order
+        write_predictions(path, predictions)
+    capsys.readouterr()
+    assert optimize.main(["--predictions", *other, *_cli(corpus, tmp_path, storage, "--n_trials", "10")]) == 2
+    assert capsys.readouterr().err == (f"error: {storage}: study 's': was tuned on other inputs or settings "
+                                       "(predictions differ); use another --study_name or --storage\n")
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3  # nothing added
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--n_trials", "4",
+                                                                     "--seed", "7")]) == 2
+    assert "(seed differ)" in capsys.readouterr().err
+
+
+def test_a_second_tuner_on_one_study_stops_at_once(corpus, tmp_path):
+    from ensemble.storage import StudyLock
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with StudyLock(storage):
+        with pytest.raises(InputError, match=r"study.db.lock: another tuner is using this study right now"):
+            tuning.tune(corpus["evaluate"], 3, storage, "s", progress=False)
+    assert tuning.tune(corpus["evaluate"], 3, storage, "s", progress=False).n_new == 3  # free again
+
+
+def test_bad_storage_and_too_many_folds_fail_before_any_trial(corpus, tmp_path, capsys):
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, "bogus://x", "--n_trials", "3")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage: bogus://x: cannot open this Optuna storage") and len(err.splitlines()) == 1
+    storage = f"sqlite:///{tmp_path / 'cv.db'}"
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--cv", "10")]) == 2
+    assert capsys.readouterr().err == "error: <command line>: --cv: K = 10 folds need at least 10 notes, got 8\n"
+    assert not (tmp_path / "cv.db").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_tuner_resumes_to_exactly_the_uninterrupted_study(corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from utils.paths import REPO_ROOT
+
+    # The official token F1 sums in set-iteration order, so its last bit follows PYTHONHASHSEED: the runs share one.
+    env = dict(os.environ, NLTK_DATA=str(REPO_ROOT / "tests" / "fixtures" / "nltk_data"), PYTHONHASHSEED="0")
+
+    def command(storage):
+        return [sys.executable, "-m", "ensemble.optimize", "--predictions", *corpus["paths"],
+                *_cli(corpus, tmp_path, storage, "--n_trials", "60")]
+
+    whole = f"sqlite:///{tmp_path / 'whole.db'}"
+    subprocess.run(command(whole), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
+    killed = f"sqlite:///{tmp_path / 'killed.db'}"
+    tuner = subprocess.Popen(command(killed), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    written = 0
+    while written < 15 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (tmp_path / "killed.db").exists():
+            try:
+                written = len(optuna.load_study(study_name="s", storage=killed).trials)
+            except Exception:  # the study may not exist yet
+                written = 0
+    children = psutil.Process(tuner.pid).children(recursive=True)
+    os.kill(tuner.pid, signal.SIGKILL)
+    tuner.wait()
+    assert 15 <= written < 60 and children  # killed mid-study, with its trial writer running
+    time.sleep(1.0)
+    assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []  # none outlives it
+    survivors = len(optuna.load_study(study_name="s", storage=killed).trials)
+    subprocess.run(command(killed), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
+    resumed = optuna.load_study(study_name="s", storage=killed).trials
+    uninterrupted = optuna.load_study(study_name="s", storage=whole).trials
+    assert survivors < 60 and len(resumed) == len(uninterrupted) == 60
+    assert [(t.params, t.value) for t in resumed] == [(t.params, t.value) for t in uninterrupted]
