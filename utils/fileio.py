@@ -28,8 +28,15 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     A killed or failing job therefore never leaves a half-written output behind.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise InputError(target, "", "cannot write this output: it is a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(target, "", "cannot write this output: a part of its folder path is a file") from None
+    except PermissionError:
+        raise InputError(target, "", f"cannot write this output: no permission to write in {target.parent}") from None
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -62,6 +69,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
             return json.load(handle)
     except FileNotFoundError:
         raise InputError(path, "", "file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "", "expected a JSON file, got a folder") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"byte {err.start}", "not UTF-8 text (expected a JSON file)") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON ({err.msg})") from None
 

@@ -156,6 +156,8 @@ def read_raw_text(raw_text_dir: str | os.PathLike[str], note_id: str) -> str:
             return handle.read()
     except FileNotFoundError:
         raise InputError(path, "", f"raw text of note {note_id} not found") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"byte {err.start}", f"raw text of note {note_id} is not UTF-8") from None
 
 
 def read_split(path: str | os.PathLike[str]) -> list[str]:
@@ -165,6 +167,8 @@ def read_split(path: str | os.PathLike[str]) -> list[str]:
             return [normalize_note_id(line.strip()) for line in handle if line.strip()]
     except FileNotFoundError:
         raise InputError(path, "", "split file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise InputError(path, "", "expected a split file: UTF-8 text with one note id per line") from None
 
 
 @dataclass(frozen=True)
@@ -183,18 +187,27 @@ def read_stats(path: str | os.PathLike[str]) -> dict[tuple[int, int, int], Demog
         handle = open(path, encoding="utf-8", newline="")
     except FileNotFoundError:
         raise InputError(path, "", "stats.csv not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "", "expected stats.csv, got a folder") from None
     stats: dict[tuple[int, int, int], Demographics] = {}
     with handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in ("SUBJECT_ID", "HADM_ID", "ROW_ID") if c not in (reader.fieldnames or [])]
+        try:
+            fieldnames = reader.fieldnames or []
+        except UnicodeDecodeError:
+            raise InputError(path, "line 1", "not UTF-8 text") from None
+        missing = [c for c in ("SUBJECT_ID", "HADM_ID", "ROW_ID") if c not in fieldnames]
         if missing:
             raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {','.join(STATS_COLUMNS)}")
-        for row in reader:
-            try:
-                key = (int(row["SUBJECT_ID"]), int(row["HADM_ID"]), int(row["ROW_ID"]))
-            except (TypeError, ValueError):
-                continue
-            stats[key] = Demographics(row.get("GENDER") or "", row.get("ETHNICITY") or "", row.get("LANGUAGE") or "")
+        try:
+            for row in reader:
+                try:
+                    key = (int(row["SUBJECT_ID"]), int(row["HADM_ID"]), int(row["ROW_ID"]))
+                except (TypeError, ValueError):
+                    continue
+                stats[key] = Demographics(row.get("GENDER") or "", row.get("ETHNICITY") or "", row.get("LANGUAGE") or "")
+        except UnicodeDecodeError:
+            raise InputError(path, f"line {reader.line_num + 1}", "not UTF-8 text") from None
     return stats
 
 
@@ -251,12 +264,16 @@ def iter_noteevents(
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "", "NOTEEVENTS.csv not found")
-    header = pd.read_csv(path, nrows=0).columns
+    unreadable = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError)
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except unreadable as err:
+        raise InputError(path, "line 1", f"not a readable CSV ({_first_line(err)})") from None
     missing = [c for c in columns if c not in header]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}")
     dtypes = {"ROW_ID": "Int64", "SUBJECT_ID": "Int64", "HADM_ID": "Int64"}
-    yield from pd.read_csv(
+    reader = pd.read_csv(
         path,
         usecols=list(columns),
         chunksize=chunksize,
@@ -264,3 +281,17 @@ def iter_noteevents(
         keep_default_na=False,
         na_values={"ROW_ID": [""], "SUBJECT_ID": [""], "HADM_ID": [""]},
     )
+    rows = 0
+    while True:
+        try:
+            chunk = next(reader)
+        except StopIteration:
+            return
+        except unreadable as err:  # a file cut mid-quote, bad bytes, a non-integer id
+            raise InputError(path, f"after row {rows}", f"not a readable NOTEEVENTS CSV ({_first_line(err)})") from None
+        rows += len(chunk)
+        yield chunk
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
