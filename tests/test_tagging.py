@@ -255,3 +255,46 @@ def test_gt_to_tag_errors_are_one_line_with_exit_code_2(small_corpus, tmp_path, 
 def test_gt_to_tag_runs_as_file_and_module(command):
     result = subprocess.run([sys.executable, *command, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--raw_text_csv" in result.stdout and "--test_split" in result.stdout
+
+
+def test_gt_to_tag_refuses_an_id_listed_twice_and_warns_about_a_train_val_leak(small_corpus, tmp_path, capsys):
+    paths = small_corpus.paths
+    train_ids = small_corpus.ids("train")
+    (tmp_path / "train.txt").write_text(f"{train_ids[0]}\n\n{train_ids[1]}\n{train_ids[0]}\n")
+    argv = _split_args(paths, tmp_path / "o", False) + ["--raw_text_dir", str(paths.raw_text_dir)]
+    argv[argv.index("--train_split") + 1] = str(tmp_path / "train.txt")
+    assert gt_to_tag.main(argv) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'train.txt'}: line 4: note {train_ids[0]} is listed twice "
+                                       "(first on line 1)\n")
+    assert not (tmp_path / "o").exists()
+
+    leak = small_corpus.ids("val")[0]
+    (tmp_path / "train.txt").write_text(f"{train_ids[0]}\n{leak}\n")
+    assert gt_to_tag.main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]  # not progress
+    assert warnings == [f"warning: 1 note id(s) are in both the train and the val split (e.g. {leak}): the val scores "
+                        "will not be held out"]
+
+
+def test_gt_to_tag_writes_every_split_or_none(small_corpus, tmp_path, monkeypatch):
+    from utils.meddec import tables
+
+    paths = small_corpus.paths
+    out = tmp_path / "o"
+    argv = _split_args(paths, out, True) + ["--raw_text_dir", str(paths.raw_text_dir)]
+    assert gt_to_tag.main(argv) == 0
+    before = {name: (out / f"{name}.csv").read_bytes() for name in ("train", "val", "test")}
+    calls = []
+
+    def fail_on_the_last(handle, frame):
+        calls.append(len(frame))
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original(handle, frame)
+
+    original = tables.write_frame
+    monkeypatch.setattr("utils.tagging.splits.write_frame", fail_on_the_last)
+    with pytest.raises(OSError, match="disk full"):
+        gt_to_tag.main(argv)
+    assert {name: (out / f"{name}.csv").read_bytes() for name in ("train", "val", "test")} == before
+    assert sorted(p.name for p in out.iterdir()) == ["test.csv", "train.csv", "val.csv"]  # no temporary files left

@@ -77,6 +77,13 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON ({err.msg})") from None
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr, for input the command accepts but the user should know about."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def report_input_error(err: BaseException) -> int:
     """Print a command-line error as the one line every script uses; return the exit code for bad input (2)."""
     import sys

@@ -161,10 +161,19 @@ def read_raw_text(raw_text_dir: str | os.PathLike[str], note_id: str) -> str:
 
 
 def read_split(path: str | os.PathLike[str]) -> list[str]:
-    """Note ids of a split file, one per line, in file order (blank lines skipped)."""
+    """Note ids of a split file, one per line, in file order (blank lines skipped); an id listed twice is an error."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return [normalize_note_id(line.strip()) for line in handle if line.strip()]
+            ids: dict[str, int] = {}
+            for number, line in enumerate(handle, start=1):
+                note_id = normalize_note_id(line.strip())
+                if not note_id:
+                    continue
+                if note_id in ids:
+                    raise InputError(path, f"line {number}", f"note {note_id} is listed twice (first on line "
+                                                             f"{ids[note_id]})")
+                ids[note_id] = number
+            return list(ids)
     except FileNotFoundError:
         raise InputError(path, "", "split file not found") from None
     except (IsADirectoryError, UnicodeDecodeError):

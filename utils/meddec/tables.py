@@ -64,10 +64,15 @@ def check_unique_ids(path: str | os.PathLike[str], ids: Iterable[str], column: s
         seen.add(note_id)
 
 
+def write_frame(handle: Any, frame: "pandas.DataFrame") -> None:  # noqa: F821
+    """A table into an open text file: every field quoted, floats exactly (``%.17g``)."""
+    frame.to_csv(handle, index=False, quoting=csv.QUOTE_ALL, lineterminator="\n", float_format="%.17g")
+
+
 def write_csv(path: str | os.PathLike[str], frame: "pandas.DataFrame") -> None:  # noqa: F821
-    """Write a table atomically, every field quoted, floats exactly (``%.17g``)."""
+    """Write a table atomically."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        frame.to_csv(handle, index=False, quoting=csv.QUOTE_ALL, lineterminator="\n", float_format="%.17g")
+        write_frame(handle, frame)
 
 
 # --------------------------------------------------------------------------------------------------- notes
@@ -138,11 +143,16 @@ def read_tagged_table(path: str | os.PathLike[str], require_gold: bool = False) 
     return frame
 
 
-def write_tagged_table(path: str | os.PathLike[str], rows: Iterable[Mapping[str, str]]) -> None:
-    """Write tagged split rows atomically."""
+def tagged_frame(rows: Iterable[Mapping[str, str]]) -> "pandas.DataFrame":  # noqa: F821
+    """Tagged split rows as a table with the columns in their order."""
     import pandas as pd
 
-    write_csv(path, pd.DataFrame(list(rows), columns=list(TAGGED_COLUMNS)))
+    return pd.DataFrame(list(rows), columns=list(TAGGED_COLUMNS))
+
+
+def write_tagged_table(path: str | os.PathLike[str], rows: Iterable[Mapping[str, str]]) -> None:
+    """Write tagged split rows atomically."""
+    write_csv(path, tagged_frame(rows))
 
 
 def spans_json(spans: Iterable[Sequence[int]]) -> str:

@@ -8,15 +8,16 @@ empty gold columns; train and validation notes must have one. Nothing is written
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from utils.fileio import InputError
+from utils.fileio import InputError, atomic_open, warn
 from utils.meddec.corpus import Annotation, read_gold_dir, read_raw_text, read_split
-from utils.meddec.tables import read_notes_texts, write_tagged_table
+from utils.meddec.tables import read_notes_texts, tagged_frame, write_frame
 from utils.tagging.convert import gold_row
 
 UNLABELED_SPLITS = ("test",)  # splits whose notes may lack gold
@@ -69,15 +70,33 @@ def convert_splits(
 ) -> dict[str, tuple[int, int, Counter[str]]]:
     """Write ``<split>.csv`` per split file given; returns split -> (notes, spans written, dropped reasons)."""
     ids_by_split = {name: read_split(path) for name, path in split_files.items()}
+    warn_about_shared_ids(ids_by_split)
     gold = read_gold_dir(gold_dir, [i for ids in ids_by_split.values() for i in ids])
     for name, ids in ids_by_split.items():  # fail before writing anything
         missing = [i for i in ids if i not in gold]
         if missing and name not in UNLABELED_SPLITS:
             raise InputError(gold_dir, "", f"no gold file for {name} note(s) {', '.join(missing[:5])}")
     built = {name: build_split_rows(ids, texts, gold, progress, name) for name, ids in ids_by_split.items()}
-    summary: dict[str, tuple[int, int, Counter[str]]] = {}
-    for name, (rows, reasons) in built.items():
-        write_tagged_table(Path(out_dir) / f"{name}.csv", rows)
-        spans = sum(len(json.loads(r["gold_offsets"])) for r in rows if r["gold_offsets"])
-        summary[name] = (len(rows), spans, reasons)
-    return summary
+    write_all_or_nothing({Path(out_dir) / f"{name}.csv": rows for name, (rows, _) in built.items()})
+    return {name: (len(rows), sum(len(json.loads(r["gold_offsets"])) for r in rows if r["gold_offsets"]), reasons)
+            for name, (rows, reasons) in built.items()}
+
+
+def warn_about_shared_ids(ids_by_split: Mapping[str, Sequence[str]]) -> None:
+    """A note in two splits (e.g. train and val) leaks evaluation data into training: say so, once per pair."""
+    names = list(ids_by_split)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = sorted(set(ids_by_split[first]) & set(ids_by_split[second]))
+            if shared:
+                warn(f"{len(shared)} note id(s) are in both the {first} and the {second} split "
+                     f"(e.g. {', '.join(shared[:3])}): the {second} scores will not be held out")
+
+
+def write_all_or_nothing(tables: Mapping[Path, Sequence[Mapping[str, str]]]) -> None:
+    """Write several tagged split tables so that either every one is replaced or none is (a failure while
+    writing any of them leaves all earlier versions in place)."""
+    with contextlib.ExitStack() as stack:
+        handles = {path: stack.enter_context(atomic_open(path, "w", encoding="utf-8", newline="")) for path in tables}
+        for path, rows in tables.items():
+            write_frame(handles[path], tagged_frame(rows))
