@@ -13,6 +13,16 @@ a_out.csv b_out.csv``. Each output CSV = the input columns + ``predicted`` (mode
 ``truncated`` (hit the token budget without EOS). ``--offsets_json`` also writes ``<output>.json``:
 prediction JSON through ``utils.pred_to_offset``.
 
+``--copy_constraint`` (off by default: the published run decodes unconstrained): every step may only
+continue the note exactly, open one of the nine tags or close an open one, and end only when the note
+is fully written with every span closed (``utils.copy_decoding``), so the de-tagged output IS the note
+and offsets are exact. Guards against an unsure model escaping into tags: no category opened twice at
+one position, at most ``--copy_max_tags_per_position`` openings per position (default 2), no span
+without a visible character, optionally at most ``--copy_max_open`` spans open at once. Its ``entropy``
+is the mean -log p of the chosen tokens under the CONSTRAINED distribution (log-softmax of the masked
+logits), lower than an unconstrained run's: do not mix the two in one entropy quantile. transformers
+backend only for now.
+
 Resumable: every finished batch is appended to ``<output>.partial.jsonl`` (flushed and fsynced) and
 rows found there are skipped when the command is run again after a crash or kill; the CSV itself is
 written atomically once all rows are done. The partial file stays as a cache; ``--overwrite`` starts
@@ -62,6 +72,8 @@ RESULT_COLUMNS = ("predicted", "entropy", "num_tokens", "truncated")
 BACKENDS = ("vllm", "transformers")
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking", "logprobs")
+# Recorded only when the constraint is on, so partial files of unconstrained runs made earlier stay valid.
+COPY_RESUME_KEYS = ("copy_constraint", "copy_max_tags_per_position", "copy_max_open")
 
 
 @dataclass
@@ -92,6 +104,10 @@ class InferenceArguments:
     device: str = field(default="cpu", metadata={"help": "transformers backend device (cpu, cuda, ...)."})
     seed: int = field(default=3407, metadata={"help": "Engine seed (greedy decoding does not depend on it)."})
     vllm_kwargs: str | None = field(default=None, metadata={"help": "Extra vllm.LLM arguments as a JSON object."})
+    copy_constraint: bool = field(default=False, metadata={"help": "Constrain decoding to the note with tags in between "
+                                  "(exact offsets; off in the published run; transformers backend)."})
+    copy_max_tags_per_position: int = field(default=2, metadata={"help": "--copy_constraint: tags opened at one position at most."})
+    copy_max_open: int | None = field(default=None, metadata={"help": "--copy_constraint: spans open at once at most (default: no limit)."})
     offsets_json: bool = field(default=False, metadata={"help": "Also write <output>.json (offsets via pred_to_offset)."})
     overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
 
@@ -152,7 +168,8 @@ def read_input(path: Path, id_column: str, text_column: str) -> "pd.DataFrame": 
 
 def resume_settings(args: InferenceArguments) -> dict[str, Any]:
     values = asdict(args)
-    return {k: values[k] for k in RESUME_KEYS}
+    keys = RESUME_KEYS + (COPY_RESUME_KEYS if args.copy_constraint else ())
+    return {k: values[k] for k in keys}
 
 
 def load_partial(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -251,7 +268,12 @@ def generate_rows(
         warnings.warn(f"{ids[i]}: the prompt fills the {args.max_model_len}-token context; output left empty")
         results[i] = Generation("", 0, (), False)
     if live:
-        for i, g in zip(live, generator.generate([prompts[i] for i in live], [budgets[i] for i in live])):
+        live_prompts, live_budgets = [prompts[i] for i in live], [budgets[i] for i in live]
+        if args.copy_constraint:
+            generations = generator.generate(live_prompts, live_budgets, notes=[texts[i] for i in live])
+        else:
+            generations = generator.generate(live_prompts, live_budgets)
+        for i, g in zip(live, generations):
             results[i] = g
     return [r for r in results if r is not None]
 
@@ -321,7 +343,13 @@ def make_generator_factory(args: InferenceArguments):
 def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
     """(backend, tokenizer used for the chat template)."""
     if args.backend == "transformers":
-        gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device)
+        guards = None
+        if args.copy_constraint:
+            from utils.copy_decoding import CopyGuards
+
+            guards = CopyGuards(args.copy_max_tags_per_position, args.copy_max_open)
+        gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device,
+                                    copy_constraint=args.copy_constraint, copy_guards=guards)
         return gen, gen.tokenizer
     extra = json.loads(args.vllm_kwargs) if args.vllm_kwargs else None
     engine = vllm_engine_kwargs(
@@ -346,9 +374,13 @@ def validate(args: InferenceArguments) -> list[Job]:
         raise InputError("--backend", "", f"expected one of {', '.join(BACKENDS)}, got {args.backend!r}")
     if args.backend == "transformers" and args.temperature != 0:
         raise InputError("--temperature", "", "the transformers fallback decodes greedily only (temperature 0)")
-    for name in ("max_new_tokens", "max_model_len", "batch_size"):
+    for name in ("max_new_tokens", "max_model_len", "batch_size", "copy_max_tags_per_position"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    if args.copy_max_open is not None and args.copy_max_open < 1:
+        raise InputError("--copy_max_open", "", f"expected a positive number (or nothing for no limit), got {args.copy_max_open}")
+    if args.copy_constraint and args.backend != "transformers":
+        raise InputError("--copy_constraint", "", "available on the transformers backend only (for now); add --backend transformers")
     if args.vllm_kwargs:
         try:
             if not isinstance(json.loads(args.vllm_kwargs), dict):
