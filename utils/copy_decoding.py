@@ -26,10 +26,13 @@ tags forever at one position):
 
 * tags only between characters (never inside a multi-byte UTF-8 character); between ``\\r`` and ``\\n``
   is allowed, it is a character boundary;
-* no reopening a category already opened at the current position (no duplicate spans);
+* no reopening a category already opened at the current position (no duplicate spans; the price: two
+  spans of one category that start at the same character cannot both be written; none among the 55,376
+  spans of the synthetic corpus, unknown for MedDec);
 * at most ``max_tags_per_position`` openings per position (default 2: the documented multi-label case
-  is two categories starting together, e.g. a drug decision and its treatment goal; each extra
-  allowance multiplies the escape routes of an unsure model);
+  is two categories starting together, e.g. a drug decision and its treatment goal; the synthetic
+  corpus, built to mimic it, never starts more than two spans at one character (1,620 of 53,756 start
+  positions have two); each extra allowance multiplies the escape routes of an unsure model);
 * no span without a visible character: a tag closes only when a non-whitespace character was written
   since it opened (``pred_to_offset`` drops empty and whitespace-only spans), and a tag opens only
   where a non-whitespace character is still ahead (otherwise it could never close);
