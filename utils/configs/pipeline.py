@@ -89,6 +89,13 @@ class InferenceArguments:
     unclosed: str = field(default="drop", metadata={
         "help": "Tags left open in an output when its spans are located (utils/pred_to_offset.py).",
         "choices": list(UNCLOSED_POLICIES)})
+    copy_constraint: bool = field(default=False, metadata={
+        "help": "Constrain decoding to the note with tags in between: exact offsets by construction "
+                "(utils.generation.copy_decoding; off in the published run; transformers backend)."})
+    copy_max_tags_per_position: int = field(default=2, metadata={
+        "help": "--copy_constraint: tags opened at one position at most."})
+    copy_max_open: int | None = field(default=None, metadata={
+        "help": "--copy_constraint: spans open at once at most (default: no limit)."})
     overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
 
 

@@ -9,6 +9,14 @@ fake objects: engine and sampling arguments, the LoRA request and the adapter's 
 few ``max_lora_rank`` values and defaults to 16, too small for Model 1's r = 256: a known failure), and
 the conversion of vLLM's outputs. Token counts include the EOS token when there is one (as vLLM counts
 them); the text never contains it.
+
+Copy-constrained decoding (``copy_constraint=True``, transformers backend; off in the published run):
+only tokens that keep the output "the note with tags in between" may be chosen (``utils.generation.copy_decoding``),
+so the de-tagged output is the note exactly. The logprob of each chosen token is then taken under the
+CONSTRAINED distribution: the log-softmax of the masked logits (the allowed tokens renormalised). It is
+never below the unconstrained logprob, so entropies of constrained and unconstrained runs are not
+comparable (e.g. with the published pseudo-label quantile). The text is assembled from the tokens' exact
+bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from utils.generation.copy_decoding import CopyGuards
 
 VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LORA_NAME = "lamar_adapter"
@@ -57,11 +68,11 @@ def new_token_budget(prompt_tokens: int, max_new_tokens: int, max_model_len: int
 
 
 class Generator(Protocol):
-    """What scripts/inference.py needs from a backend."""
+    """What scripts/inference.py needs from a backend (``notes``: each prompt's note, for copy-constrained decoding)."""
 
     def prompt_length(self, prompt: str) -> int: ...
 
-    def generate(self, prompts: Sequence[str], budgets: Sequence[int]) -> list[Generation]: ...
+    def generate(self, prompts: Sequence[str], budgets: Sequence[int], notes: Sequence[str] | None = None) -> list[Generation]: ...
 
 
 # ------------------------------------------------------------------------------------------------ LoRA
@@ -172,7 +183,9 @@ class VllmGenerator:
     def prompt_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompts: Sequence[str], budgets: Sequence[int]) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], budgets: Sequence[int], notes: Sequence[str] | None = None) -> list[Generation]:
+        if notes is not None:
+            raise NotImplementedError("copy-constrained decoding is not available on the vLLM backend yet")
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
@@ -186,9 +199,22 @@ class VllmGenerator:
 
 
 class TransformersGenerator:
-    """CPU fallback: ``model.generate`` greedy, chosen-token log-probs from the raw logits (like vLLM's)."""
+    """CPU fallback: ``model.generate`` greedy, chosen-token log-probs from the raw logits (like vLLM's).
 
-    def __init__(self, model: str, adapter: str | None = None, tokenizer: str | None = None, dtype: str = "auto", device: str = "cpu") -> None:
+    With ``copy_constraint`` every row is constrained to a tagged copy of its note (``generate(..., notes=)``)
+    and log-probs come from the masked logits (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        adapter: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "auto",
+        device: str = "cpu",
+        copy_constraint: bool = False,
+        copy_guards: "CopyGuards | None" = None,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -208,17 +234,35 @@ class TransformersGenerator:
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.copy_vocabulary = None
+        if copy_constraint:
+            from utils.generation.copy_decoding import CopyGuards, CopyVocabulary
+
+            self.copy_guards = copy_guards or CopyGuards()
+            self.copy_vocabulary = CopyVocabulary.from_tokenizer(self.tokenizer, self.eos_ids)
 
     def prompt_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompts: Sequence[str], budgets: Sequence[int]) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], budgets: Sequence[int], notes: Sequence[str] | None = None) -> list[Generation]:
         """One padded batch; the batch runs for the largest budget and each row is cut at its own."""
         torch = self.torch
+        constrained = self.copy_vocabulary is not None
+        if constrained and (notes is None or len(notes) != len(prompts)):
+            raise ValueError("copy-constrained decoding needs the note of every prompt (notes=...)")
         encoded = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         budget = max(budgets)
         if budget == 0:
             return [Generation("", 0, (), False) for _ in prompts]
+        extra: dict[str, Any] = {"output_logits": True}
+        if constrained:
+            from transformers import LogitsProcessorList
+
+            from utils.generation.copy_decoding_hf import CopyConstraintLogitsProcessor
+
+            processor = CopyConstraintLogitsProcessor(self.copy_vocabulary, notes, self.copy_guards)
+            # scores = the logits after the processors: the masked logits whose log-softmax is the constrained distribution
+            extra = {"output_scores": True, "logits_processor": LogitsProcessorList([processor])}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. generation-config notes about unused sampling flags
             out = self.model.generate(
@@ -227,12 +271,12 @@ class TransformersGenerator:
                 max_new_tokens=budget,
                 min_new_tokens=0,
                 return_dict_in_generate=True,
-                output_logits=True,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=sorted(self.eos_ids),
+                **extra,
             )
         new_tokens = out.sequences[:, encoded["input_ids"].shape[1] :]
-        steps = torch.stack(out.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab)
+        steps = torch.stack(out.scores if constrained else out.logits, dim=1).float().log_softmax(dim=-1)  # (batch, steps, vocab)
         chosen = steps.gather(-1, new_tokens[:, : steps.shape[1], None]).squeeze(-1)
         return [self._row(new_tokens[i].tolist(), chosen[i].tolist(), budgets[i]) for i in range(len(prompts))]
 
@@ -240,5 +284,8 @@ class TransformersGenerator:
         end = next((i for i, t in enumerate(tokens[:budget]) if t in self.eos_ids), None)
         kept = tokens[: end + 1] if end is not None else tokens[:budget]
         text_tokens = kept[:-1] if end is not None else kept
-        text = self.tokenizer.decode(text_tokens, skip_special_tokens=True)
+        if self.copy_vocabulary is not None:
+            text = self.copy_vocabulary.text(text_tokens)  # exact bytes, whatever decode() would clean up
+        else:
+            text = self.tokenizer.decode(text_tokens, skip_special_tokens=True)
         return Generation(text, len(kept), tuple(logprobs[: len(kept)]), end is not None, tuple(kept))

@@ -26,6 +26,7 @@ from utils.fileio import InputError
 from utils.generation.backends import (
     Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, new_token_budget, vllm_engine_kwargs,
 )
+from utils.generation.copy_decoding import CopyGuards
 from utils.meddec.predictions import write_predictions
 from utils.meddec.tables import inference_output_frame, read_notes_table, write_csv
 from utils.prompt import render_chat_prompt
@@ -33,7 +34,7 @@ from utils.tagging.locate import locate_spans, note_report, summarize_reports
 
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
-               "logprobs", "unclosed")
+               "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open")
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,12 @@ def generate_rows(generator: Generator, tokenizer: Any, ids: Sequence[str], text
         warnings.warn(f"{ids[i]}: the prompt fills the {args.max_model_len}-token context; output left empty")
         results[i] = Generation("", 0, (), False)
     if live:
-        for i, g in zip(live, generator.generate([prompts[i] for i in live], [budgets[i] for i in live])):
+        live_prompts, live_budgets = [prompts[i] for i in live], [budgets[i] for i in live]
+        if args.copy_constraint:
+            generations = generator.generate(live_prompts, live_budgets, notes=[texts[i] for i in live])
+        else:
+            generations = generator.generate(live_prompts, live_budgets)
+        for i, g in zip(live, generations):
             results[i] = g
     return [r for r in results if r is not None]
 
@@ -204,7 +210,9 @@ def write_outputs(job: Job, records: list[dict[str, Any]], id_column: str) -> No
 def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
     """(backend, tokenizer used for the chat template)."""
     if args.backend == "transformers":
-        gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device)
+        guards = CopyGuards(args.copy_max_tags_per_position, args.copy_max_open) if args.copy_constraint else None
+        gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device,
+                                    copy_constraint=args.copy_constraint, copy_guards=guards)
         return gen, gen.tokenizer
     engine = vllm_engine_kwargs(
         args.model,
@@ -238,9 +246,15 @@ def validate(args: InferenceArguments) -> list[Job]:
     """Check flags and every input before any model is loaded; returns the jobs with their inputs read."""
     if args.backend == "transformers" and args.temperature != 0:
         raise InputError("--temperature", "", "the transformers fallback decodes greedily only (temperature 0)")
-    for name in ("max_new_tokens", "max_model_len", "batch_size"):
+    for name in ("max_new_tokens", "max_model_len", "batch_size", "copy_max_tags_per_position"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    if args.copy_max_open is not None and args.copy_max_open < 1:
+        raise InputError("--copy_max_open", "", f"expected a positive number (or nothing for no limit), "
+                                                f"got {args.copy_max_open}")
+    if args.copy_constraint and args.backend != "transformers":
+        raise InputError("--copy_constraint", "", "available on the transformers backend only (for now); add "
+                                                  "--backend transformers")
     if args.vllm_kwargs:
         try:
             if not isinstance(json.loads(args.vllm_kwargs), dict):

@@ -97,13 +97,14 @@ def _train_byte_level_bpe(texts: Iterable[str], vocab_size: int, special_tokens:
 
 
 def build_tiny_tokenizer(
-    texts: Iterable[str], out_dir: str | Path | None = None, vocab_size: int = 2048
+    texts: Iterable[str], out_dir: str | Path | None = None, vocab_size: int = 2048, tags_as_tokens: bool = True
 ) -> PreTrainedTokenizerFast:
     """ChatML byte-level BPE with the nine tags as single tokens, trained on ``texts`` (plus the prompt).
 
     Saved to ``out_dir`` when given. eos is ``<|im_end|>`` (the end of an assistant turn), pad is
     ``<|endoftext|>``; ``<think>``/``</think>`` and the tags are added (non-special) tokens so they survive
-    ``skip_special_tokens`` decoding, as in Qwen's tokenizer.
+    ``skip_special_tokens`` decoding, as in Qwen's tokenizer. ``tags_as_tokens=False`` leaves the tags to
+    the BPE, spelled over several tokens as the real Qwen tokenizer spells them.
     """
     backend = _train_byte_level_bpe(texts, vocab_size, CHATML_SPECIAL_TOKENS, prompt_weight=50)
     tokenizer = PreTrainedTokenizerFast(
@@ -116,7 +117,7 @@ def build_tiny_tokenizer(
         model_max_length=32768,
         padding_side="left",
     )
-    tokenizer.add_tokens([THINK_OPEN, THINK_CLOSE, *tag_tokens()], special_tokens=False)
+    tokenizer.add_tokens([THINK_OPEN, THINK_CLOSE, *(tag_tokens() if tags_as_tokens else ())], special_tokens=False)
     tokenizer.chat_template = CHAT_TEMPLATE
     if out_dir is not None:
         tokenizer.save_pretrained(str(out_dir))
