@@ -1,20 +1,28 @@
 """GRPO reward functions of LAMAR Model 2 (each in [0, 1], one value per completion), as TRL reward functions.
 
-The three published rewards (SPEC section 4):
+The three published rewards (SPEC section 4), identical in value and type to those of the published code
+(biodatlab/medexact-lamar ``utils/rewards.py`` at 2c0d9c5; checked against a transcription of it,
+tests/oracles/published_rewards.py, on thousands of generated completions in tests/test_rewards_oracle.py):
 
 - ``fidelity_reward``: the completion must copy the note. Remove the nine tags from both, collapse whitespace,
-  r = difflib ratio; 1 if r >= 0.99, 0 if r < 0.90, linear in between.
+  r = difflib ratio; 1 if r >= 0.99, 0 if r < 0.90, (r - 0.90) / 0.09 in between; 1 when the note is empty.
 - ``token_f1_reward``: per tag, the whitespace words of all its span strings as a multiset; F1 of the overlap
   with gold; mean over the tags present in either side.
 - ``exact_f1_reward``: the same with the sets of whole span strings.
-Both F1 rewards are 1.0 when neither side has a span and 0.0 when only one side has.
+Both F1 rewards are 1.0 when neither side has a span and 0.0 when only one has.
 
-An optional fourth, ``official_score_reward``, places the completion's spans in the note
+The published behaviour is kept even where it looks accidental (ASCII-only edge trimming, ``[**``/``**]`` kept
+only at the very ends of a span, any ``<word>`` tag removed inside spans, a bare message dict read through
+``str()``): the rewards define what GRPO optimised, so a reproduction must compute the same numbers. Each
+function's docstring says which published rule it implements.
+
+An optional fourth, ``official_score_reward`` (ours, not published), places the completion's spans in the note
 (``utils.pred_to_offset.locate_spans``) and scores them with the official metric (``utils.scoring.Scorer``):
 (span F1 + token F1) / 2 of that one note.
 
 TRL calls each as ``func(prompts=..., completions=..., completion_ids=..., **dataset_columns)``: the gold tagged
-text arrives in the ``gold_span`` column, the note in ``raw_text`` (see ``utils.training.grpo_records``).
+text arrives in the ``gold_span`` column (the published script names that column ``gold``), the note in
+``raw_text`` (see ``utils.training.grpo_records``).
 """
 
 from __future__ import annotations
@@ -22,39 +30,48 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from collections import Counter, defaultdict
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from utils.categories import TAGS
+from utils.tagging import TAG_PATTERN, strip_tags
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 FIDELITY_FULL = 0.99
 FIDELITY_ZERO = 0.90
+# The published ramp divides by the literal 0.09; FIDELITY_FULL - FIDELITY_ZERO is 0.08999999999999997.
+FIDELITY_RAMP_WIDTH = 0.09
+PLACEHOLDER_OPEN = "[**"
+PLACEHOLDER_CLOSE = "**]"
 
-_TAG_PATTERN = re.compile(r"<(/?)(" + "|".join(map(re.escape, TAGS)) + r")>")
-_WHITESPACE = re.compile(r"\s+")
+# Inside a span, any tag made of ASCII letters and underscores goes: the nine, but also <b>, </i>, <foo_bar>.
+_WORD_TAG = re.compile(r"</?[A-Za-z_]+>")
+# Span edges are trimmed down to an ASCII letter, digit or '*' (not str.isalnum: 'é', 'µ', '²' are trimmed).
+_LEADING_NON_WORD = re.compile(r"\A[^A-Za-z0-9*]+")
+_TRAILING_NON_WORD = re.compile(r"[^A-Za-z0-9*]+\Z")
 
 
 # --- completion text ---------------------------------------------------------------------------------------------
 
 
 def completion_text(completion: Any) -> str:
-    """The answer of one completion: the last message's content, without a thinking block.
+    """The answer of one completion, as the published rewards read it.
 
-    Text after ``</think>`` is kept when there is one; a completion that opens ``<think>`` and never closes
-    it has no answer ("").
+    A list (TRL's conversational format) gives the ``content`` of its last element if that is a dict, else "";
+    anything else goes through ``str()`` (a plain string unchanged; a bare message dict becomes its repr, as
+    published). With a ``</think>``, the answer is the stripped text after the last one; a text that starts
+    with ``<think>`` and never closes it has no answer (""); otherwise the text is returned as is.
     """
-    if isinstance(completion, Mapping):
-        content = completion.get("content", "")
-    elif isinstance(completion, Sequence) and not isinstance(completion, str):
-        content = completion[-1].get("content", "") if completion else ""
+    if isinstance(completion, list):
+        last = completion[-1] if completion else None
+        text = last.get("content", "") if isinstance(last, dict) else ""
     else:
-        content = completion
-    text = content if isinstance(content, str) else ""
+        text = str(completion)
+    if not isinstance(text, str):
+        raise TypeError(f"a completion message's content must be a string, got {type(text).__name__}")
     if THINK_CLOSE in text:
-        return text.split(THINK_CLOSE)[-1]
-    if text.lstrip().startswith(THINK_OPEN):
+        return text.split(THINK_CLOSE)[-1].strip()
+    if text.strip().startswith(THINK_OPEN):
         return ""
     return text
 
@@ -62,105 +79,142 @@ def completion_text(completion: Any) -> str:
 # --- fidelity ----------------------------------------------------------------------------------------------------
 
 
-def strip_tags(text: str) -> str:
-    """The text with the nine inline tags (opening and closing) removed; other angle brackets stay."""
-    return _TAG_PATTERN.sub("", text)
-
-
 def collapse_whitespace(text: str) -> str:
-    """Every whitespace run as one space, no leading or trailing space."""
-    return _WHITESPACE.sub(" ", text).strip()
+    """Every whitespace run (``str.split``: Unicode whitespace) as one space, no leading or trailing space."""
+    return " ".join(text.split())
+
+
+def untagged_text(text: str) -> str:
+    """What fidelity compares: the text without the nine exact tags, whitespace collapsed."""
+    return collapse_whitespace(strip_tags(text))
 
 
 def fidelity_ratio(output: str, note: str) -> float:
-    """difflib similarity of the untagged, whitespace-collapsed output and note."""
-    return difflib.SequenceMatcher(None, collapse_whitespace(strip_tags(output)),
-                                   collapse_whitespace(strip_tags(note))).ratio()
+    """difflib similarity of the untagged output and note (output first: the ratio is not symmetric)."""
+    return difflib.SequenceMatcher(None, untagged_text(output), untagged_text(note)).ratio()
 
 
 def fidelity_score(output: str, note: str) -> float:
-    """1 at ratio >= 0.99, 0 below 0.90, linear ramp (r - 0.90) / 0.09 in between."""
+    """1 at ratio >= 0.99, 0 below 0.90, (r - 0.90) / 0.09 in between; 1.0 for an empty note, as published."""
+    if not untagged_text(note):
+        return 1.0
     ratio = fidelity_ratio(output, note)
     if ratio >= FIDELITY_FULL:
         return 1.0
     if ratio < FIDELITY_ZERO:
         return 0.0
-    return (ratio - FIDELITY_ZERO) / (FIDELITY_FULL - FIDELITY_ZERO)
+    return (ratio - FIDELITY_ZERO) / FIDELITY_RAMP_WIDTH
 
 
 # --- span strings ------------------------------------------------------------------------------------------------
 
 
-def _trim_edges(text: str) -> str:
-    """Drop leading/trailing characters that are neither alphanumeric nor '*', keeping a '[**' start / '**]' end."""
-    start, end = 0, len(text)
-    while start < end and not text.startswith("[**", start) and not (text[start].isalnum() or text[start] == "*"):
-        start += 1
-    while end > start and not text.endswith("**]", start, end) and not (text[end - 1].isalnum() or text[end - 1] == "*"):
-        end -= 1
-    return text[start:end]
+def _trim_leading(text: str) -> str:
+    """Drop the leading run of characters other than ASCII letters, digits and '*', keeping a '[**' start."""
+    kept = PLACEHOLDER_OPEN if text.startswith(PLACEHOLDER_OPEN) else ""
+    return kept + _LEADING_NON_WORD.sub("", text[len(kept):])
+
+
+def _trim_trailing(text: str) -> str:
+    """Drop the trailing run of characters other than ASCII letters, digits and '*', keeping a '**]' end."""
+    kept = PLACEHOLDER_CLOSE if text.endswith(PLACEHOLDER_CLOSE) else ""
+    return _TRAILING_NON_WORD.sub("", text[: len(text) - len(kept)]) + kept
 
 
 def normalize_span_string(inner: str) -> str:
-    """A tagged span's text as compared: tags removed, stripped, edges trimmed, lowercased."""
-    return _trim_edges(strip_tags(inner).strip()).lower()
+    """A tagged span's text as the published F1 rewards compare it.
 
-
-def span_strings(tagged: str) -> dict[str, list[str]]:
-    """Tag -> normalised strings of its closed spans, in closing order (a stack of open positions per tag).
-
-    A closing tag without an open one and tags never closed produce nothing; empty strings are dropped.
+    Every ``</?[A-Za-z_]+>`` tag removed (not only the nine), stripped, the leading then the trailing edge
+    trimmed (a ``[**`` / ``**]`` survives only at the very start / end of the whole string, and the start is
+    trimmed before the end is tested), lowercased.
     """
-    open_positions: dict[str, list[int]] = {tag: [] for tag in TAGS}
-    found: dict[str, list[str]] = {}
-    for match in _TAG_PATTERN.finditer(tagged):
+    text = _WORD_TAG.sub("", inner).strip()
+    return _trim_trailing(_trim_leading(text)).lower() if text else ""
+
+
+def tagged_span_strings(tagged: str) -> list[tuple[str, str]]:
+    """(tag, normalised string) of every closed span, in closing order; empty strings dropped.
+
+    Each of the nine tags has its own stack of open positions: a closing tag pairs with the latest open one of
+    its name; a closing tag with nothing open and tags never closed produce nothing. Only the exact
+    case-sensitive tags count (``<drug_decision >`` or ``<Drug_decision>`` are text here).
+    """
+    open_positions: defaultdict[str, list[int]] = defaultdict(list)
+    found: list[tuple[str, str]] = []
+    for match in TAG_PATTERN.finditer(tagged):
         closing, tag = match.group(1) == "/", match.group(2)
         if not closing:
             open_positions[tag].append(match.end())
         elif open_positions[tag]:
             text = normalize_span_string(tagged[open_positions[tag].pop() : match.start()])
             if text:
-                found.setdefault(tag, []).append(text)
+                found.append((tag, text))
     return found
 
 
 # --- F1 rewards ---------------------------------------------------------------------------------------------------
 
 
-def f1_of_counts(predicted: Counter, gold: Counter) -> float:
-    """F1 of two multisets (Counter intersection); 0 when they share nothing."""
-    overlap = sum((predicted & gold).values())
-    if overlap == 0:
+def f1_from_sizes(n_predicted: int, n_gold: int, overlap: int) -> float:
+    """F1 = 2PR / (P + R) with P = overlap / n_predicted, R = overlap / n_gold; 0.0 if either side is empty."""
+    if not n_predicted or not n_gold:
         return 0.0
-    precision = overlap / sum(predicted.values())
-    recall = overlap / sum(gold.values())
-    return 2 * precision * recall / (precision + recall)
+    precision = overlap / n_predicted
+    recall = overlap / n_gold
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
-def _mean_over_tags(predicted: Mapping[str, Counter], gold: Mapping[str, Counter]) -> float:
-    """Mean F1 over tags present on either side; 1.0 when neither has any, 0.0 when only one has."""
-    tags = [tag for tag in TAGS if predicted.get(tag) or gold.get(tag)]
-    if not tags:
-        return 1.0
-    if not any(predicted.get(tag) for tag in tags) or not any(gold.get(tag) for tag in tags):
-        return 0.0
-    return sum(f1_of_counts(predicted.get(tag, Counter()), gold.get(tag, Counter())) for tag in tags) / len(tags)
+def _mean_over_tags(predicted: Mapping[str, Any], gold: Mapping[str, Any],
+                    tag_f1: Callable[[Any, Any], float]) -> float:
+    """Mean over the tags on either side of ``tag_f1`` (0.0 for a tag on one side only), summed as published.
+
+    That order is the iteration order of ``set(predicted) | set(gold)``, a set of strings (so it follows
+    PYTHONHASHSEED): float addition is not associative, and the callers build ``predicted`` and ``gold`` as
+    the same ``defaultdict``s filled in the same order as published, so the sum is the same to the last bit.
+    """
+    scores = [tag_f1(predicted[tag], gold[tag]) if tag in predicted and tag in gold else 0.0
+              for tag in set(predicted) | set(gold)]
+    return sum(scores) / len(scores)
 
 
 def token_f1(output: str, gold_tagged: str) -> float:
     """Per tag, F1 of the multisets of whitespace words of its span strings; mean over tags present."""
-    def words(strings: dict[str, list[str]]) -> dict[str, Counter]:
-        return {tag: Counter(word for s in items for word in s.split()) for tag, items in strings.items()}
+    predicted_spans, gold_spans = tagged_span_strings(output), tagged_span_strings(gold_tagged)
+    if not predicted_spans or not gold_spans:
+        return 1.0 if not predicted_spans and not gold_spans else 0.0
 
-    return _mean_over_tags(words(span_strings(output)), words(span_strings(gold_tagged)))
+    def words_by_tag(spans: list[tuple[str, str]]) -> defaultdict[str, list[str]]:
+        words: defaultdict[str, list[str]] = defaultdict(list)
+        for tag, text in spans:
+            words[tag].extend(text.split())
+        return words
+
+    def tag_f1(predicted: list[str], gold: list[str]) -> float:
+        return f1_from_sizes(len(predicted), len(gold), sum((Counter(predicted) & Counter(gold)).values()))
+
+    return _mean_over_tags(words_by_tag(predicted_spans), words_by_tag(gold_spans), tag_f1)
 
 
 def exact_f1(output: str, gold_tagged: str) -> float:
-    """Per tag, F1 of the sets of whole span strings; mean over tags present."""
-    def sets(strings: dict[str, list[str]]) -> dict[str, Counter]:
-        return {tag: Counter(set(items)) for tag, items in strings.items()}
+    """Per tag, F1 of the sets of whole span strings; mean over tags present.
 
-    return _mean_over_tags(sets(span_strings(output)), sets(span_strings(gold_tagged)))
+    As published, the (tag, string) pairs are first deduplicated as a set, whose iteration order fixes the
+    order of the per-tag groups (and so the summation order, see ``_mean_over_tags``).
+    """
+    predicted_spans, gold_spans = set(tagged_span_strings(output)), set(tagged_span_strings(gold_tagged))
+    if not predicted_spans or not gold_spans:
+        return 1.0 if not predicted_spans and not gold_spans else 0.0
+
+    def strings_by_tag(spans: set[tuple[str, str]]) -> defaultdict[str, set[str]]:
+        strings: defaultdict[str, set[str]] = defaultdict(set)
+        for tag, text in spans:
+            strings[tag].add(text)
+        return strings
+
+    def tag_f1(predicted: set[str], gold: set[str]) -> float:
+        return f1_from_sizes(len(predicted), len(gold), len(predicted & gold))
+
+    return _mean_over_tags(strings_by_tag(predicted_spans), strings_by_tag(gold_spans), tag_f1)
 
 
 # --- TRL reward functions --------------------------------------------------------------------------------------
