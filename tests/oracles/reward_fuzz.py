@@ -53,6 +53,8 @@ EDGE_JUNK = (
 
 WHITESPACE = (" ", "  ", "\n", "\n\n", "\t", " \n ", "\u00a0", "\r\n", "\u2003", "\x0b", "\x1c")
 
+THOUGHTS = ("", "The note mentions aspirin.", "<drug_decision>x</drug_decision>")
+
 TYPO_CHARS = "abcdefghijklmnopqrstuvwxyz ABC.,;:-*[]()<>/_éµ°–“”\u00a0\n0123456789"
 
 
@@ -162,7 +164,7 @@ def _think(rng: random.Random, answer: str) -> str:
     if roll < 0.45:
         return answer
     if roll < 0.65:
-        return f"<think>\n{rng.choice(('', 'The note mentions aspirin.', '<drug_decision>x</drug_decision>'))}\n</think>\n\n{answer}"
+        return f"<think>\n{rng.choice(THOUGHTS)}\n</think>\n\n{answer}"
     if roll < 0.72:
         return "<think>\n\n</think>" + answer
     if roll < 0.78:
