@@ -221,6 +221,12 @@ def exact_f1(output: str, gold_tagged: str) -> float:
 
 
 def _column(kwargs: Mapping[str, Any], name: str, n: int) -> list[Any]:
+    """A dataset column with one value per completion.
+
+    The one deliberate difference from the published rewards: they ``zip`` completions with the column, so a
+    missing column is a TypeError and a short one silently shortens the rewards; TRL always passes one value
+    per completion, so anything else is a wiring mistake and stops here with the column's name.
+    """
     values = kwargs.get(name)
     if values is None or len(values) != n:
         raise KeyError(f"reward needs the dataset column {name!r} with one value per completion "
