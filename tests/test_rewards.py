@@ -16,7 +16,7 @@ from utils.rewards import (
     normalize_span_string,
     official_score_reward,
     reward_functions,
-    span_strings,
+    tagged_span_strings,
     token_f1,
     token_f1_reward,
 )
@@ -37,7 +37,9 @@ def as_chat(text: str) -> list[dict[str, str]]:
     ("content", "expected"),
     [
         ("plain answer", "plain answer"),
-        ("<think>\n\n</think>\n\nanswer", "\n\nanswer"),
+        ("<think>\n\n</think>\n\nanswer", "answer"),  # the text after </think> is stripped
+        ("<think>r</think>\n a  b \n", "a  b"),  # ...but only that text; without </think> nothing is stripped
+        ("  plain  ", "  plain  "),
         ("<think>reasoning</think>answer", "answer"),
         ("<think>a</think>b</think>c", "c"),  # text after the last </think>
         ("<think>never closed <define_problem>x</define_problem>", ""),
@@ -88,19 +90,19 @@ def test_span_strings_per_tag_with_nesting_crossing_and_normalisation() -> None:
     text = ("<drug_decision>Continue warfarin for <treatment_goal>stroke prevention</treatment_goal>."
             "</drug_decision> <define_problem>(A <evaluate_result>B</define_problem> C)</evaluate_result>"
             " <contact_related>- see [**Hospital1 18**]. </contact_related>")
-    assert span_strings(text) == {
-        "treatment_goal": ["stroke prevention"],
-        "drug_decision": ["continue warfarin for stroke prevention"],
-        "define_problem": ["a b"],
-        "evaluate_result": ["b c"],
-        "contact_related": ["see [**hospital1 18**]"],
-    }
+    assert tagged_span_strings(text) == [  # in closing order
+        ("treatment_goal", "stroke prevention"),
+        ("drug_decision", "continue warfarin for stroke prevention"),
+        ("define_problem", "a b"),
+        ("evaluate_result", "b c"),
+        ("contact_related", "see [**hospital1 18**"),  # ends with '.', so '**]' is not protected: '].' trimmed
+    ]
 
 
 def test_span_strings_drop_unclosed_stray_and_empty_spans() -> None:
     text = ("</gather_info><define_problem>open forever <drug_decision>  ... </drug_decision>"
             "<defer_decision>kept</defer_decision><unknown_tag>x</unknown_tag>")
-    assert span_strings(text) == {"defer_decision": ["kept"]}
+    assert tagged_span_strings(text) == [("defer_decision", "kept")]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +111,7 @@ def test_span_strings_drop_unclosed_stray_and_empty_spans() -> None:
         ("  (Lasix 40 mg).  ", "lasix 40 mg"),
         ("[**2101-1-1**]", "[**2101-1-1**]"),
         ("*important*", "*important*"),
-        ("...[**Name**] called.", "[**name**] called"),
+        ("...[**Name**] called.", "**name**] called"),  # '[**' is kept only at the very start
         ("- -", ""),
     ],
 )

@@ -14,7 +14,7 @@ from utils.categories import ID_TO_TAG
 
 # Exact tags only: ``<define_problem>`` / ``</define_problem>`` (lenient parsing lives in utils.tagging.locate).
 TAG_PATTERN = re.compile(r"<(/?)(" + "|".join(re.escape(t) for t in ID_TO_TAG.values()) + r")>")
-THINK_OPEN = re.compile(r"^\s*<think>", re.IGNORECASE)
+THINK_OPEN = re.compile(r"^\s*<think>")
 THINK_CLOSE = "</think>"
 
 
@@ -26,8 +26,8 @@ def strip_tags(tagged: str) -> str:
 def remove_think(output: str) -> tuple[str, str]:
     """The answer part of an output and what happened to a reasoning block ("none", "removed", "unclosed").
 
-    With a ``</think>``, what follows the last one; an output that starts with ``<think>`` and never closes it has
-    no answer ("").
+    With a ``</think>``, what follows the last one; an output that starts (after whitespace) with ``<think>`` and
+    never closes it has no answer (""). Case-sensitive, as the published rewards read it.
     """
     if THINK_CLOSE in output:
         return output.rsplit(THINK_CLOSE, 1)[1], "removed"
