@@ -257,3 +257,24 @@ def test_vllm_outputs_become_rows():
     cut = generation_from_vllm(_fake_vllm_output([5, 6], [-1.0, -2.0], "length"))
     assert cut.truncated and cut.entropy == pytest.approx(1.5)
     assert math.isnan(mean_negative_logprob([])) and math.isnan(mean_negative_logprob(None))
+
+
+def test_a_changed_note_is_generated_again_and_a_second_run_is_refused(tmp_path, model_dir, generator, input_csv):
+    from filelock import FileLock
+
+    out = tmp_path / "o.csv"
+    args = _args(model_dir, [input_csv], [out])
+    assert run(args, _factory(generator), progress=False) == {str(out): 5}
+    frame = _read(input_csv)
+    frame.loc[1, "raw_text"] = "Follow up with neurology in 3 weeks."  # the note behind one cached row changed
+    frame.to_csv(input_csv, index=False, quoting=1)
+    calls: list[int] = []
+    assert run(args, _factory(generator, calls), progress=False) == {str(out): 1}  # only that row again
+    assert calls == [1]
+    rerun = _read(out)
+    assert rerun.raw_text[1] == "Follow up with neurology in 3 weeks."
+    prompt = render_prompts(generator.tokenizer, [rerun.raw_text[1]])[0]
+    assert rerun.predicted[1] == generator.generate([prompt], [6])[0].text  # paired with its own output
+    with FileLock(str(out) + ".partial.jsonl.lock"):  # as if another run were writing this output
+        with pytest.raises(InputError, match=r"o.csv.partial.jsonl: another inference run is writing this output"):
+            run(args, lambda: pytest.fail("model loaded"), progress=False)

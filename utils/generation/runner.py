@@ -7,12 +7,16 @@ JSON for the ensemble and the scorer.
 
 Resumable: every finished batch is appended to ``<output>.partial.jsonl`` (flushed and fsynced) and rows found
 there are skipped when the command is run again after a crash or kill; the outputs are written atomically once
-all rows are done. The partial file stays as a cache; ``--overwrite`` starts afresh. Rows whose prompt alone fills
-the context get an empty output (``truncated``, entropy NaN).
+all rows are done. The cache is keyed by what determines a row: its first line holds the generation settings (a
+file made with other settings is refused), each row the sha256 of its note text (a row whose note changed is
+generated again). One run at a time may use a partial file (a lock file beside it). The partial file stays as a
+cache; ``--overwrite`` starts afresh. Rows whose prompt alone fills the context get an empty output
+(``truncated``, entropy NaN).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -125,12 +129,18 @@ class PartialWriter:
         self.handle.close()
 
 
+def text_digest(text: str) -> str:
+    """The key of a note's cached result: the sha256 of its exact text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def result_record(file_id: str, note: str, generation: Generation, unclosed: str = "drop") -> dict[str, Any]:
     """One row's result: the output, its entropy, and its spans located in the note (the one conversion)."""
     entropy = generation.entropy
     located = locate_spans(note, generation.text, unclosed)
     return {
         "file_id": file_id,
+        "text_sha256": text_digest(note),
         "predicted": generation.text,
         "entropy": None if math.isnan(entropy) else entropy,
         "num_tokens": generation.num_tokens,
@@ -173,13 +183,31 @@ GeneratorFactory = Callable[[], tuple[Generator, Any]]
 
 
 def infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceArguments, progress: bool = True) -> int:
-    """Run the rows of one input not done yet, then write its outputs; returns rows generated now."""
+    """Run the rows of one input not done yet (or whose note changed), then write its outputs; returns rows
+    generated now."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(job.partial) + ".lock", timeout=0)
+    job.partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(job.partial, "", "another inference run is writing this output right now; wait for it or "
+                                          "choose another --output") from None
+    try:
+        return _infer_file(job, generator_factory, args, progress)
+    finally:
+        lock.release()
+
+
+def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceArguments, progress: bool) -> int:
     from tqdm.auto import tqdm
 
     settings = resume_settings(args)
-    done = {} if args.overwrite else load_partial(job.partial, settings)
     ids = job.frame[args.id_column].tolist()
     texts = dict(zip(ids, job.frame[args.text_column]))
+    cached = {} if args.overwrite else load_partial(job.partial, settings)
+    done = {i: r for i, r in cached.items() if i in texts and r.get("text_sha256") == text_digest(texts[i])}
     pending = [i for i in ids if i not in done]
     step = args.batch_size if args.backend == "transformers" else max(args.flush_every, 1)
     if pending:
