@@ -31,7 +31,7 @@ from ensemble.mbr import read_model_predictions
 from ensemble.tuning import cross_validate, default_trial_value, make_objective, save_plots, scorer_factory, tune
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import OptimizeArguments
-from utils.fileio import InputError, write_json_atomic
+from utils.fileio import InputError, file_sha256, write_json_atomic
 from utils.meddec.predictions import Predictions, write_predictions
 
 
@@ -60,28 +60,19 @@ def plot_paths(args: OptimizeArguments) -> tuple[str | None, str | None]:
     return args.history_plot or f"{stem}_history.png", args.importance_plot or f"{stem}_importance.png"
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inputs_fingerprint(args: OptimizeArguments, note_ids: Sequence[str]) -> dict[str, Any]:
     """What determines a study's trials: every input's content (not its name) and the objective's settings."""
     gold_files = [Path(args.gold_dir) / name for name in sorted(os.listdir(args.gold_dir)) if name.endswith(".json")]
     texts = hashlib.sha256()
     for note_id in sorted(note_ids):
-        texts.update(f"{note_id}\0{file_digest(Path(args.raw_text_dir) / f'{note_id}.txt')}\0".encode())
-    gold = hashlib.sha256("".join(f"{p.name}\0{file_digest(p)}\0" for p in gold_files).encode()).hexdigest()
+        texts.update(f"{note_id}\0{file_sha256(Path(args.raw_text_dir) / f'{note_id}.txt')}\0".encode())
+    gold = hashlib.sha256("".join(f"{p.name}\0{file_sha256(p)}\0" for p in gold_files).encode()).hexdigest()
     return {
-        "predictions": [file_digest(path) for path in args.predictions],
+        "predictions": [file_sha256(path) for path in args.predictions],
         "gold": gold,
         "texts": texts.hexdigest(),
         "notes": hashlib.sha256("\n".join(sorted(note_ids)).encode()).hexdigest(),
-        "stats": file_digest(args.stats_csv) if args.stats_csv else None,
+        "stats": file_sha256(args.stats_csv) if args.stats_csv else None,
     }
 
 

@@ -217,3 +217,26 @@ def test_unsloth_backend_refuses_a_cpu_machine(tiny, tmp_path: Path, capsys, mon
                            str(tiny["csv"]), "--output_dir", str(tmp_path / "u")])
     assert code == 2
     assert "needs a CUDA GPU and Unsloth" in capsys.readouterr().err
+
+
+def test_bad_settings_and_a_rerun_with_other_data_are_refused(tiny, tmp_path: Path, capsys) -> None:
+    for flag, value, message in (("--learning_rate", "-1", "--learning_rate: expected a positive number, got -1.0"),
+                                 ("--num_train_epochs", "-1", "--num_train_epochs: expected a positive number, got -1.0"),
+                                 ("--lora_r", "0", "--lora_r: expected a positive number, got 0")):
+        assert run_cli(tiny, tmp_path / "bad", flag, value) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"error: <command line>: invalid options: {message}"
+    assert not (tmp_path / "bad").exists()
+
+    out = tmp_path / "run"
+    assert run_cli(tiny, out, "--max_steps", "1", "--save_strategy", "no") == 0
+    config_before = (out / "run_config.yaml").read_bytes()
+    other = tmp_path / "other.csv"
+    header, rows = tiny["csv"].read_bytes().split(b"\n", 1)
+    other.write_bytes(header + b"\n" + rows.replace(b"e", b"a", 1))  # one letter of a note differs
+    argv = ["--model_name_or_path", str(tiny["model"]), "--train_csv", str(other), "--output_dir", str(out), *FAST,
+            "--max_steps", "1", "--save_strategy", "no", "--learning_rate", "1e-3"]
+    assert train_dft.main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {out}: holds a run made with other data or settings (train_csv, learning_rate differ); "
+        "use another --output_dir")
+    assert (out / "run_config.yaml").read_bytes() == config_before  # the record of the real run is untouched

@@ -62,6 +62,17 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int | Non
         handle.write("\n")
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes (what caches and studies are keyed by: content, never names)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Load a JSON file, turning a syntax error into an InputError with line and column."""
     try:

@@ -9,6 +9,7 @@ its training CSV and output folder), Model 2 uses the GRPO classes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
@@ -19,6 +20,14 @@ DFT_BACKENDS = ("unsloth", "hf")
 DFT_LOSSES = ("dft", "nll")
 USE_VLLM_MODES = ("auto", "true", "false")
 REWARD_NAMES = ("fidelity", "token_f1", "exact_f1", "official")
+def require_positive(config: Any, names: tuple[str, ...], allow_zero: tuple[str, ...] = ()) -> None:
+    """Refuse settings that would silently train nothing or diverge (a negative learning rate, zero epochs)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (value < 0 or (value == 0 and name not in allow_zero)):
+            raise ValueError(f"--{name}: expected a positive number, got {value}")
+
+
 _TARGETS_HELP = ("Module names to adapt (default: attention and MLP projections of the language model, "
                  f"{' '.join(LANGUAGE_MODEL_PROJECTIONS)}; never the vision tower)")
 
@@ -38,6 +47,11 @@ class DFTModelConfig(ModelConfig):
     lora_target_modules: list[str] | None = field(default_factory=lambda: list(LANGUAGE_MODEL_PROJECTIONS),
                                                   metadata={"help": _TARGETS_HELP})
 
+    def __post_init__(self) -> None:
+        require_positive(self, ("lora_r", "lora_alpha"))
+        require_positive(self, ("lora_dropout",), allow_zero=("lora_dropout",))
+        super().__post_init__()
+
 
 @dataclass
 class GRPOModelConfig(ModelConfig):
@@ -53,6 +67,11 @@ class GRPOModelConfig(ModelConfig):
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(default_factory=lambda: list(LANGUAGE_MODEL_PROJECTIONS),
                                                   metadata={"help": _TARGETS_HELP})
+
+    def __post_init__(self) -> None:
+        require_positive(self, ("lora_r", "lora_alpha"))
+        require_positive(self, ("lora_dropout",), allow_zero=("lora_dropout",))
+        super().__post_init__()
 
 
 @dataclass
@@ -101,6 +120,10 @@ class DFTConfig(SFTConfig):
     loss_type: str = field(default="dft", metadata={"help": "Set by --loss; do not set directly."})
 
     def __post_init__(self) -> None:
+        require_positive(self, ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                                "max_length"))
+        require_positive(self, ("num_train_epochs", "weight_decay", "warmup_steps"),
+                         allow_zero=("weight_decay", "warmup_steps", "num_train_epochs" if self.max_steps > 0 else ""))
         self.bf16 = resolve_bf16(self.bf16)
         self.optim = resolve_optim(self.optim)
         super().__post_init__()
@@ -157,6 +180,12 @@ class LamarGRPOConfig(GRPOConfig):
     activation_checkpointing: bool | None = True  # a.k.a. gradient checkpointing
 
     def __post_init__(self) -> None:
+        require_positive(self, ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                                "max_completion_length", "temperature"))
+        require_positive(self, ("num_train_epochs",), allow_zero=("num_train_epochs" if self.max_steps > 0 else "",))
+        if self.num_generations is not None and self.num_generations < 2:
+            raise ValueError(f"--num_generations: GRPO compares generations within a group, so at least 2 are "
+                             f"needed, got {self.num_generations}")
         self.bf16 = resolve_bf16(self.bf16)
         self.optim = resolve_optim(self.optim)
         super().__post_init__()

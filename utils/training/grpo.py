@@ -25,11 +25,17 @@ from utils.fileio import InputError
 from utils.rewards import reward_functions
 from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame, to_dataset
 from utils.training.models import cuda_available, merge_adapter, peft_config, resolve_dtype
-from utils.training.runs import resolve_resume, save_run_config
+from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
 
 logger = logging.getLogger(__name__)
 
 MERGED_DIR = "merged_start"
+# Trainer settings that shape the trained weights (a resumed run may change step limits, logging and saving).
+TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "optim", "seed", "bf16", "max_grad_norm", "loss_type", "epsilon",
+                 "epsilon_high", "beta", "importance_sampling_level", "multi_objective_aggregation",
+                 "mask_truncated_completions", "num_generations", "temperature", "min_p", "top_p",
+                 "max_completion_length")
 
 
 def vllm_available() -> bool:
@@ -108,6 +114,9 @@ def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: Lama
           reward_funcs: Sequence[Callable[..., list[float]]] | None = None) -> LamarGRPOTrainer:
     """Train (resuming when a checkpoint exists), then save the adapter, tokenizer and resolved run config."""
     trainer = build_trainer(script, model_args, config, reward_funcs)
+    run_settings = {"script": {k: getattr(script, k) for k in ("adapter", "rewards", "max_prompt_length",
+                                                               "max_train_samples")}, "model": model_args}
+    claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, script.auto_resume)
     if resume:
         logger.info("resuming from %s", resume)

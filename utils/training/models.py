@@ -70,13 +70,18 @@ def language_model_targets(names: Sequence[str]) -> str:
 
 
 def peft_config(model_args: Any):
-    """The LoRA config of a TRL ``ModelConfig`` (``trl.get_peft_config``); its target module names are matched in
-    the language model only, never in a vision tower (Qwen3.5 checkpoints are multimodal)."""
+    """The LoRA config of a TRL ``ModelConfig`` (``trl.get_peft_config``).
+
+    Several target module names are matched in the language model only, never in a vision tower (Qwen3.5
+    checkpoints are multimodal). A single value is passed to PEFT as it is (TRL's convention: a regex, or a
+    keyword such as ``all-linear``).
+    """
     from trl import get_peft_config
 
     config = get_peft_config(model_args)
-    if config is not None and model_args.lora_target_modules:
-        config.target_modules = language_model_targets(model_args.lora_target_modules)
+    targets = model_args.lora_target_modules
+    if config is not None and targets and not isinstance(targets, str):
+        config.target_modules = language_model_targets(targets)
     return config
 
 

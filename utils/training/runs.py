@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, file_sha256, read_json, write_json_atomic
+
+RUN_INPUTS = "run_inputs.json"
 
 
 def last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
@@ -52,7 +54,9 @@ def _plain(value: Any) -> Any:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """A dataclass (or TrainingArguments) as a plain dict, every field kept."""
+    """A dataclass (or TrainingArguments, or a dict) as a plain dict, every field kept."""
+    if isinstance(config, dict):
+        return _plain(config)
     if hasattr(config, "to_dict"):
         return _plain(config.to_dict())
     return _plain(dataclasses.asdict(config))
@@ -62,7 +66,7 @@ def save_run_config(out_dir: str | os.PathLike[str], sections: dict[str, Any], n
     """Write the fully resolved run configuration as YAML and JSON beside the adapter (reproducibility)."""
     import yaml
 
-    data = {key: config_dict(value) if not isinstance(value, dict) else _plain(value) for key, value in sections.items()}
+    data = {key: config_dict(value) for key, value in sections.items()}
     out = Path(out_dir)
     with atomic_open(out / f"{name}.yaml", "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True)
@@ -70,3 +74,42 @@ def save_run_config(out_dir: str | os.PathLike[str], sections: dict[str, Any], n
         json.dump(data, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
     return out / f"{name}.yaml"
+
+
+def run_fingerprint(train_csv: str | os.PathLike[str], sections: dict[str, Any], training_keys: tuple[str, ...],
+                    training: Any) -> dict[str, Any]:
+    """What determines a run's weights: the training data's content, the script and model settings, and the trainer
+    settings named in ``training_keys`` (step limits and logging may change between a run and its resumption)."""
+    values = config_dict(training)
+    return {"train_csv_sha256": file_sha256(train_csv), **{k: config_dict(v) for k, v in sections.items()},
+            "training": {key: values.get(key) for key in training_keys}}
+
+
+def claim_output_dir(output_dir: str | os.PathLike[str], fingerprint: dict[str, Any]) -> None:
+    """Record what this run trains on in ``output_dir``, or refuse when the folder holds a run with other settings.
+
+    A rerun into a folder resumes its newest checkpoint; with other data or settings that would silently train
+    nothing (the run is finished) or mix two runs, and record settings that were never used.
+    """
+    path = Path(output_dir) / RUN_INPUTS
+    if path.is_file():
+        recorded = read_json(path)
+        changed = sorted(key for key in set(recorded) | set(fingerprint) if recorded.get(key) != fingerprint.get(key))
+        if changed:
+            detail = ", ".join(_changed_fields(recorded, fingerprint, changed))
+            raise InputError(output_dir, "", f"holds a run made with other data or settings ({detail} differ); "
+                                             "use another --output_dir")
+        return
+    write_json_atomic(path, fingerprint)
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> list[str]:
+    """Flag-like names of what differs, one level into each section."""
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        else:
+            out.append("train_csv" if key == "train_csv_sha256" else key)
+    return out

@@ -25,12 +25,16 @@ from utils.paths import load_module_from_path
 from utils.training.data import read_training_frame, sft_records, to_dataset
 from utils.training.dft import batch_losses, check_dft_in_effect, check_kernel_ran
 from utils.training.models import cuda_available, load_causal_lm, peft_config, resolve_dtype
-from utils.training.runs import resolve_resume, save_run_config
+from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
 
 logger = logging.getLogger(__name__)
 
 KERNEL_PATH = "unsloth/kernels/cross_entropy_loss.py"
 KERNEL_MODULE = "lamar_dft_cross_entropy"
+# Trainer settings that shape the trained weights (a resumed run may change step limits, logging and saving).
+TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "optim", "max_length", "seed", "loss_type", "bf16",
+                 "completion_only_loss", "assistant_only_loss", "packing", "max_grad_norm")
 
 
 class GuardedSFTTrainer(SFTTrainer):
@@ -145,6 +149,8 @@ def build_trainer(script: DFTScriptArguments, model_args: DFTModelConfig, config
 def train(script: DFTScriptArguments, model_args: DFTModelConfig, config: DFTConfig) -> SFTTrainer:
     """Train (resuming if a checkpoint exists), then save adapter, tokenizer and the resolved run config."""
     trainer = build_trainer(script, model_args, config)
+    run_settings = {"script": {k: getattr(script, k) for k in ("backend", "loss", "max_train_samples")}, "model": model_args}
+    claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, script.auto_resume)
     if resume:
         logger.info("resuming from %s", resume)
