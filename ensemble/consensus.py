@@ -359,17 +359,24 @@ def _triple(item: Any) -> tuple[Any, Any, Any] | None:
     return start, end, category
 
 
+def invalid_reason(item: Any) -> str | None:
+    """Why the ensemble drops a span (the published rules), None when it is used."""
+    triple = _triple(item)
+    if triple is None:
+        return "not a (start, end, category) span"
+    start, end, category = triple
+    if not (_is_int(start) and _is_int(end) and _is_int(category)):
+        return "offsets or category not integers"
+    if category not in CATEGORY_IDS:
+        return "category outside 1-9"
+    if not 0 <= start < end:
+        return "start < 0 or end <= start"
+    return None
+
+
 def valid_spans(spans: Sequence[Any] | None) -> list[Span]:
     """The spans the ensemble uses: int offsets and category, category 1-9, 0 <= start < end (others dropped)."""
-    out = []
-    for item in spans or ():
-        triple = _triple(item)
-        if triple is None:
-            continue
-        start, end, category = triple
-        if _is_int(start) and _is_int(end) and _is_int(category) and category in CATEGORY_IDS and 0 <= start < end:
-            out.append(Span(int(start), int(end), int(category)))
-    return out
+    return [Span(*(int(v) for v in _triple(item))) for item in spans or () if invalid_reason(item) is None]
 
 
 class PreparedNote:

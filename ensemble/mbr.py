@@ -1,6 +1,6 @@
 """Merge several models' predictions with Span-Cluster Consensus (LAMAR's ensemble; ``ensemble.consensus``).
 
-    python -m ensemble.mbr --predictions m1.json m2.json m3.json --output merged.json \
+    python -m ensemble.mbr --predictions m1.json m2.json m3.json --output merged.json --raw_text_dir MedDec/raw_text \
         [--thresholds_json best.json] [--t_support 0.5] [--explain explain.jsonl]
 
 Inputs are prediction JSON files, one per model (``scripts/inference.py`` writes ``<output>.json`` beside each
@@ -21,11 +21,12 @@ import os
 import sys
 from typing import Any, Iterable, Sequence
 
-from ensemble.consensus import THRESHOLD_NAMES, Thresholds, merge_predictions
+from ensemble.consensus import THRESHOLD_NAMES, Thresholds, invalid_reason, merge_predictions
 from utils.categories import CATEGORY_IDS
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import MergeArguments, ThresholdArguments
-from utils.fileio import InputError, atomic_open, read_json
+from utils.fileio import InputError, atomic_open, read_json, warn
+from utils.meddec.corpus import read_raw_text
 from utils.meddec.predictions import read_predictions, write_predictions
 
 
@@ -78,6 +79,39 @@ def read_model_predictions(path: str) -> dict:
     return read_predictions(path)
 
 
+def drop_spans_the_ensemble_ignores(models: Sequence[dict], paths: Sequence[str],
+                                    raw_text_dir: str | None) -> list[dict]:
+    """The models' spans without those the ensemble would drop or that end past their note, with one warning line
+    per model saying how many went and why (the merge itself drops invalid spans silently, as published)."""
+    from collections import Counter
+
+    lengths: dict[str, int] = {}
+    cleaned = []
+    for path, predictions in zip(paths, models):
+        reasons: Counter[str] = Counter()
+        kept_model = {}
+        for note_id, spans in predictions.items():
+            if raw_text_dir is not None and note_id not in lengths:
+                lengths[note_id] = len(read_raw_text(raw_text_dir, note_id))
+            kept = []
+            for span in spans:
+                reason = invalid_reason(span)
+                if reason is None and raw_text_dir is not None and span[1] > lengths[note_id]:
+                    reason = "ends past the note"
+                if reason is None:
+                    kept.append(span)
+                else:
+                    reasons[reason] += 1
+            kept_model[note_id] = kept
+        if reasons:
+            detail = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common())
+            warn(f"{path}: {sum(reasons.values())} span(s) not used ({detail})")
+        cleaned.append(kept_model)
+    if raw_text_dir is None:
+        warn("no --raw_text_dir: spans ending past their note's end cannot be detected and are merged as given")
+    return cleaned
+
+
 def write_explain(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
     """One JSON object per line, written atomically."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
@@ -90,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, flags = parse_args(MergeArguments, ThresholdArguments, argv=argv, prog="python -m ensemble.mbr",
                                  description=__doc__.split("\n\n")[0])
         thresholds = resolve_thresholds(flags, args.thresholds_json)
-        models = [read_model_predictions(path) for path in args.predictions]
+        models = drop_spans_the_ensemble_ignores([read_model_predictions(path) for path in args.predictions],
+                                                 args.predictions, args.raw_text_dir)
         explain: list | None = [] if args.explain else None
         merged = merge_predictions(models, thresholds, explain, progress=True)
         write_predictions(args.output, merged)

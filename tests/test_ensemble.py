@@ -324,3 +324,22 @@ def test_runs_as_module_and_as_file(how):
     assert result.returncode == 0, result.stderr
     assert "--t_support" in result.stdout and "0.34" in result.stdout
     assert "RuntimeWarning" not in result.stderr
+
+
+def test_cli_counts_the_spans_it_does_not_use_and_checks_note_ends(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "1_2_3.txt").write_text("Start aspirin now. Stop it later.", encoding="utf-8")
+    good = [Span(0, 13, 5), Span(19, 26, 5)]
+    write_predictions(tmp_path / "a.json", {"1_2_3": good})
+    write_predictions(tmp_path / "b.json", {"1_2_3": [*good, Span(0, 5, 12), Span(-3, 5, 3), Span(20, 1_000_000, 7)]})
+    argv = ["--predictions", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--output", str(tmp_path / "m.json")]
+    assert mbr.main([*argv, "--raw_text_dir", str(tmp_path / "raw")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [f"warning: {tmp_path / 'b.json'}: 3 span(s) not used (category outside 1-9: 1, "
+                        "start < 0 or end <= start: 1, ends past the note: 1)"]
+    assert read_predictions(tmp_path / "m.json") == {"1_2_3": good}
+    assert mbr.main(argv) == 0  # without the notes the long span cannot be caught: it is merged, and said so
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings[-1] == ("warning: no --raw_text_dir: spans ending past their note's end cannot be detected and "
+                            "are merged as given")
+    assert Span(20, 1_000_000, 7) in read_predictions(tmp_path / "m.json")["1_2_3"]  # uniform weights keep it

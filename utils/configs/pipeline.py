@@ -219,6 +219,9 @@ class MergeArguments:
     predictions: list[str] = field(metadata={
         "help": "One prediction JSON per model (scripts/inference.py writes <output>.json beside each CSV)."})
     output: str = field(metadata={"help": "Merged prediction JSON."})
+    raw_text_dir: str | None = field(default=None, metadata={
+        "help": "MedDec raw_text/ folder: spans ending past their note's end are dropped (with a count). Without "
+                "it such spans cannot be detected, and a warning says so."})
     thresholds_json: str | None = field(default=None, metadata={
         "help": "Thresholds from a JSON object (e.g. the tuner's best.json); flags given win over it."})
     explain: str | None = field(default=None, metadata={
