@@ -53,10 +53,15 @@ COMMANDS = {"explore": ExploreArguments, "select": SelectArguments}
 # ---------------------------------------------------------------------------------------------- threshold
 
 
+def check_quantile(quantile: float, flag: str) -> None:
+    """A threshold is a quantile of the pool's entropies: a number from 0 to 1."""
+    if not 0.0 <= quantile <= 1.0:
+        raise InputError(flag, "", f"expected a quantile between 0 and 1, got {quantile}")
+
+
 def entropy_threshold(entropies: Sequence[float], quantile: float) -> float:
     """The ``quantile`` of the finite entropies (linear interpolation); NaN when there are none."""
-    if not 0.0 <= quantile <= 1.0:
-        raise InputError("--threshold", "", f"expected a quantile between 0 and 1, got {quantile}")
+    check_quantile(quantile, "--threshold")
     values = np.asarray([e for e in entropies if np.isfinite(e)], dtype=float)
     return float(np.quantile(values, quantile)) if values.size else math.nan
 
@@ -79,6 +84,10 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
     from utils.punkt import require_punkt
     from utils.scoring import Scorer, load_official_texts, read_gold_dir_official_order
 
+    if args.bins < 1:
+        raise InputError("--bins", "", f"expected at least 1 entropy bin, got {args.bins}")
+    for quantile in args.quantiles:
+        check_quantile(quantile, "--quantiles")
     require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     val = read_inference_table(args.val_predictions)
     gold = read_gold_dir_official_order(args.gold_dir)
@@ -177,6 +186,9 @@ def pseudo_label_rows(frame: "pd.DataFrame") -> list[dict[str, str]]:  # noqa: F
 
 def select(args: SelectArguments) -> SelectSummary:
     """Keep the low-entropy pool outputs, convert them and write train + pseudo-labels atomically."""
+    check_quantile(args.threshold, "--threshold")
+    if args.min_spans < 0:
+        raise InputError("--min_spans", "", f"expected 0 or more, got {args.min_spans}")
     pool = read_inference_table(args.pool_predictions)
     train = read_tagged_table(args.train_csv)
     clash = sorted(set(train["file_id"]) & set(pool["file_id"]))

@@ -200,8 +200,9 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     unknown = [s for s in args.sources if s not in SOURCES]
     if unknown:
         raise InputError("--sources", "", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
-    if args.shard_size < 1:
-        raise InputError("--shard_size", "", f"expected a positive number, got {args.shard_size}")
+    for name in ("shard_size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
     encode = LazyEncoder(
         lambda: load_sentence_encoder(
             args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name
@@ -218,6 +219,8 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     if "pool" in args.sources:
         batches = iter_notes_table(args.pool_csv, args.shard_size)
         first = next(batches, None)  # validates the CSV before anything is written
+        if first is None:
+            raise InputError(args.pool_csv, "", "no notes: the pool CSV has a header but no rows")
         out = prepare_cache(args.pool_out, meta)
         done["pool"] = embed_batches(_prepend(first, batches), out, encode, progress=progress)
     return done

@@ -161,6 +161,9 @@ def write_assignments(
 
 def run(args: RetrieveArguments) -> list[Assignment]:
     """Load both caches, assign, and write the candidates CSV."""
+    for name in ("top_k", "per_note", "query_block"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
     pool_ids, pool = load_embeddings(args.pool_embeddings)
     cached_ids, meddec = load_embeddings(args.meddec_embeddings)
     if pool.shape[1] != meddec.shape[1]:

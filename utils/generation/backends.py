@@ -21,13 +21,14 @@ bytes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+from utils.fileio import InputError, read_json
 
 if TYPE_CHECKING:
     from utils.generation.copy_decoding import CopyGuards
@@ -83,14 +84,15 @@ def adapter_rank(adapter: str) -> int:
     path = Path(adapter) / "adapter_config.json"
     if not path.is_file():
         if os.path.isdir(adapter):
-            raise FileNotFoundError(f"{path}: not found; is {adapter} a PEFT LoRA adapter folder?")
+            raise InputError(path, "", f"not found; is {adapter} a PEFT LoRA adapter folder?")
         from huggingface_hub import hf_hub_download
 
         path = Path(hf_hub_download(adapter, "adapter_config.json"))
-    with open(path, encoding="utf-8") as handle:
-        config = json.load(handle)
-    if not isinstance(config.get("r"), int) or config["r"] < 1:
-        raise ValueError(f"{path}: field 'r': expected a positive integer LoRA rank, got {config.get('r')!r}")
+    config = read_json(path)
+    if not isinstance(config, dict) or isinstance(config.get("r"), bool) or not isinstance(config.get("r"), int) \
+            or config["r"] < 1:
+        raise InputError(path, "field 'r'", f"expected a positive integer LoRA rank, got "
+                                            f"{config.get('r') if isinstance(config, dict) else config!r}")
     return config["r"]
 
 

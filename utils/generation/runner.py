@@ -35,6 +35,7 @@ from utils.meddec.predictions import write_predictions
 from utils.meddec.tables import inference_output_frame, read_notes_table, write_csv
 from utils.prompt import render_chat_prompt
 from utils.tagging.locate import locate_spans, note_report, summarize_reports
+from utils.training.models import check_model_reference, loading_error
 
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
@@ -236,7 +237,19 @@ def write_outputs(job: Job, records: list[dict[str, Any]], id_column: str) -> No
 
 
 def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
-    """(backend, tokenizer used for the chat template)."""
+    """(backend, tokenizer used for the chat template); what cannot be loaded is a one-line error."""
+    try:
+        return _build_generator(args)
+    except ImportError as err:
+        if args.backend == "vllm" and "vllm" in str(err):
+            raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt); "
+                                                  "on this machine add --backend transformers") from None
+        raise
+    except OSError as err:
+        raise loading_error("--model", args.model, err) from None
+
+
+def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
     if args.backend == "transformers":
         guards = CopyGuards(args.copy_max_tags_per_position, args.copy_max_open) if args.copy_constraint else None
         gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device,
@@ -289,6 +302,8 @@ def validate(args: InferenceArguments) -> list[Job]:
                 raise ValueError
         except ValueError:
             raise InputError("--vllm_kwargs", "", "expected a JSON object, e.g. '{\"enforce_eager\": true}'") from None
+    for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--tokenizer", args.tokenizer)):
+        check_model_reference(flag, value)
     return plan_jobs(args)
 
 

@@ -26,6 +26,24 @@ DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 MODEL_CLASSES = ("causal_lm", "image_text_to_text")
 
 
+def check_model_reference(flag: str, value: str | None) -> None:
+    """A model, tokenizer or adapter given as a local path must exist (a Hub id ``org/name`` is left to the Hub).
+
+    Without this a missing folder is taken for a Hub id and fails much later, offline, with a long traceback.
+    """
+    if not value:
+        return
+    looks_local = value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep != "/" and os.sep in value
+    if looks_local and not os.path.exists(os.path.expanduser(value)):
+        raise InputError(flag, value, "no such folder (and not a Hub id of the form org/name)")
+
+
+def loading_error(flag: str, value: str, err: BaseException) -> InputError:
+    """A one-line error for a model that could not be loaded (transformers, PEFT and the Hub raise OSError)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return InputError(flag, value, f"cannot be loaded ({first})")
+
+
 def cuda_available() -> bool:
     """True on a machine with a usable CUDA device."""
     import torch
@@ -89,11 +107,16 @@ def load_causal_lm(model_args: Any):
     """(model, tokenizer) of a TRL ``ModelConfig`` with transformers (the hf training backend and GRPO)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, dtype=resolve_dtype(model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
-    )
+    name = model_args.model_name_or_path
+    check_model_reference("--model_name_or_path", name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, revision=model_args.model_revision, dtype=resolve_dtype(model_args.dtype),
+            attn_implementation=model_args.attn_implementation,
+        )
+    except OSError as err:
+        raise loading_error("--model_name_or_path", name, err) from None
     return model, tokenizer
 
 
