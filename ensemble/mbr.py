@@ -25,7 +25,7 @@ from ensemble.consensus import THRESHOLD_NAMES, Thresholds, invalid_reason, merg
 from utils.categories import CATEGORY_IDS
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import MergeArguments, ThresholdArguments
-from utils.fileio import InputError, atomic_open, read_json, warn
+from utils.fileio import InputError, atomic_open, check_output_path, read_json, warn
 from utils.meddec.corpus import read_raw_text
 from utils.meddec.predictions import read_predictions, write_predictions
 
@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         args, flags = parse_args(MergeArguments, ThresholdArguments, argv=argv, prog="python -m ensemble.mbr",
                                  description=__doc__.split("\n\n")[0])
+        for path in (args.output, args.explain):
+            if path:
+                check_output_path(path)
         thresholds = resolve_thresholds(flags, args.thresholds_json)
         models = drop_spans_the_ensemble_ignores([read_model_predictions(path) for path in args.predictions],
                                                  args.predictions, args.raw_text_dir)

@@ -31,7 +31,7 @@ from ensemble.mbr import read_model_predictions
 from ensemble.tuning import cross_validate, default_trial_value, make_objective, save_plots, scorer_factory, tune
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import OptimizeArguments
-from utils.fileio import InputError, file_sha256, write_json_atomic
+from utils.fileio import InputError, check_output_path, file_sha256, write_json_atomic
 from utils.meddec.predictions import Predictions, write_predictions
 
 
@@ -51,6 +51,9 @@ def check_arguments(args: OptimizeArguments) -> None:
     if args.apply and len(args.apply) != len(args.predictions):
         refuse("--apply", f"needs one file per model, in the same order: {len(args.predictions)} expected, "
                           f"got {len(args.apply)}")
+    for path in (args.output, args.apply_output, *plot_paths(args)):
+        if path:
+            check_output_path(path)
 
 
 def plot_paths(args: OptimizeArguments) -> tuple[str | None, str | None]:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from utils.fileio import InputError
+from utils.fileio import InputError, first_line
 
 FINGERPRINT_ATTR = "lamar_inputs_fingerprint"
 SQLITE_PREFIX = "sqlite:///"
@@ -58,6 +58,7 @@ class StudyLock:
         from filelock import Timeout
 
         if self.lock is not None:
+            ensure_sqlite_folder(f"{SQLITE_PREFIX}{self.path.with_suffix('')}")  # filelock would create any folders
             try:
                 self.lock.acquire()
             except Timeout:
@@ -83,7 +84,7 @@ def open_persistent_study(storage: str | None, study_name: str, fingerprint: dic
                                          load_if_exists=True)
     except (SQLAlchemyError, ValueError, ImportError) as err:
         raise InputError("--storage", storage, f"cannot open this Optuna storage ({type(err).__name__}: "
-                                               f"{str(err).splitlines()[0]})") from None
+                                               f"{first_line(err)})") from None
     recorded = persistent.user_attrs.get(FINGERPRINT_ATTR)
     if recorded is None:
         if persistent.trials:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import EvaluateArguments
-from utils.fileio import InputError, write_json_atomic
+from utils.fileio import InputError, check_output_path, write_json_atomic
 from utils.meddec.predictions import read_predictions
 from utils.punkt import PunktMissingError, require_punkt
 from utils.scoring import ScoreReport, Scorer
@@ -39,6 +39,8 @@ def run_evaluation(args: EvaluateArguments) -> ScoreReport:
     """Score as the official main() does, printing the same lines."""
     if not args.gold_file and not args.gold_dir:
         raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
+    if args.output:
+        check_output_path(args.output)
     require_punkt()
     predictions = read_predictions(args.predictions)
     scorer = Scorer.from_files(

@@ -43,7 +43,7 @@ import numpy as np
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import ExploreArguments, SelectArguments
-from utils.fileio import InputError, write_json_atomic
+from utils.fileio import InputError, check_output_path, report_input_error, write_json_atomic
 from utils.meddec.tables import TAGGED_COLUMNS, read_inference_table, read_tagged_table, write_tagged_table
 from utils.tagging.convert import gold_row
 
@@ -84,6 +84,9 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
     from utils.punkt import require_punkt
     from utils.scoring import Scorer, load_official_texts, read_gold_dir_official_order
 
+    for path in (args.report, args.plot):
+        if path:
+            check_output_path(path)
     if args.bins < 1:
         raise InputError("--bins", "", f"expected at least 1 entropy bin, got {args.bins}")
     for quantile in args.quantiles:
@@ -186,6 +189,7 @@ def pseudo_label_rows(frame: "pd.DataFrame") -> list[dict[str, str]]:  # noqa: F
 
 def select(args: SelectArguments) -> SelectSummary:
     """Keep the low-entropy pool outputs, convert them and write train + pseudo-labels atomically."""
+    check_output_path(args.output)
     check_quantile(args.threshold, "--threshold")
     if args.min_spans < 0:
         raise InputError("--min_spans", "", f"expected 0 or more, got {args.min_spans}")
@@ -232,11 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from utils.punkt import PunktMissingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: dynamic_threshold.py {{{','.join(COMMANDS)}}} [flags]  (add --help after a command)")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        asked = argv[:1] in (["-h"], ["--help"])
-        print(f"usage: dynamic_threshold.py {{{','.join(COMMANDS)}}} [flags]  (add --help after a command)",
-              file=sys.stdout if asked else sys.stderr)
-        return 0 if asked else 2
+        return report_input_error(InputError("<command line>", argv[0] if argv else "",
+                                             f"expected a command, one of {', '.join(COMMANDS)} (add --help after it)"))
     command, rest = argv[0], argv[1:]
 
     def body() -> None:

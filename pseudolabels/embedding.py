@@ -37,6 +37,7 @@ from utils.configs.pipeline import EmbeddingArguments
 from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic
 from utils.meddec.corpus import read_raw_text, read_split
 from utils.meddec.tables import iter_notes_table
+from utils.training.models import check_model_reference, loading_error
 
 SOURCES = ("pool", "meddec")
 META_FILE = "meta.json"
@@ -165,7 +166,11 @@ def load_sentence_encoder(
     """A function texts -> L2-normalised float32 embeddings, backed by sentence-transformers."""
     from sentence_transformers import SentenceTransformer
 
-    encoder = SentenceTransformer(model, device=device, model_kwargs={"dtype": dtype})
+    check_model_reference("--model", model)
+    try:
+        encoder = SentenceTransformer(model, device=device, model_kwargs={"dtype": dtype})
+    except (OSError, ValueError) as err:  # a missing or an incomplete model folder
+        raise loading_error("--model", model, err) from None
     if max_seq_length is not None:
         encoder.max_seq_length = max_seq_length
 
@@ -219,7 +224,7 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     if "pool" in args.sources:
         batches = iter_notes_table(args.pool_csv, args.shard_size)
         first = next(batches, None)  # validates the CSV before anything is written
-        if first is None:
+        if first is None or not first[0]:
             raise InputError(args.pool_csv, "", "no notes: the pool CSV has a header but no rows")
         out = prepare_cache(args.pool_out, meta)
         done["pool"] = embed_batches(_prepend(first, batches), out, encode, progress=progress)

@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import ANY_DESCRIPTION, ExtractArguments
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, check_output_path
 from utils.meddec.corpus import DISCHARGE_CATEGORY, iter_noteevents, parse_note_id, read_split
 from utils.meddec.tables import NOTE_COLUMNS
 
@@ -124,6 +124,7 @@ def extract_unlabeled(
 
     if chunksize < 1:
         raise InputError("--chunksize", "", f"expected a positive number of rows, got {chunksize}")
+    check_output_path(output)
     exclusions = read_exclusions(split_files)
     chunks = iter_noteevents(noteevents, chunksize=chunksize)
     first = next(chunks, None)  # validates the file and its header before any output exists

@@ -40,7 +40,7 @@ import numpy as np
 from pseudolabels.embedding import load_embeddings, meddec_ids
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import RetrieveArguments
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, check_output_path
 from utils.meddec.tables import iter_notes_table
 
 OUTPUT_COLUMNS = ("file_id", "raw_text", "query_id", "similarity", "assign_rank")
@@ -164,6 +164,7 @@ def run(args: RetrieveArguments) -> list[Assignment]:
     for name in ("top_k", "per_note", "query_block"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    check_output_path(args.output)
     pool_ids, pool = load_embeddings(args.pool_embeddings)
     cached_ids, meddec = load_embeddings(args.meddec_embeddings)
     if pool.shape[1] != meddec.shape[1]:

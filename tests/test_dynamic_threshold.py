@@ -117,7 +117,8 @@ def test_select_keeps_the_quantile_converts_and_mixes(tagged, tmp_path):
 def test_cli_subcommands_and_errors(tagged, tmp_path, capsys):
     _, folder = tagged
     assert dynamic_threshold.main(["frobnicate"]) == 2
-    assert "usage: dynamic_threshold.py {explore,select}" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: <command line>: frobnicate: expected a command, one of explore, select "
+                                       "(add --help after it)\n")
     bad = tmp_path / "bad.csv"
     bad.write_text("file_id,raw_text,predicted,entropy,num_tokens,truncated,spans\na,b,c,high,1,False,[]\n", encoding="utf-8")
     code = dynamic_threshold.main(["select", "--pool_predictions", str(bad), "--train_csv", str(folder / "train.csv"),

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterable, Iterator, TextIO
 
 
 class InputError(ValueError):
@@ -27,16 +27,13 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
 
     A killed or failing job therefore never leaves a half-written output behind.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(target, "", "cannot write this output: it is a folder")
+    target = check_output_path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError(target, "", "cannot write this output: a part of its folder path is a file") from None
-    except PermissionError:
-        raise InputError(target, "", f"cannot write this output: no permission to write in {target.parent}") from None
+    except (FileExistsError, NotADirectoryError, PermissionError):  # raced with another process
+        check_output_path(path)
+        raise
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -86,6 +83,44 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError(path, f"byte {err.start}", "not UTF-8 text (expected a JSON file)") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON ({err.msg})") from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can span dozens of lines), else its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def checked_chunks(path: str | os.PathLike[str], chunks: Iterable[Any], what: str = "CSV") -> Iterator[Any]:
+    """Chunks of a streamed table; a parser or decoding error in any of them (ValueError: pandas' ParserError,
+    EmptyDataError and UnicodeDecodeError all are) becomes one InputError naming the row it came after."""
+    rows = 0
+    iterator = iter(chunks)
+    while True:
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        except ValueError as err:
+            raise InputError(path, f"after row {rows}", f"not a readable {what} ({first_line(err)})") from None
+        rows += len(chunk)
+        yield chunk
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output that cannot be written (a folder, a path through a file, no permission) before any work,
+    without creating anything."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(target, "", "cannot write this output: it is a folder")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(target, "", "cannot write this output: a part of its folder path is a file")
+    if not os.access(parent, os.W_OK):
+        raise InputError(target, "", f"cannot write this output: no permission to write in {parent}")
+    return target
 
 
 def warn(message: str) -> None:

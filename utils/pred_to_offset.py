@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import PredToOffsetArguments
-from utils.fileio import atomic_open
+from utils.fileio import atomic_open, check_output_path
 from utils.meddec.corpus import read_raw_text
 from utils.meddec.predictions import write_predictions
 from utils.meddec.tables import read_notes_table
@@ -50,6 +50,9 @@ def write_reports(path: str, reports: Iterable[dict[str, Any]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         (args,) = parse_args(PredToOffsetArguments, argv=argv, description=__doc__.split("\n\n")[0])
+        for path in (args.output, args.report):
+            if path:
+                check_output_path(path)
         predictions, reports = outputs_to_predictions(read_output_rows(args), args.unclosed, progress=True)
         write_predictions(args.output, predictions)
         if args.report:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from utils.configs.pipeline import InferenceArguments
-from utils.fileio import InputError
+from utils.fileio import InputError, check_output_path
 from utils.generation.backends import (
     Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, new_token_budget, vllm_engine_kwargs,
 )
@@ -71,6 +71,9 @@ def plan_jobs(args: InferenceArguments) -> list[Job]:
     outputs = [output.resolve() for _, output in pairs]
     if len(set(outputs)) != len(outputs):
         raise InputError("--output", "", "two inputs would write the same output file")
+    for _, output in pairs:
+        check_output_path(output)
+        check_output_path(output.with_suffix(".json"))
     return [Job(i, o, read_notes_table(i, args.id_column, args.text_column, forbid_results=True)) for i, o in pairs]
 
 
@@ -245,7 +248,7 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
             raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt); "
                                                   "on this machine add --backend transformers") from None
         raise
-    except OSError as err:
+    except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", args.model, err) from None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from utils.categories import parse_gold_category
-from utils.fileio import InputError, read_json
+from utils.fileio import InputError, checked_chunks, first_line, read_json
 
 DISCHARGE_CATEGORY = "Discharge summary"
 NOTEEVENTS_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "CATEGORY", "DESCRIPTION", "TEXT")
@@ -273,11 +273,10 @@ def iter_noteevents(
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "", "NOTEEVENTS.csv not found")
-    unreadable = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError)
     try:
         header = pd.read_csv(path, nrows=0).columns
-    except unreadable as err:
-        raise InputError(path, "line 1", f"not a readable CSV ({_first_line(err)})") from None
+    except ValueError as err:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        raise InputError(path, "line 1", f"not a readable CSV ({first_line(err)})") from None
     missing = [c for c in columns if c not in header]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}")
@@ -290,17 +289,4 @@ def iter_noteevents(
         keep_default_na=False,
         na_values={"ROW_ID": [""], "SUBJECT_ID": [""], "HADM_ID": [""]},
     )
-    rows = 0
-    while True:
-        try:
-            chunk = next(reader)
-        except StopIteration:
-            return
-        except unreadable as err:  # a file cut mid-quote, bad bytes, a non-integer id
-            raise InputError(path, f"after row {rows}", f"not a readable NOTEEVENTS CSV ({_first_line(err)})") from None
-        rows += len(chunk)
-        yield chunk
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    yield from checked_chunks(path, reader, "NOTEEVENTS CSV")  # a file cut mid-quote, bad bytes, a non-integer id

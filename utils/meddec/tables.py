@@ -22,7 +22,7 @@ import math
 import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from utils.fileio import InputError, atomic_open
+from utils.fileio import InputError, atomic_open, checked_chunks, first_line
 from utils.meddec.predictions import Span
 
 NOTE_COLUMNS = ("file_id", "raw_text")
@@ -43,7 +43,7 @@ def read_csv_strings(path: str | os.PathLike[str], required: Sequence[str]) -> "
     except UnicodeDecodeError as err:
         raise InputError(path, f"byte {err.start}", "not UTF-8 text") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(path, "", f"not a readable CSV ({str(err).strip()})") from None
+        raise InputError(path, "", f"not a readable CSV ({first_line(err)})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
@@ -103,7 +103,7 @@ def iter_notes_table(path: str | os.PathLike[str], size: int) -> Iterator[tuple[
 
     read_csv_header(path, NOTE_COLUMNS)
     reader = pd.read_csv(path, usecols=list(NOTE_COLUMNS), dtype=str, keep_default_na=False, chunksize=size)
-    for chunk in reader:
+    for chunk in checked_chunks(path, reader):
         yield chunk["file_id"].tolist(), chunk["raw_text"].tolist()
 
 
@@ -115,8 +115,8 @@ def read_csv_header(path: str | os.PathLike[str], required: Sequence[str]) -> li
         raise InputError(path, "", "file not found")
     try:
         header = list(pd.read_csv(path, nrows=0).columns)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(path, "line 1", f"not a readable CSV ({str(err).strip()})") from None
+    except ValueError as err:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        raise InputError(path, "line 1", f"not a readable CSV ({first_line(err)})") from None
     missing = [c for c in required if c not in header]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")

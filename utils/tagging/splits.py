@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from utils.fileio import InputError, atomic_open, warn
+from utils.fileio import InputError, atomic_open, check_output_path, warn
 from utils.meddec.corpus import Annotation, read_gold_dir, read_raw_text, read_split
 from utils.meddec.tables import read_notes_texts, tagged_frame, write_frame
 from utils.tagging.convert import gold_row
@@ -69,6 +69,8 @@ def convert_splits(
     progress: bool = False,
 ) -> dict[str, tuple[int, int, Counter[str]]]:
     """Write ``<split>.csv`` per split file given; returns split -> (notes, spans written, dropped reasons)."""
+    for name in split_files:
+        check_output_path(Path(out_dir) / f"{name}.csv")
     ids_by_split = {name: read_split(path) for name, path in split_files.items()}
     warn_about_shared_ids(ids_by_split)
     gold = read_gold_dir(gold_dir, [i for ids in ids_by_split.values() for i in ids])

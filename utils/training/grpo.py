@@ -24,7 +24,9 @@ from utils.configs.training import GRPOModelConfig, GRPOScriptArguments, LamarGR
 from utils.fileio import InputError
 from utils.rewards import reward_functions
 from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame, to_dataset
-from utils.training.models import cuda_available, merge_adapter, peft_config, resolve_dtype
+from utils.training.models import (
+    check_model_reference, cuda_available, loading_error, merge_adapter, peft_config, resolve_dtype,
+)
 from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ def drop_long_prompts(records: list[dict[str, Any]], tokenizer, limit: int) -> l
 def start_model(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: LamarGRPOConfig) -> str:
     """The model GRPO starts from: the given one, or the base merged with ``--adapter`` (once, kept on disk)."""
     start = model_args.model_name_or_path
+    check_model_reference("--model_name_or_path", start)
+    check_model_reference("--adapter", script.adapter)
     if script.adapter:
         merged = Path(config.output_dir) / MERGED_DIR
         start = str(merge_adapter(start, script.adapter, merged, resolve_dtype(model_args.dtype)))
@@ -98,12 +102,15 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     frame = read_training_frame(script.train_csv)
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
+    config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
     start = start_model(script, model_args, config)
-    tokenizer = AutoTokenizer.from_pretrained(start)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(start)
+        model = AutoModelForCausalLM.from_pretrained(start, dtype=resolve_dtype(model_args.dtype))
+    except (OSError, ValueError) as err:  # a missing or an incomplete model folder
+        raise loading_error("--model_name_or_path", start, err) from None
     tokenizer.padding_side = "left"
     records = drop_long_prompts(grpo_records(frame), tokenizer, script.max_prompt_length)
-    config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=resolve_dtype(model_args.dtype))
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn
     funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards)
     return LamarGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=to_dataset(records),

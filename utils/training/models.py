@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.fileio import InputError
+from utils.fileio import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ def check_model_reference(flag: str, value: str | None) -> None:
 
 def loading_error(flag: str, value: str, err: BaseException) -> InputError:
     """A one-line error for a model that could not be loaded (transformers, PEFT and the Hub raise OSError)."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return InputError(flag, value, f"cannot be loaded ({first})")
+    return InputError(flag, value, f"cannot be loaded ({first_line(err)})")
 
 
 def cuda_available() -> bool:
@@ -115,7 +114,7 @@ def load_causal_lm(model_args: Any):
             name, revision=model_args.model_revision, dtype=resolve_dtype(model_args.dtype),
             attn_implementation=model_args.attn_implementation,
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model_name_or_path", name, err) from None
     return model, tokenizer
 
