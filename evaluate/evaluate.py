@@ -1,6 +1,6 @@
 """Official MedExACT 2026 / MedDec scoring from the command line (same flags and numbers as the official script).
 
-Re-implements ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd (see utils/scoring.py for
+Re-implements ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd (see utils/metric/scorer.py for
 what "identical" takes), prints the official report followed by a per-category table, and writes the
 official JSON (plus extra keys) with --output.
 
@@ -24,12 +24,14 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from utils.fileio import InputError, write_json_atomic, report_input_error
+from utils.metric.punkt import PunktMissingError, require_punkt
 from utils.predictions import read_predictions
-from utils.punkt import PunktMissingError, require_punkt
-from utils.scoring import ScoreReport, Scorer
+
+if TYPE_CHECKING:
+    from utils.metric import ScoreReport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +52,8 @@ def run_evaluation(args: argparse.Namespace) -> ScoreReport:
     """Score as the official main() does, printing the same lines."""
     if not args.gold_file and not args.gold_dir:
         raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
+    from utils.metric import Scorer  # numpy and tqdm load here, not for --help
+
     require_punkt()
     predictions = read_predictions(args.predictions)
     scorer = Scorer.from_files(

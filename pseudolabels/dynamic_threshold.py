@@ -125,8 +125,8 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
     """Per-note scores vs entropy on validation, bin scores, Spearman rho, pool counts per quantile."""
     from scipy.stats import spearmanr
 
-    from utils.punkt import require_punkt
-    from utils.scoring import Scorer, load_official_texts, read_gold_dir_official_order
+    from utils.metric import Scorer, load_official_texts, read_gold_dir_official_order
+    from utils.metric.punkt import require_punkt
 
     require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     val = read_predictions_csv(args.val_predictions)
@@ -263,7 +263,7 @@ def select(args: SelectArguments) -> SelectSummary:
 def main(argv: Sequence[str] | None = None) -> int:
     from trl import TrlParser
 
-    from utils.punkt import PunktMissingError
+    from utils.metric.punkt import PunktMissingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:

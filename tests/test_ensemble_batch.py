@@ -15,8 +15,8 @@ from ensemble import batch, optimize
 from ensemble.batch import BatchMerger, BatchTooLarge, best_in_segments, ragged_arange
 from ensemble.mbr import Thresholds, merge_prepared, prepare_predictions
 from utils.corpus import load_notes, read_split
+from utils.metric import Scorer
 from utils.predictions import Span
-from utils.scoring import Scorer
 
 EDGE_THRESHOLDS = [Thresholds(), Thresholds(0.0, 0.0, 0.0, 0.0), Thresholds(1.0, 1.0, 1.0, 1.0),
                    Thresholds(0.0, 0.5, 0.2, 0.0), Thresholds(1.0, 0.0, 0.5, 0.3), Thresholds(0.3, 1 / 3, 1 / 3, 0.5)]

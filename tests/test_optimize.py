@@ -13,8 +13,8 @@ from ensemble import optimize
 from ensemble.mbr import Thresholds, merge_predictions, prepare_predictions
 from utils.corpus import load_notes, read_split
 from utils.fileio import InputError
+from utils.metric import Scorer
 from utils.predictions import Span, read_predictions, write_predictions
-from utils.scoring import Scorer
 
 
 class Killed(RuntimeError):

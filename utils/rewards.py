@@ -10,7 +10,7 @@ The three published rewards (SPEC section 4):
 Both F1 rewards are 1.0 when neither side has a span and 0.0 when only one side has.
 
 An optional fourth, ``official_score_reward``, places the completion's spans in the note
-(``utils.pred_to_offset.locate_spans``) and scores them with the official metric (``utils.scoring.Scorer``):
+(``utils.pred_to_offset.locate_spans``) and scores them with the official metric (``utils.metric.Scorer``):
 (span F1 + token F1) / 2 of that one note.
 
 TRL calls each as ``func(prompts=..., completions=..., completion_ids=..., **dataset_columns)``: the gold tagged
@@ -205,8 +205,8 @@ class OfficialScoreReward:
         self._scorers: dict[str, Any] = {}
 
     def _scorer(self, file_id: str, text: str, gold_offsets: str):
+        from utils.metric import Scorer
         from utils.predictions import Span
-        from utils.scoring import Scorer
 
         key = f"{file_id}\x00{len(text)}\x00{gold_offsets}"
         if key not in self._scorers:
