@@ -16,7 +16,7 @@ token's end.
 
 Data: ``utils/gt_to_tag.py`` CSVs (``file_id``, ``raw_text``, ``gold_offsets``) for training; any CSV with
 ``file_id`` and ``raw_text`` for prediction. Each ``--predict_csv`` gives ``<output_dir>/<stem>_predictions.json``
-in the evaluator's format; with ``--gold_dir`` (and ``--raw_text_dir``) it is scored with ``utils.scoring``.
+in the evaluator's format; with ``--gold_dir`` (and ``--raw_text_dir``) it is scored with ``utils.metric``.
 
 Usage::
 
@@ -248,7 +248,7 @@ def train(args: BaselineArguments, training: BaselineTrainingArguments,
 
 
 def score_predictions(args: BaselineArguments, predictions: dict[str, list[Span]]) -> Any:
-    from utils.scoring import Scorer
+    from utils.metric import Scorer
 
     scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
                                stats_csv=args.stats_csv, extra_ids=list(predictions))

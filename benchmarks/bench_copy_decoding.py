@@ -27,7 +27,6 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import random
 import statistics
 import string

@@ -42,7 +42,7 @@ from ensemble.batch import BatchMerger
 from ensemble.consensus import Thresholds, merge_prepared, prepare_predictions
 from utils.meddec.corpus import load_notes, read_split
 from utils.meddec.predictions import Predictions, Span, write_predictions
-from utils.scoring import Scorer
+from utils.metric import Scorer
 
 # (drop rate, boundary shift rate, max shift in characters, wrong-category rate, false positives per gold span)
 MODEL_NOISE = ((0.15, 0.25, 6, 0.05, 0.10), (0.20, 0.35, 10, 0.08, 0.15), (0.25, 0.20, 4, 0.10, 0.20))
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     from utils.fileio import report_input_error
-    from utils.punkt import PunktMissingError, require_punkt
+    from utils.metric.punkt import PunktMissingError, require_punkt
 
     try:
         require_punkt()

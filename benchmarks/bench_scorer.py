@@ -1,4 +1,4 @@
-"""Benchmark: our scorer (utils/scoring.py) against the official MedDec evaluate.py on the same inputs.
+"""Benchmark: our scorer (utils/metric/) against the official MedDec evaluate.py on the same inputs.
 
 Generates the 53-note synthetic validation set (or takes a MedDec-layout folder), builds several
 prediction sets from its gold (exact, shifted boundaries, swapped categories, dropped/added spans,
@@ -120,8 +120,8 @@ def _official_view(report_dict: dict) -> dict:
 
 
 def run_benchmark(paths: MedDecPaths, official_path: str | None, repeats: int, work_dir: Path) -> int:
-    from utils.punkt import require_punkt
-    from utils.scoring import Scorer, load_official_texts
+    from utils.metric import Scorer, load_official_texts
+    from utils.metric.punkt import require_punkt
 
     require_punkt()
     split = paths.split("val")

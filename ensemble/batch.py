@@ -10,7 +10,7 @@ out once in flat arrays over all (note, category) pools:
   structure (distinct models per cluster, distinct boundaries with their voters in the published visit
   order) is built up front for every such interval;
 - boundaries are always member spans, so every merged span is a row of one table of pooled input spans
-  (which ``utils.scoring.SpanTableScorer`` maps straight to its refined text and tokens).
+  (which ``utils.metric.SpanTableScorer`` maps straight to its refined text and tokens).
 
 A trial then picks each pool's structure with one search, sums weights column by column in the published
 order (bit-identical to the Python sums), picks each cluster's boundary, keeps the clusters with enough
@@ -27,7 +27,7 @@ import numpy as np
 
 from ensemble.consensus import PreparedNote, Thresholds, cluster_groups, deduplicate_category
 from utils.meddec.predictions import Predictions, Span
-from utils.scoring import Scorer, SpanTableScorer
+from utils.metric import Scorer, SpanTableScorer
 
 # Cluster records (sum over pools of spans x (IoU levels + 2)) above which the layout is not built:
 # a pool with thousands of overlapping spans would need memory quadratic in its size.

@@ -81,8 +81,8 @@ def inputs_fingerprint(args: OptimizeArguments, note_ids: Sequence[str]) -> dict
 
 def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[str]]:
     """Models' predictions, the scorer, and the note ids to tune on."""
-    from utils.punkt import require_punkt
-    from utils.scoring import Scorer, read_official_split
+    from utils.metric.punkt import require_punkt
+    from utils.metric import Scorer, read_official_split
 
     require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     models = [read_model_predictions(path) for path in args.predictions]
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              description=__doc__.split("\n\n")[0])
         optimize(args)
 
-    from utils.punkt import PunktMissingError
+    from utils.metric.punkt import PunktMissingError
 
     return run_cli(body, extra_errors=(PunktMissingError,))
 

@@ -4,7 +4,7 @@ As published: the four thresholds in [0, 1], the published defaults enqueued as 
 official final score (the base score when no stats.csv is given), the study kept in SQLite. Re-running with the
 same storage and study name continues up to ``n_trials`` in total.
 
-Speed: gold is loaded and tokenised once (``utils.scoring.Scorer``), the predictions are prepared once and laid out
+Speed: gold is loaded and tokenised once (``utils.metric.Scorer``), the predictions are prepared once and laid out
 in arrays (``ensemble.batch``), so a trial is a few array operations over all notes. Optuna's SQLite storage costs
 tens of milliseconds of CPU per trial through its ORM, so the sampler works on an in-memory copy of the study and
 every finished trial is handed at once to a writer process that adds it to SQLite on another core
@@ -86,7 +86,7 @@ def thresholds_from_params(params: dict[str, float], per_category: bool) -> Thre
 def make_objective(prepared: dict[str, PreparedNote], scorer: Any) -> Evaluate:
     """Thresholds -> official final (or base) score of the merged predictions.
 
-    A trial runs on arrays (``ensemble.batch.BatchMerger`` + ``utils.scoring.SpanTableScorer``), which
+    A trial runs on arrays (``ensemble.batch.BatchMerger`` + ``utils.metric.SpanTableScorer``), which
     give bit for bit what ``merge_prepared`` + ``Scorer.final_score`` give; notes too large to lay out
     that way are tuned with those two instead (slower, same numbers).
     """
@@ -276,7 +276,7 @@ def cross_validate(
 
 def scorer_factory(gold_dir: str, raw_text_dir: str, stats_csv: str | None, workdir: str) -> Callable[[Sequence[str]], Any]:
     """make_scorer(note_ids): a Scorer over just those notes (through a split file, as a user would)."""
-    from utils.scoring import Scorer
+    from utils.metric import Scorer
 
     counter = [0]
 

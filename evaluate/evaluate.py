@@ -1,6 +1,6 @@
 """Official MedExACT 2026 / MedDec scoring from the command line (same flags and numbers as the official script).
 
-Re-implements ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd (see utils/scoring.py for
+Re-implements ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd (see utils/metric/scorer.py for
 what "identical" takes), prints the official report followed by a per-category table, and writes the
 official JSON (plus extra keys) with --output.
 
@@ -16,21 +16,23 @@ run this file directly, or load it with ``utils.paths.load_module_from_path``.
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
+if __package__ in (None, ""):  # run as a file (the published command): make the repository root importable
     import pathlib
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import EvaluateArguments
 from utils.fileio import InputError, check_output_path, write_json_atomic
 from utils.meddec.predictions import read_predictions
-from utils.punkt import PunktMissingError, require_punkt
-from utils.scoring import ScoreReport, Scorer
+from utils.metric.punkt import PunktMissingError, require_punkt
+
+if TYPE_CHECKING:
+    from utils.metric import ScoreReport
 
 DESCRIPTION = "MedDec Shared Task Evaluation (the official MedExACT 2026 score, re-implemented exactly)."
 
@@ -41,6 +43,8 @@ def run_evaluation(args: EvaluateArguments) -> ScoreReport:
         raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
     if args.output:
         check_output_path(args.output)
+    from utils.metric import Scorer  # numpy and tqdm load here, not for --help
+
     require_punkt()
     predictions = read_predictions(args.predictions)
     scorer = Scorer.from_files(

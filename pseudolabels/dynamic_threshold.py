@@ -81,8 +81,8 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
     """Per-note scores vs entropy on validation, bin scores, Spearman rho, pool counts per quantile."""
     from scipy.stats import spearmanr
 
-    from utils.punkt import require_punkt
-    from utils.scoring import Scorer, load_official_texts, read_gold_dir_official_order
+    from utils.metric.punkt import require_punkt
+    from utils.metric import Scorer, load_official_texts, read_gold_dir_official_order
 
     for path in (args.report, args.plot):
         if path:
@@ -233,7 +233,7 @@ def run_command(command: str, args: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from utils.punkt import PunktMissingError
+    from utils.metric.punkt import PunktMissingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"]):

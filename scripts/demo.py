@@ -272,7 +272,7 @@ def _infer_flags(base: Path, adapter: Path, profile: Profile) -> list[str]:
 def results_table(work: Path) -> list[dict[str, object]]:
     """Span F1, token F1, worst group and final score on test for each model and the ensemble."""
     from utils.meddec.predictions import read_predictions
-    from utils.scoring import Scorer
+    from utils.metric import Scorer
 
     corpus = work / "MedDec"
     scorer = Scorer.from_files(gold_dir=corpus / "data", raw_text_dir=corpus / "raw_text",
@@ -309,7 +309,7 @@ def demo_environment(work: Path) -> dict[str, str]:
 
 def ensure_punkt(work: Path) -> None:
     """Use the installed punkt_tab; without one (offline), train a stand-in on the synthetic notes and say so."""
-    from utils.punkt import PUNKT_INSTALL_COMMAND, punkt_available, train_punkt_model, use_nltk_data_dir
+    from utils.metric.punkt import PUNKT_INSTALL_COMMAND, punkt_available, train_punkt_model, use_nltk_data_dir
 
     nltk_dir = work / "nltk_data"
     if (nltk_dir / "tokenizers").exists():

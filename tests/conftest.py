@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.punkt import use_nltk_data_dir
+from utils.metric.punkt import use_nltk_data_dir
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NLTK_DATA = FIXTURES / "nltk_data"

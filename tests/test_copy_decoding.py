@@ -28,7 +28,7 @@ from dataset.synthetic import generate_notes
 from utils.configs.pipeline import InferenceArguments
 from utils.generation.runner import resume_settings, run
 from utils.prompt import render_chat_prompt
-from utils.categories import TAG_TO_ID, TAGS
+from utils.categories import TAG_TO_ID
 from utils.generation.copy_decoding import (
     CopyConstraint,
     CopyConstraintError,

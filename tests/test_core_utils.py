@@ -16,7 +16,7 @@ from utils.meddec.corpus import (
 from utils.fileio import InputError, atomic_open, write_text_atomic
 from utils.meddec.predictions import Span, parse_predictions, read_predictions, write_predictions
 from utils.prompt import PROMPT_TEMPLATE, build_messages, build_prompt
-from utils.punkt import PunktMissingError, require_punkt, train_punkt_model, use_nltk_data_dir
+from utils.metric.punkt import PunktMissingError, require_punkt, train_punkt_model, use_nltk_data_dir
 
 # sha256 of the instruction block of ../shared/SPEC.md section 3 (ends right after "{raw_text}").
 PROMPT_SHA256 = "f0bcaf9b1df3092c8a9ec9e7beddd1f5c5a221470ba245c5b372e77f3749d40c"
@@ -165,7 +165,7 @@ def test_trained_punkt_model_splits_sentences(tmp_path):
 
 
 def test_punkt_cli_installs_a_model_and_rejects_an_empty_folder(tmp_path, capsys):
-    from utils.punkt import main as punkt_main
+    from utils.metric.punkt import main as punkt_main
 
     notes = tmp_path / "raw_text"
     notes.mkdir()

@@ -16,7 +16,7 @@ from ensemble.batch import BatchMerger, BatchTooLarge, best_in_segments, ragged_
 from ensemble.consensus import Thresholds, merge_prepared, prepare_predictions
 from utils.meddec.corpus import load_notes, read_split
 from utils.meddec.predictions import Span
-from utils.scoring import Scorer
+from utils.metric import Scorer
 
 EDGE_THRESHOLDS = [Thresholds(), Thresholds(0.0, 0.0, 0.0, 0.0), Thresholds(1.0, 1.0, 1.0, 1.0),
                    Thresholds(0.0, 0.5, 0.2, 0.0), Thresholds(1.0, 0.0, 0.5, 0.3), Thresholds(0.3, 1 / 3, 1 / 3, 0.5)]

@@ -14,7 +14,7 @@ from ensemble.consensus import Thresholds, merge_predictions, prepare_prediction
 from utils.meddec.corpus import load_notes, read_split
 from utils.fileio import InputError
 from utils.meddec.predictions import Span, read_predictions, write_predictions
-from utils.scoring import Scorer
+from utils.metric import Scorer
 
 
 class Killed(RuntimeError):
@@ -280,7 +280,7 @@ def test_a_killed_tuner_resumes_to_exactly_the_uninterrupted_study(corpus, tmp_p
 
     def command(storage):
         return [sys.executable, "-m", "ensemble.optimize", "--predictions", *corpus["paths"],
-                *_cli(corpus, tmp_path, storage, "--n_trials", "60")]
+                *_cli(corpus, tmp_path, storage, "--n_trials", "200")]
 
     whole = f"sqlite:///{tmp_path / 'whole.db'}"
     subprocess.run(command(whole), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
@@ -299,12 +299,12 @@ def test_a_killed_tuner_resumes_to_exactly_the_uninterrupted_study(corpus, tmp_p
     children = psutil.Process(tuner.pid).children(recursive=True)
     os.kill(tuner.pid, signal.SIGKILL)
     tuner.wait()
-    assert 15 <= written < 60 and children  # killed mid-study, with its trial writer running
+    assert 15 <= written < 200 and children  # killed mid-study, with its trial writer running
     time.sleep(1.0)
     assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []  # none outlives it
     survivors = len(optuna.load_study(study_name="s", storage=killed).trials)
     subprocess.run(command(killed), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
     resumed = optuna.load_study(study_name="s", storage=killed).trials
     uninterrupted = optuna.load_study(study_name="s", storage=whole).trials
-    assert survivors < 60 and len(resumed) == len(uninterrupted) == 60
+    assert survivors < 200 and len(resumed) == len(uninterrupted) == 200
     assert [(t.params, t.value) for t in resumed] == [(t.params, t.value) for t in uninterrupted]

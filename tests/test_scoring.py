@@ -1,10 +1,12 @@
-"""The official score, re-implemented (utils/scoring.py, evaluate/evaluate.py), against golden numbers of the
-official MedDec evaluate.py (tests/fixtures/scorer/, recorded by tests/fixtures/record_official.py) and
-against straightforward per-token re-statements of its definitions.
+"""The official score, re-implemented (utils/metric/, evaluate/evaluate.py), against golden numbers of the
+official MedDec evaluate.py (tests/fixtures/scorer/, recorded by tests/fixtures/record_official.py), the
+Scorer on small hand-computed notes, and the command line. The pieces are tested against straightforward
+re-statements of the official definitions in tests/test_metric_{readers,spans,tokens}.py, the per-note
+API in tests/test_metric_notes.py.
 
 Golden comparisons run our code in one subprocess under PYTHONHASHSEED=0, the seed the official numbers
 were recorded with: the official token-F1 sums follow the iteration order of sets of note ids, which
-depends on string hashing (see utils/scoring.py).
+depends on string hashing (see utils/metric/scorer.py).
 """
 
 from __future__ import annotations
@@ -18,27 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from utils.meddec.corpus import Annotation, Demographics
+from utils.metric import Scorer
 from utils.paths import REPO_ROOT, load_module_from_path
 from utils.meddec.predictions import Span
-from utils.scoring import (
-    Scorer,
-    _first_occurrence_order,
-    confusion,
-    label_order_of,
-    macro_token_f1,
-    official_note_key,
-    official_tokens,
-    read_official_text,
-    refine_span,
-    refined_text,
-    token_labels,
-)
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 CASES_DIR = FIXTURES / "scorer" / "cases"
@@ -68,8 +55,8 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
 
 def dump_our_results(out_path: str) -> None:
     """Run in a PYTHONHASHSEED=0 subprocess: our CLI on every case, our Scorer on the synthetic sets."""
-    from utils.punkt import use_nltk_data_dir
-    from utils.scoring import Scorer as _Scorer
+    from utils.metric import Scorer as _Scorer
+    from utils.metric.punkt import use_nltk_data_dir
 
     use_nltk_data_dir(FIXTURES / "nltk_data")
     record = _record_module()
@@ -153,120 +140,6 @@ def test_synthetic_val_set_equals_official(ours):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Pieces against straightforward re-statements of the official definitions
-
-
-def naive_token_labels(tokens: list[tuple[int, int]], spans: list[tuple[int, int, int]]) -> list[int]:
-    labels = [0] * len(tokens)
-    for start, end, category in spans:
-        if category not in range(1, 10):
-            continue
-        for i, (tok_start, tok_end) in enumerate(tokens):
-            if tok_start < end and tok_end > start and labels[i] == 0:
-                labels[i] = category
-    return labels
-
-
-def naive_macro_f1(gold: list[int], pred: list[int]) -> float:
-    labels = set(gold + pred)
-    labels.discard(0)
-    if not labels:
-        return 1.0 if gold == pred else 0.0
-    scores = []
-    for label in labels:
-        tp = sum(1 for g, p in zip(gold, pred) if g == label and p == label)
-        fp = sum(1 for g, p in zip(gold, pred) if g != label and p == label)
-        fn = sum(1 for g, p in zip(gold, pred) if g == label and p != label)
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return sum(scores) / len(scores)
-
-
-@st.composite
-def tokens_and_spans(draw):
-    gaps = draw(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4)), min_size=0, max_size=30))
-    tokens, position = [], 0
-    for gap, length in gaps:
-        tokens.append((position + gap, position + gap + length))
-        position += gap + length
-    spans = draw(st.lists(st.tuples(st.integers(-5, position + 5), st.integers(-5, position + 5), st.integers(-1, 11)),
-                          max_size=25))
-    return tokens, spans
-
-
-@settings(max_examples=300, deadline=None)
-@given(tokens_and_spans())
-def test_vectorised_token_labels_equal_per_token_loop(case):
-    tokens, spans = case
-    starts = np.array([t[0] for t in tokens], dtype=np.int64)
-    ends = np.array([t[1] for t in tokens], dtype=np.int64)
-    valid = np.array([s for s in spans if 1 <= s[2] <= 9], dtype=np.int64).reshape(-1, 3)
-    assert token_labels(starts, ends, valid).tolist() == naive_token_labels(tokens, spans)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.integers(1, 40).flatmap(lambda n: st.tuples(
-    st.lists(st.integers(0, 9), min_size=n, max_size=n),
-    st.lists(st.sampled_from([0, 1, 8, 9, 2]), min_size=n, max_size=n),  # 1/9 and 0/8 collide in small sets
-)))
-def test_bincount_macro_f1_equals_per_label_loop_bit_for_bit(labels):
-    gold, pred = labels
-    g, p = np.array(gold), np.array(pred)
-    order = label_order_of(_first_occurrence_order(g), p, np.unique(p).tolist())
-    assert macro_token_f1(confusion(g, p), order) == naive_macro_f1(gold, pred)  # same summation order
-
-
-def test_label_sum_order_follows_set_insertion_order():
-    # {9, 1} and {1, 9} iterate differently in CPython (9 and 1 share a slot in an 8-slot table); with three
-    # per-label F1 values the float sum depends on that order, and the official one is set(gold + pred)'s.
-    gold, pred = [9, 9, 1, 1, 1, 0, 0], [9, 1, 1, 1, 0, 0, 9]
-    order = label_order_of(_first_occurrence_order(np.array(gold)), np.array(pred))
-    assert list(set(order)) == list(set(gold + pred))
-    assert macro_token_f1(confusion(np.array(gold), np.array(pred)), order) == naive_macro_f1(gold, pred)
-
-
-def _refine_without_shortcut(text, start, end):
-    """refine_span forced through Treebank tokenisation (the function's shortcut disabled)."""
-    import utils.scoring as scoring
-
-    original = scoring._no_quote_rewriting
-    scoring._no_quote_rewriting = lambda piece: False
-    try:
-        return refine_span(text, start, end)
-    finally:
-        scoring._no_quote_rewriting = original
-
-
-@settings(max_examples=1000, deadline=None)
-@given(st.text(alphabet='ab1 .,;:-()[]*"\'`é\n\t?$', max_size=30), st.integers(-35, 35), st.integers(-35, 35))
-def test_refine_shortcut_equals_treebank_path(text, start, end):
-    try:
-        slow = _refine_without_shortcut(text, start, end)
-    except (ValueError, StopIteration, RuntimeError):  # the official code crashes on these inputs too
-        return
-    assert refine_span(text, start, end) == slow
-
-
-def test_refine_span_examples():
-    text = 'He said "stop aspirin." Then [**Hospital1 18**], ok...'
-    assert refined_text(text, 8, 23) == "stop aspirin"  # leading quote and trailing period dropped
-    assert refined_text(text, 11, 18) == "stop aspirin"  # widened from inside both words
-    assert refined_text(text, 29, 47) == "[**hospital1 18**]"  # MIMIC brackets kept
-    assert refined_text(text, 47, 55) == "ok"
-    assert refine_span(text, 49, 55) == (49, 51)  # ', ok...' -> 'ok'
-    assert refine_span(text, 22, 24) is None  # punctuation and space only
-    assert refine_span("", 0, 3) is None
-    assert refine_span("abc def", -3, 100) == (-3, 0)  # as officially: the slice text[-3:0] is empty
-
-
-def test_official_tokens_lose_rewritten_quotes():
-    text = 'Give "Lasix" now.'
-    starts, ends = official_tokens(text)
-    assert [text[s:e] for s, e in zip(starts, ends)] == ["Give", "Lasix", "now", "."]
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The library on small in-memory notes
 
 
@@ -312,7 +185,7 @@ def test_hand_computed_scores_and_per_category(small_scorer):
     # gold 5,5,5,0,5,5,0,0,1,1,1,1,0 / pred 5,5,5,0,3,3,0,0,0,0,0,0,0 -> F1: cat5 = 0.75**, cat1 = 0, cat3 = 0
     f1_5 = 2 * 1.0 * 0.6 / 1.6
     note_1 = (f1_5 + 0.0 + 0.0) / 3
-    assert report.token_f1 == (note_1 + 1.0) / 2 or report.token_f1 == (1.0 + note_1) / 2
+    assert report.token_f1 == (note_1 + 1.0) / 2  # note 2 is exact (1.0); per note: tests/test_metric_notes.py
     assert report.per_category[5].span.tp == 1 and report.per_category[3].span.fp == 1
     assert report.per_category[1].span.fn == 1 and report.per_category[1].token_fn == 4
     assert report.per_category[5].token_tp == 3 and report.per_category[5].token_fn == 2
@@ -332,13 +205,21 @@ def test_prediction_order_decides_token_labels(small_scorer):
     assert first.token_f1 > second.token_f1
 
 
-def test_rescoring_uses_cache_and_gives_the_same_numbers(small_scorer):
+def test_rescoring_uses_cache_and_gives_the_same_numbers(small_scorer, monkeypatch):
+    import utils.metric.spans as spans
+
     preds = {"1_1_1": [Span(3, 10, 5), (21, 30, 5)], "2_2_2": [{"start_offset": 0, "end_offset": 7, "category": 7}]}
     first = small_scorer.score(preds)
-    cached = len(small_scorer._note("1_1_1").refined)
+    calls = []
+    original = spans.refine_span
+    monkeypatch.setattr(spans, "refine_span", lambda *args: calls.append(args) or original(*args))
     assert small_scorer.score(preds) == first
-    assert len(small_scorer._note("1_1_1").refined) == cached
     assert small_scorer.final_score(preds) == first.final
+    keys = small_scorer.span_keys("1_1_1", [(3, 10, 5), (21, 30, 5)])
+    assert keys == [(5, "start aspirin"), (5, "stop warfarin")]
+    assert calls == []  # every span seen before: no refinement ran again
+    small_scorer.span_keys("1_1_1", [(0, 4, 5)])
+    assert calls == [(TEXT_1, 0, 4)]  # a new span is refined (so the spy does watch the scorer)
 
 
 def test_notes_outside_gold_need_text_and_count_as_false_positives(small_scorer):
@@ -349,15 +230,6 @@ def test_notes_outside_gold_need_text_and_count_as_false_positives(small_scorer)
     assert (report.span.tp, report.span.fp, report.span.fn) == (0, 1, 0)
     assert report.token_f1 == 0.5  # note 1: nothing on either side (1.0); note 3: only false positives (0.0)
     assert report.final is None and scorer.final_score({"3_3_3": [Span(0, 7, 7)]}) == report.base
-
-
-def test_official_note_key_and_crlf_reading(tmp_path):
-    assert official_note_key("78_100536_1787-anna") == (78, 100536, 1787)
-    assert official_note_key("/x/78_100536_1787.json") == (78, 100536, 1787)
-    assert official_note_key("78_100536") is None and official_note_key("a_1_2") is None
-    path = tmp_path / "n.txt"
-    path.write_bytes(b"a\r\nb\rc\n")
-    assert read_official_text(path) == "a\nb\nc\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -403,10 +275,10 @@ def test_cli_missing_text_is_one_line(tmp_path):
 
 
 def test_cli_without_punkt_names_the_install_command(tmp_path, monkeypatch):
-    import utils.punkt
+    import utils.metric.punkt
 
     args = _write_tiny_corpus(tmp_path)
-    monkeypatch.setattr(utils.punkt, "punkt_available", lambda language="english": False)
+    monkeypatch.setattr(utils.metric.punkt, "punkt_available", lambda language="english": False)
     code, _, err = run_cli(args)
     assert code == 2 and err.count("\n") == 1 and "python -m nltk.downloader punkt_tab" in err
 

@@ -17,7 +17,7 @@ only at the very ends of a span, any ``<word>`` tag removed inside spans, a bare
 function's docstring says which published rule it implements.
 
 An optional fourth, ``official_score_reward`` (ours, not published), places the completion's spans in the note
-(``utils.tagging.locate.locate_spans``) and scores them with the official metric (``utils.scoring.Scorer``):
+(``utils.tagging.locate.locate_spans``) and scores them with the official metric (``utils.metric.Scorer``):
 (span F1 + token F1) / 2 of that one note.
 
 TRL calls each as ``func(prompts=..., completions=..., completion_ids=..., **dataset_columns)``: the gold tagged
@@ -262,7 +262,7 @@ class OfficialScoreReward:
 
     def _scorer(self, file_id: str, text: str, gold_offsets: str):
         from utils.meddec.predictions import Span
-        from utils.scoring import Scorer
+        from utils.metric import Scorer
 
         key = f"{file_id}\x00{len(text)}\x00{gold_offsets}"
         if key not in self._scorers:
