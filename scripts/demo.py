@@ -150,6 +150,7 @@ def warm_start_base(base_dir: Path, curriculum_csv: Path, out_dir: Path, epochs:
     from trl import SFTConfig, SFTTrainer
 
     from utils.training.data import read_training_frame, sft_records, to_dataset
+    from utils.training.trl_cpu import install_cpu_fused_head
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="float32")
@@ -158,6 +159,7 @@ def warm_start_base(base_dir: Path, curriculum_csv: Path, out_dir: Path, epochs:
                        max_length=4096, report_to="none", save_strategy="no", logging_steps=20, seed=seed,
                        use_cpu=True, bf16=False, dataloader_num_workers=0)
     dataset = to_dataset(sft_records(read_training_frame(curriculum_csv)))
+    install_cpu_fused_head()  # TRL 1.15's fused LM head has no CPU path of its own
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     model.save_pretrained(out_dir)
@@ -168,7 +170,7 @@ def tiny_dft_flags(profile: Profile, epochs: int) -> list[str]:
     """train_dft.py overrides that turn the published recipe into a CPU-sized run (everything else as published)."""
     return ["--backend", "hf", "--lora_r", "16", "--lora_alpha", "32",
             "--num_train_epochs", str(epochs), "--gradient_accumulation_steps", "1", "--max_length", "4096",
-            "--activation_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
+            "--gradient_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
             "--logging_steps", "10", "--dataloader_num_workers", "0"]
 
 

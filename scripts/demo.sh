@@ -4,5 +4,7 @@
 # Extra arguments go to scripts/demo.py (e.g. --work_dir work/demo --profile full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
-exec python3 scripts/demo.py "$@"
+# PYTHON picks the interpreter (default: python3 on PATH); the requirements go into that same interpreter.
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+exec "$PYTHON" scripts/demo.py "$@"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,10 @@ pytestmark = pytest.mark.slow
 
 
 def run_demo_sh(work: Path) -> str:
+    # PYTHON: demo.sh installs the requirements into the interpreter running these tests, never another one
+    env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(["bash", "scripts/demo.sh", "--work_dir", str(work), "--profile", "ci"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

@@ -29,7 +29,7 @@ def test_model_1_and_3_dft_settings() -> None:
     assert (config.learning_rate, config.lr_scheduler_type, config.warmup_steps, config.weight_decay) == (2e-4, "cosine", 0.05, 0.001)
     assert (config.num_train_epochs, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (2, 1, 8)
     assert config.optim == ("adamw_8bit" if ON_GPU else "adamw_torch")  # 8-bit AdamW needs a GPU
-    assert (config.max_length, config.seed, config.activation_checkpointing) == (24576, 3407, True)
+    assert (config.max_length, config.seed, config.gradient_checkpointing) == (24576, 3407, True)
     assert config.completion_only_loss is True and config.packing is False  # loss on the answer only
     assert config.bf16 is (ON_GPU and torch.cuda.is_bf16_supported())
 

@@ -28,7 +28,7 @@ from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, w
 from utils.training.data import answer_token_stats, read_training_frame, sft_records, to_dataset
 
 FAST = ["--backend", "hf", "--lora_r", "8", "--lora_alpha", "16", "--max_length", "2048", "--report_to", "none",
-        "--gradient_accumulation_steps", "1", "--activation_checkpointing", "false", "--logging_steps", "1",
+        "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false", "--logging_steps", "1",
         "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false"]
 
 

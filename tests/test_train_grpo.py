@@ -35,7 +35,7 @@ def tiny_args(tiny, out: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", str(tiny["model"]), "--train_csv", str(tiny["csv"]), "--output_dir", str(out),
             "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--num_generations", "4",
             "--max_completion_length", "8", "--report_to", "none", "--learning_rate", "1e-2",
-            "--dataloader_pin_memory", "false", "--activation_checkpointing", "false", *extra]
+            "--dataloader_pin_memory", "false", "--gradient_checkpointing", "false", *extra]
 
 
 def lora_state(trainer) -> dict[str, torch.Tensor]:

@@ -107,7 +107,7 @@ class DFTConfig(SFTConfig):
     max_length: int | None = field(default=24576, metadata={
         "help": "Max tokens of prompt + answer (set explicitly: TRL's default would silently truncate notes)."})
     seed: int = 3407
-    activation_checkpointing: bool | None = True  # a.k.a. gradient checkpointing
+    gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on where the GPU supports it)."})
     logging_steps: float = 1
     save_strategy: str = "steps"
@@ -177,7 +177,7 @@ class LamarGRPOConfig(GRPOConfig):
     bf16: bool | None = None
     chat_template_kwargs: dict | None = field(default_factory=lambda: {"enable_thinking": False})
     vllm_mode: str = "colocate"
-    activation_checkpointing: bool | None = True  # a.k.a. gradient checkpointing
+    gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
 
     def __post_init__(self) -> None:
         require_positive(self, ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",

@@ -28,6 +28,7 @@ from utils.training.models import (
     check_model_reference, cuda_available, loading_error, merge_adapter, peft_config, resolve_dtype,
 )
 from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
+from utils.training.trl_cpu import install_cpu_fused_head
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class LamarGRPOTrainer(GRPOTrainer):
     """GRPOTrainer that clears cached ``rope_deltas`` before computing per-token log-probabilities."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        install_cpu_fused_head()  # TRL 1.15's fused LM head has no CPU path of its own
         super().__init__(*args, **kwargs)
         self._rope_modules = [m for m in self.model.modules() if hasattr(m, "rope_deltas")]
 

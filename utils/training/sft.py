@@ -26,6 +26,7 @@ from utils.training.data import read_training_frame, sft_records, to_dataset
 from utils.training.dft import batch_losses, check_dft_in_effect, check_kernel_ran
 from utils.training.models import cuda_available, load_causal_lm, peft_config, resolve_dtype
 from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
+from utils.training.trl_cpu import install_cpu_fused_head
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class GuardedSFTTrainer(SFTTrainer):
 
     def __init__(self, *args: Any, expected_loss: str = "dft", guard: bool = True, guard_rel_tol: float = 1e-2,
                  **kwargs: Any) -> None:
+        install_cpu_fused_head()  # TRL 1.15's fused LM head has no CPU path of its own
         super().__init__(*args, **kwargs)
         self.expected_loss = expected_loss
         self.guard_pending = guard
@@ -114,7 +116,7 @@ def load_unsloth_model(script: DFTScriptArguments, model_args: DFTModelConfig, c
         finetune_language_layers=True,
         finetune_attention_modules=True,
         finetune_mlp_modules=True,
-        use_gradient_checkpointing="unsloth" if config.activation_checkpointing else False,
+        use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
         random_state=config.seed,
     )
     # Modules Unsloth compiled while loading the model import the loss by name: patch them too.
