@@ -92,7 +92,9 @@ def start_model(script: GRPOScriptArguments, model_args: GRPOModelConfig, config
     check_model_reference("--adapter", script.adapter)
     if script.adapter:
         merged = Path(config.output_dir) / MERGED_DIR
-        start = str(merge_adapter(start, script.adapter, merged, resolve_dtype(model_args.dtype)))
+        # One process merges; the others of a multi-process run wait for it, then find the folder complete.
+        with config.main_process_first(local=config.save_on_each_node, desc="merging the start adapter"):
+            start = str(merge_adapter(start, script.adapter, merged, resolve_dtype(model_args.dtype)))
     return start
 
 
@@ -125,12 +127,15 @@ def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: Lama
     trainer = build_trainer(script, model_args, config, reward_funcs)
     run_settings = {"script": {k: getattr(script, k) for k in ("adapter", "rewards", "max_prompt_length",
                                                                "max_train_samples")}, "model": model_args}
-    claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
+    with config.main_process_first(local=config.save_on_each_node, desc="claiming the output folder"):
+        claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, script.auto_resume)
     if resume:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(config.output_dir)
+    if not trainer.args.should_save:  # another process of a multi-process run writes the files
+        return trainer
     trainer.processing_class.save_pretrained(config.output_dir)
     save_run_config(config.output_dir, {"script": script, "model": model_args, "training": config})
     return trainer

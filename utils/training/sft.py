@@ -62,6 +62,7 @@ class GuardedSFTTrainer(SFTTrainer):
     def verify_first_loss(self, model, inputs, reported: float, num_items_in_batch) -> None:
         """Raise DFTNotInEffectError unless ``reported`` is the expected loss of this batch."""
         expected = batch_losses(model, inputs, n_items=num_items_in_batch)
+        reported = reported / self.rank_loss_scale(num_items_in_batch)
         self.guard_result = {"reported": reported, "dft": expected.dft, "ce": expected.ce}
         if self.expected_loss == "dft":
             check_dft_in_effect(reported, expected, rel_tol=self.guard_rel_tol)
@@ -69,6 +70,14 @@ class GuardedSFTTrainer(SFTTrainer):
             swapped = type(expected)(ce=expected.dft, dft=expected.ce, n_items=expected.n_items)
             check_dft_in_effect(reported, swapped, rel_tol=self.guard_rel_tol, what="loss (expected plain CE)")
         logger.info("loss guard passed: first loss %.6g, DFT %.6g, CE %.6g", reported, expected.dft, expected.ce)
+
+
+    def rank_loss_scale(self, num_items_in_batch) -> int:
+        """What TRL multiplies one process's loss by: the number of data-parallel processes when the token count
+        is global (``average_tokens_across_devices``; DDP then averages the gradients), else 1."""
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            return max(self.accelerator.num_processes // self.get_tp_size(), 1)
+        return 1
 
 
 class KernelCallGuard(TrainerCallback):
@@ -152,7 +161,8 @@ def train(script: DFTScriptArguments, model_args: DFTModelConfig, config: DFTCon
     """Train (resuming if a checkpoint exists), then save adapter, tokenizer and the resolved run config."""
     trainer = build_trainer(script, model_args, config)
     run_settings = {"script": {k: getattr(script, k) for k in ("backend", "loss", "max_train_samples")}, "model": model_args}
-    claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
+    with config.main_process_first(local=config.save_on_each_node, desc="claiming the output folder"):
+        claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, script.auto_resume)
     if resume:
         logger.info("resuming from %s", resume)
@@ -160,6 +170,8 @@ def train(script: DFTScriptArguments, model_args: DFTModelConfig, config: DFTCon
             trainer.guard_pending = False  # the guard ran in the first session; resuming skips step 1
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(config.output_dir)
+    if not trainer.args.should_save:  # another process of a multi-process run writes the files
+        return trainer
     trainer.processing_class.save_pretrained(config.output_dir)
     sections: dict[str, Any] = {"script": script, "model": model_args, "training": config}
     if isinstance(trainer, GuardedSFTTrainer) and trainer.guard_result is not None:
