@@ -13,6 +13,10 @@ transformers`` is the CPU fallback with the same outputs. Inputs are CSVs with `
 output CSV adds ``predicted``, ``entropy`` (mean negative log-probability of the generated tokens),
 ``num_tokens``, ``truncated`` and ``spans``, and ``<output>.json`` holds the spans as prediction JSON. A killed run
 resumes where it stopped (``utils.generation.runner``).
+
+Several GPUs or nodes (``utils.generation.data_parallel``): ``--data_parallel_size N`` starts N engine processes here,
+one per GPU, and merges their shards into the same outputs; or run ``--num_shards N --shard_index i`` once per node
+or GPU yourself, then ``--num_shards N --merge``.
 """
 
 from __future__ import annotations
@@ -24,18 +28,20 @@ if __package__ in (None, ""):  # run as a file (the published command): make the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import InferenceArguments
-from utils.generation.runner import run
+from utils.generation.data_parallel import run_data_parallel
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def body() -> None:
+    command = list(sys.argv[1:] if argv is None else argv)  # what each shard process of --data_parallel_size reruns
+
+    def body() -> int:
         (args,) = parse_args(InferenceArguments, argv=argv, description=__doc__.split("\n\n")[0])
-        for output, count in run(args).items():
-            print(f"{output}: {count} note(s) generated now")
+        return run_data_parallel(args, command, script=Path(__file__).resolve())
 
     return run_cli(body)
 

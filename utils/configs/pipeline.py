@@ -97,6 +97,19 @@ class InferenceArguments:
     copy_max_open: int | None = field(default=None, metadata={
         "help": "--copy_constraint: spans open at once at most (default: no limit)."})
     overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
+    # Data parallelism (utils.generation.data_parallel); the defaults are one process, as published.
+    data_parallel_size: int = field(default=1, metadata={
+        "help": "Start this many engine processes here, one per GPU (--tensor_parallel_size GPUs each, taken in order "
+                "from CUDA_VISIBLE_DEVICES; CPU processes with --backend transformers --device cpu), each on its share "
+                "of the rows with its own resumable partial file; waits, then writes the outputs in input order."})
+    num_shards: int = field(default=1, metadata={
+        "help": "Rows split into this many shards for processes you start yourself (one per GPU or node, e.g. a "
+                "SLURM array); give each its --shard_index, then run once with --merge."})
+    shard_index: int | None = field(default=None, metadata={
+        "help": "With --num_shards N: generate only this shard's rows (blocks of --batch_size rows, block b to "
+                "shard b %% N) into <output>.shard-I-of-N.partial.jsonl; writes no output (see --merge)."})
+    merge: bool = field(default=False, metadata={
+        "help": "With --num_shards N: write the outputs (CSV + JSON, input order) from the N finished shards."})
 
 
 # -------------------------------------------------------------------------------------------------- pseudo-labels

@@ -11,7 +11,8 @@ all rows are done. The cache is keyed by what determines a row: its first line h
 file made with other settings is refused), each row the sha256 of its note text (a row whose note changed is
 generated again). One run at a time may use a partial file (a lock file beside it). The partial file stays as a
 cache; ``--overwrite`` starts afresh. Rows whose prompt alone fills the context get an empty output
-(``truncated``, entropy NaN).
+(``truncated``, entropy NaN). With ``--shard_index`` a process generates one shard of the rows into its own partial
+file and writes no output; ``utils.generation.data_parallel`` starts the shards and merges them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -43,16 +44,37 @@ RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len
 
 
 @dataclass(frozen=True)
+class Shard:
+    """The rows one process of a data-parallel run generates (``utils.generation.data_parallel``): blocks of ``block``
+    consecutive rows, block b to shard b % count. With ``block`` = the batch size, each batch a shard generates is a
+    batch of the one-process run (same rows, same padding), so the numbers are the same too."""
+
+    index: int
+    count: int
+    block: int
+
+    def rows(self, ids: Sequence[str]) -> list[str]:
+        return [i for k, i in enumerate(ids) if (k // self.block) % self.count == self.index]
+
+
+@dataclass(frozen=True)
 class Job:
     """One input CSV, its rows, and where its results go."""
 
     input: Path
     output: Path
     frame: Any  # the input table, read once
+    shard: Shard | None = None  # None: every row (one process)
 
     @property
     def partial(self) -> Path:
-        return self.output.with_name(self.output.name + ".partial.jsonl")
+        if self.shard is None:
+            return self.output.with_name(self.output.name + ".partial.jsonl")
+        return self.output.with_name(f"{self.output.name}.shard-{self.shard.index}-of-{self.shard.count}.partial.jsonl")
+
+    def own_rows(self, ids: list[str]) -> list[str]:
+        """The rows this job generates, in input order."""
+        return ids if self.shard is None else self.shard.rows(ids)
 
     @property
     def offsets(self) -> Path:
@@ -212,13 +234,15 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
     texts = dict(zip(ids, job.frame[args.text_column]))
     cached = {} if args.overwrite else load_partial(job.partial, settings)
     done = {i: r for i, r in cached.items() if i in texts and r.get("text_sha256") == text_digest(texts[i])}
-    pending = [i for i in ids if i not in done]
+    own = job.own_rows(ids)
+    pending = [i for i in own if i not in done]
     step = args.batch_size if args.backend == "transformers" else max(args.flush_every, 1)
     if pending:
         generator, tokenizer = generator_factory()
         writer = PartialWriter(job.partial, settings, fresh=args.overwrite)
         try:
-            with tqdm(total=len(ids), initial=len(ids) - len(pending), desc=job.input.name, unit="note",
+            desc = job.input.name if job.shard is None else f"{job.input.name} shard {job.shard.index}/{job.shard.count}"
+            with tqdm(total=len(own), initial=len(own) - len(pending), desc=desc, unit="note",
                       disable=not progress) as bar:
                 for chunk in batches(pending, step):
                     generations = generate_rows(generator, tokenizer, chunk, [texts[i] for i in chunk], args)
@@ -228,7 +252,8 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
                     bar.update(len(chunk))
         finally:
             writer.close()
-    write_outputs(job, [done[i] for i in ids], args.id_column)
+    if job.shard is None:  # a shard's rows are written by the merge (utils.generation.data_parallel)
+        write_outputs(job, [done[i] for i in ids], args.id_column)
     return len(pending)
 
 
@@ -299,6 +324,7 @@ def validate(args: InferenceArguments) -> list[Job]:
     if args.copy_constraint and args.backend != "transformers":
         raise InputError("--copy_constraint", "", "available on the transformers backend only (for now); add "
                                                   "--backend transformers")
+    check_sharding(args)
     if args.vllm_kwargs:
         try:
             if not isinstance(json.loads(args.vllm_kwargs), dict):
@@ -310,9 +336,33 @@ def validate(args: InferenceArguments) -> list[Job]:
     return plan_jobs(args)
 
 
+def check_sharding(args: InferenceArguments) -> None:
+    """The data-parallel flags (``utils.generation.data_parallel``) are consistent."""
+    for name in ("data_parallel_size", "num_shards"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    if args.data_parallel_size > 1 and (args.num_shards > 1 or args.shard_index is not None or args.merge):
+        raise InputError("--data_parallel_size", "", "starts and merges its own shards; leave out --num_shards, "
+                                                     "--shard_index and --merge")
+    if args.shard_index is not None and not 0 <= args.shard_index < args.num_shards:
+        raise InputError("--shard_index", "", f"expected 0 to {args.num_shards - 1} (--num_shards {args.num_shards}), "
+                                              f"got {args.shard_index}")
+    if args.merge and args.shard_index is not None:
+        raise InputError("--merge", "", "merges every shard: leave out --shard_index")
+    if args.merge and args.num_shards < 2:
+        raise InputError("--merge", "", "needs --num_shards N (N >= 2), as given to the shards")
+    if args.num_shards > 1 and args.shard_index is None and not args.merge:
+        raise InputError("--num_shards", "", "give this process's --shard_index, or --merge once every shard is done")
+
+
 def run(args: InferenceArguments, generator_factory: GeneratorFactory | None = None,
         progress: bool = True) -> dict[str, int]:
-    """All jobs; returns {output path: rows generated in this call}."""
+    """All jobs (this process's shard of each with --shard_index); returns {output path: rows generated now}."""
     jobs = validate(args)
+    if args.merge or args.data_parallel_size > 1:
+        raise ValueError("run() generates this process's rows only; --merge and --data_parallel_size are handled by "
+                         "utils.generation.data_parallel.run_data_parallel")
+    if args.shard_index is not None:
+        jobs = [replace(job, shard=Shard(args.shard_index, args.num_shards, args.batch_size)) for job in jobs]
     factory = generator_factory or lazy_factory(args)
     return {str(job.output): infer_file(job, factory, args, progress) for job in jobs}
