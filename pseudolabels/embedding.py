@@ -10,12 +10,17 @@ Embeddings are cached in shards: ``<out>/shard_00000.npy`` (float32, one row per
 longer match the input, or a cache made with another model or shard size, is an input error (use a new
 output folder). Memory: the pool CSV is streamed one shard at a time.
 
+Several devices (``--devices cuda:0 cuda:1 ...``): each shard is split into chunks that sentence-transformers'
+multi-process pool encodes on all devices at once and returns in input order (``SentenceTransformer.
+start_multi_process_pool`` / ``encode(pool=...)``, the engine sentence-transformers 6.2 recommends for several
+GPUs); shards are written and resumed exactly as with one device, and either mode resumes the other's cache.
+
 Usage::
 
     python -m pseudolabels.embedding --pool_csv work/unlabeled.csv --pool_out work/embeddings/pool \\
         --meddec_raw_text MedDec/raw_text \\
         --meddec_splits MedDec/splits/train.txt MedDec/splits/val.txt MedDec/splits/test.txt \\
-        --meddec_out work/embeddings/meddec
+        --meddec_out work/embeddings/meddec [--devices cuda:0 cuda:1 cuda:2 cuda:3]
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ if __package__ in (None, ""):  # run as a file (the published command): make the
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -162,29 +169,83 @@ def load_sentence_encoder(
     max_seq_length: int | None = None,
     batch_size: int = 8,
     prompt_name: str | None = None,
+    devices: Sequence[str] = (),
 ) -> EncodeFn:
-    """A function texts -> L2-normalised float32 embeddings, backed by sentence-transformers."""
+    """A function texts -> L2-normalised float32 embeddings, backed by sentence-transformers (on several devices at
+    once with ``devices``: a :class:`PooledEncoder`, to be closed)."""
     from sentence_transformers import SentenceTransformer
 
     check_model_reference("--model", model)
     try:
-        encoder = SentenceTransformer(model, device=device, model_kwargs={"dtype": dtype})
+        encoder = SentenceTransformer(model, device="cpu" if devices else device, model_kwargs={"dtype": dtype})
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", model, err) from None
     if max_seq_length is not None:
         encoder.max_seq_length = max_seq_length
+    options = dict(batch_size=batch_size, prompt_name=prompt_name, normalize_embeddings=True, convert_to_numpy=True,
+                   show_progress_bar=False)
+    if devices:
+        return PooledEncoder(encoder, list(devices), options)
 
     def encode(texts: list[str]) -> np.ndarray:
-        return encoder.encode(
-            texts,
-            batch_size=batch_size,
-            prompt_name=prompt_name,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        return encoder.encode(texts, **options)
 
     return encode
+
+
+class PooledEncoder:
+    """Encodes on several devices at once with sentence-transformers' multi-process pool (one process per device,
+    started on first use, results in input order); ``close()`` stops the processes."""
+
+    def __init__(self, encoder: Any, devices: list[str], options: dict[str, Any]) -> None:
+        self.encoder = encoder
+        self.devices = devices
+        self.options = options
+        self.pool: dict[str, Any] | None = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if self.pool is None:
+            with cpu_threads_for(self.devices):
+                self.pool = self.encoder.start_multi_process_pool(target_devices=self.devices)
+        return self.encoder.encode(texts, pool=self.pool, **self.options)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.encoder.stop_multi_process_pool(self.pool)
+            self.pool = None
+
+
+@contextlib.contextmanager
+def cpu_threads_for(devices: Sequence[str]) -> Iterator[None]:
+    """CPU worker processes share the cores (each would otherwise start a thread per core); the user's
+    OMP_NUM_THREADS wins. Only the processes started inside the block see the setting."""
+    cpu_workers = sum(1 for d in devices if d.split(":")[0] == "cpu")
+    if not cpu_workers or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // cpu_workers))
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+
+
+def check_devices(devices: Sequence[str], device: str | None) -> None:
+    """--devices names real devices (CUDA ones that are visible) and is not mixed with --device."""
+    if not devices:
+        return
+    if device is not None:
+        raise InputError("--devices", "", "give --device (one process) or --devices (one process each), not both")
+    import torch
+
+    for name in devices:
+        try:
+            parsed = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise InputError("--devices", name, "not a device: expected e.g. cuda:0 or cpu") from None
+        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+            raise InputError("--devices", name, f"not visible: {torch.cuda.device_count()} CUDA device(s) here")
 
 
 class LazyEncoder:
@@ -199,6 +260,12 @@ class LazyEncoder:
             self._encode = self._factory()
         return self._encode(texts)
 
+    def close(self) -> None:
+        """Stop the worker processes of a multi-device encoder, if one was started."""
+        close = getattr(self._encode, "close", None)
+        if close is not None:
+            close()
+
 
 def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     """Embed the chosen sources; returns {source: shards computed now}."""
@@ -208,11 +275,19 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     for name in ("shard_size", "batch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    check_devices(args.devices, args.device)
     encode = LazyEncoder(
         lambda: load_sentence_encoder(
-            args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name
+            args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name, args.devices
         )
     )
+    try:
+        return _embed_sources(args, encode, progress)
+    finally:
+        encode.close()
+
+
+def _embed_sources(args: EmbeddingArguments, encode: EncodeFn, progress: bool) -> dict[str, int]:
     meta = {"model": args.model, "shard_size": args.shard_size, "normalized": True, "prompt_name": args.prompt_name}
     done: dict[str, int] = {}
     if "meddec" in args.sources:

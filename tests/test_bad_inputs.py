@@ -335,6 +335,11 @@ def cases() -> list[Case]:
         ("embedding unknown source", lambda w: ["--pool_csv", str(w["pool.csv"]), "--sources", "notes"]),
         ("embedding shard 0", lambda w: ["--pool_csv", str(w["pool.csv"]), "--shard_size", "0"]),
         ("embedding batch 0", lambda w: ["--pool_csv", str(w["pool.csv"]), "--batch_size", "0"]),
+        ("embedding devices not a device", lambda w: ["--pool_csv", str(w["pool.csv"]), "--devices", "gpu0", "gpu1"]),
+        ("embedding devices not visible", lambda w: ["--pool_csv", str(w["pool.csv"]), "--devices", "cuda:0",
+                                                     "cuda:99"]),
+        ("embedding device and devices", lambda w: ["--pool_csv", str(w["pool.csv"]), "--device", "cpu",
+                                                    "--devices", "cpu", "cpu"]),
     ])
 
     def ret(w):

@@ -149,6 +149,10 @@ class EmbeddingArguments:
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: automatic)."})
     dtype: str = field(default="auto", metadata={"help": "Model weights dtype: auto, bfloat16, float16, float32."})
     prompt_name: str | None = field(default=None, metadata={"help": "Saved prompt of the model to prepend."})
+    devices: list[str] = field(default_factory=list, metadata={
+        "help": "Encode on several devices at once, one process per entry (sentence-transformers' multi-process "
+                "pool), e.g. cuda:0 cuda:1 cuda:2 cuda:3, or cpu cpu; shards are cached and resumed as with one "
+                "device. Default: one process on --device."})
 
 
 @dataclass
