@@ -39,9 +39,9 @@ def run_comparison(systems_args: SystemsArguments, args: CompareArguments) -> Co
     from utils.metric.resampling import check_bootstrap_options
     from utils.metric.systems import read_systems, scorer_for_systems
 
+    if args.bootstrap < 1:
+        raise InputError("<command line>", "--bootstrap", f"expected a number of resamples >= 1, got {args.bootstrap}")
     check_bootstrap_options(args.bootstrap, args.confidence)
-    if args.bootstrap == 0:
-        raise InputError("<command line>", "--bootstrap", "expected a number of resamples >= 1, got 0")
     if args.output:
         check_output_path(args.output)
     systems = read_systems(systems_args.predictions, systems_args.names, at_least=2)

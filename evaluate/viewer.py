@@ -38,9 +38,9 @@ DESCRIPTION = "Offline HTML span viewer of gold and system spans (the file conta
 def run_viewer(systems_args: SystemsArguments, args: ViewerArguments) -> dict[str, Any]:
     from utils.metric.systems import read_systems, scorer_for_systems
 
+    check_output_path(args.output)
     if not args.output.lower().endswith((".html", ".htm")):
         raise InputError(args.output, "", "--output: expected an .html file")
-    check_output_path(args.output)
     systems = read_systems(systems_args.predictions, systems_args.names)
     require_punkt()
     scorer = scorer_for_systems(systems_args, systems)
