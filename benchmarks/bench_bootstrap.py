@@ -117,7 +117,8 @@ def run_benchmark(paths: MedDecPaths, n_resamples: int, n_naive: int, n_scratch:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_root", help="a MedDec-layout folder with splits/val.txt (default: the synthetic val set)")
+    parser.add_argument("--data_root",
+                        help="a MedDec-layout folder with splits/val.txt (default: the synthetic val set)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     parser.add_argument("--naive", type=int, default=300, help="resamples timed with aggregate(select)")
     parser.add_argument("--scratch", type=int, default=3, help="resamples re-scored from scratch")

@@ -8,8 +8,9 @@ offline and its Content-Security-Policy forbids every network request.
 THE FILE CONTAINS NOTE TEXT (PHI): it is written only to --output, and says so in a banner at the top. Keep it
 where your data use agreement allows such data; never upload or share it.
 
-    python evaluate/viewer.py --predictions outputs/ensemble/submission.json outputs/inference/model1/test_predictions.json \\
-        --names ensemble model1 --gold_dir MedDec/data --raw_text_dir MedDec/raw_text \\
+    python evaluate/viewer.py --names ensemble model1 \\
+        --predictions outputs/ensemble/submission.json outputs/inference/model1/test_predictions.json \\
+        --gold_dir MedDec/data --raw_text_dir MedDec/raw_text \\
         --split_file MedDec/splits/test.txt --output outputs/viewer_test.html
 
 This folder has no ``__init__.py`` on purpose: run this file directly, or load it with

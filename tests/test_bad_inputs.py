@@ -264,7 +264,8 @@ def cases() -> list[Case]:
                                                "--confidence", "1.5"]),
         ("evaluate confidence 0", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "10",
                                              "--confidence", "0"]),
-        ("evaluate seed not an int", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "10", "--seed", "x"]),
+        ("evaluate seed not an int", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "10",
+                                                "--seed", "x"]),
     ])
     # evaluate/compare.py, evaluate/errors.py, evaluate/viewer.py: several prediction sets on the same notes
     def systems(w):

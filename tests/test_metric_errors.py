@@ -49,8 +49,10 @@ def test_hand_built_note_has_exactly_the_expected_classes():
                     (1, "follow up in clinic"): ("category", 9, None), (7, "ct head negative"): ("missed", None, None),
                     (2, "consult neurology"): ("boundary", None, (8, 6))}
     pred = {key: (r.error, r.other_category, r.offsets) for key, r in note.pred_keys.items()}
-    assert pred == {(5, "start aspirin daily"): ("exact", None, None), (5, "stop warfarin now"): ("boundary", None, (0, 4)),
-                    (9, "follow up in clinic"): ("category", 1, None), (2, "neurology today"): ("boundary", None, (8, 6)),
+    assert pred == {(5, "start aspirin daily"): ("exact", None, None),
+                    (5, "stop warfarin now"): ("boundary", None, (0, 4)),
+                    (9, "follow up in clinic"): ("category", 1, None),
+                    (2, "neurology today"): ("boundary", None, (8, 6)),
                     (5, "aspirin"): ("boundary", None, (6, -6)), (3, "now"): ("spurious", None, None)}
     assert note.counts() == {"exact": 1, "boundary": 2, "category": 1, "missed": 1, "spurious": 1}
     assert len([o for o in note.occurrences if o.side == "pred"]) == 8  # 10 rows, 2 ignored; duplicates kept

@@ -143,7 +143,8 @@ def test_intervals_contain_the_official_estimate(val):
         predictions = val["sets"][name]
         report = bootstrap(scorer, predictions, 2000, seed=0)
         official = scorer.score(predictions)
-        assert report.headline["final"].estimate == official.final and report.headline["span_f1"].estimate == official.span.f1
+        assert report.headline["final"].estimate == official.final
+        assert report.headline["span_f1"].estimate == official.span.f1
         intervals = [*report.headline.values(), *(i for v in report.per_category.values() for i in v.values()),
                      *(i for groups in report.subgroups.values() for v in groups.values() for i in v.values())]
         assert len(intervals) == 7 + 18 + 3 * sum(len(g) for g in official.subgroups.values())
@@ -203,7 +204,8 @@ def test_resamples_do_not_depend_on_the_hash_seed(val):
     code = ("import json, sys; from utils.metric.punkt import use_nltk_data_dir; use_nltk_data_dir(sys.argv[1]); "
             "from utils.metric import Scorer; from utils.meddec.predictions import read_predictions; "
             "from utils.metric.resampling import bootstrap; p = sys.argv[2]; "
-            "s = Scorer.from_files(gold_dir=p + '/data', raw_text_dir=p + '/raw_text', split_file=p + '/splits/val.txt', "
+            "s = Scorer.from_files(gold_dir=p + '/data', raw_text_dir=p + '/raw_text', "
+            "split_file=p + '/splits/val.txt', "
             "stats_csv=p + '/stats.csv'); r = bootstrap(s, read_predictions(sys.argv[3]), 500, seed=5).to_dict(); "
             "print(json.dumps({k: [v['low'], v['high']] for k, v in r['headline'].items()}))")
     outs = []
@@ -247,7 +249,8 @@ def test_paired_differences_are_the_differences_of_the_same_resamples(val):
     finals = {}
     for name, s in scores.items():
         where = {n: i for i, n in enumerate(s.notes.ids)}
-        finals[name] = np.array([aggregate(s.select(np.array([where[ids[r]] for r in row]))).final for row in rows[:50]])
+        finals[name] = np.array([aggregate(s.select(np.array([where[ids[r]] for r in row]))).final
+                                 for row in rows[:50]])
     delta = finals["shifted"] - finals["mixed"]
     pair = report.pairs[0]
     official = aggregate(scores["shifted"]).final - aggregate(scores["mixed"]).final

@@ -26,8 +26,8 @@ from utils.paths import REPO_ROOT, load_module_from_path
 viewer_cli = load_module_from_path("evaluate/viewer.py", "lamar_viewer_cli")
 bench_scorer = load_module_from_path(REPO_ROOT / "benchmarks" / "bench_scorer.py", "lamar_bench_scorer")
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
-                None)
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary found: install Debian's package "
                                                              "(apt-get install chromium) to render the viewer")
 HOSTILE = 'Start aspirin daily. </script><img src=x onerror="document.title=1"> & <b>bold</b> Stop warfarin.'
@@ -114,7 +114,8 @@ def expected_spans(data: dict, note: int, cats=None, classes=None, sources=None,
 def test_viewer_data_matches_scores_and_error_classes(corpus):
     scorer, systems = corpus["scorer"], corpus["systems"]
     data = viewer_data(scorer, systems, "demo")
-    assert data["systems"] == ["shifted", "swapped"] and [c["color"] for c in data["categories"]] == list(CATEGORY_COLORS)
+    assert data["systems"] == ["shifted", "swapped"]
+    assert [c["color"] for c in data["categories"]] == list(CATEGORY_COLORS)
     assert [n["id"] for n in data["notes"]] == sorted(scorer.note_ids)
     for j, (name, predictions) in enumerate(systems.items()):
         scores = scorer.note_scores(predictions)
@@ -122,8 +123,8 @@ def test_viewer_data_matches_scores_and_error_classes(corpus):
         per_note = summarize(classified.values()).per_note
         for note in data["notes"]:
             row = scores.notes.ids.index(note["id"])
-            assert note["scores"][j] == {"span_f1": prf(int(scores.tp[row]), int(scores.fp[row]), int(scores.fn[row]))[2],
-                                         "token_f1": float(scores.token_f1[row])}
+            span_f1 = prf(int(scores.tp[row]), int(scores.fp[row]), int(scores.fn[row]))[2]
+            assert note["scores"][j] == {"span_f1": span_f1, "token_f1": float(scores.token_f1[row])}
             assert note["counts"][j] == per_note[note["id"]]
             occurrences = classified[note["id"]].occurrences
             mine = [s for s in note["spans"] if s["src"] == f"s{j}"]
@@ -266,4 +267,5 @@ def test_no_hostile_markup_runs_in_chromium(tmp_path):
     html = chromium(path.as_uri(), tmp_path)
     dom = parse(html)
     assert not any(tag in ("img", "b") for tag, _ in dom.elements[dom.elements.index(("div", dom.by_id("text"))):])
-    assert "".join(dom.text) == HOSTILE and re.search(r"<title>[^<]*</title>", html).group(0) == "<title>LAMAR span viewer</title>"
+    assert "".join(dom.text) == HOSTILE
+    assert re.search(r"<title>[^<]*</title>", html).group(0) == "<title>LAMAR span viewer</title>"

@@ -33,14 +33,16 @@ class SystemsArguments:
     gold_file: str | None = field(default=None, metadata={"help": "Optional: specific gold file (overrides gold_dir)"})
     stats_csv: str | None = field(default=None, metadata={
         "help": "Optional: path to stats.csv (worst group and final score; without it the base score is compared)"})
-    split_file: str | None = field(default=None, metadata={"help": "Optional: path to split file (e.g. splits/val.txt)"})
+    split_file: str | None = field(default=None, metadata={
+        "help": "Optional: path to split file (e.g. splits/val.txt)"})
 
 
 @dataclass
 class CompareArguments:
     """``evaluate/compare.py``: paired bootstrap comparison of two or more prediction sets."""
 
-    bootstrap: int = field(default=10000, metadata={"help": "Paired resamples of the notes (the same for every system)."})
+    bootstrap: int = field(default=10000, metadata={
+        "help": "Paired resamples of the notes (the same for every system)."})
     seed: int = field(default=0, metadata={"help": "Seed of the resamples."})
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals, in (0, 1)."})
     against_first: bool = field(default=False, metadata={

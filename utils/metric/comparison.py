@@ -115,7 +115,8 @@ class ComparisonReport:
         for pair in self.pairs:
             lines += ["", f"{pair.a} - {pair.b}:"]
             for name, diff in pair.differences.items():
-                lines.append(f"  {HEADLINE_LABELS[name]:18s} {diff.estimate:+.4f}  [{diff.low:+.4f}, {diff.high:+.4f}]  "
+                lines.append(f"  {HEADLINE_LABELS[name]:18s} {diff.estimate:+.4f}  "
+                             f"[{diff.low:+.4f}, {diff.high:+.4f}]  "
                              f"{pair.a} ahead in {diff.a_better:.1%} of resamples (ties {diff.ties:.1%})")
             lines.append(f"  => {pair.sentence()}")
         return "\n".join(lines)

@@ -158,7 +158,8 @@ def statistics(columns: NoteColumns, counts: np.ndarray) -> dict[str, np.ndarray
         out.update(worst=worst, final=(base + worst) / 2, group_base=group_base, group_span_f1=group_f1,
                    group_token_f1=group_token, group_present=present)
     if columns.category_span is not None and columns.category_token is not None:
-        for name, matrix in (("category_span_f1", columns.category_span), ("category_token_f1", columns.category_token)):
+        for name, matrix in (("category_span_f1", columns.category_span),
+                             ("category_token_f1", columns.category_token)):
             summed = (counts @ matrix).reshape(len(counts), N_CATEGORIES, 3)
             out[name] = prf_arrays(summed[..., 0], summed[..., 1], summed[..., 2])[2]
     return out
@@ -251,16 +252,18 @@ class BootstrapReport:
         percent = f"{self.confidence * 100:g}%"
         lines = [f"\nBootstrap confidence intervals: {self.n_resamples:,} resamples of the {self.n_notes} notes "
                  f"(with replacement), seed {self.seed}, {percent} percentile intervals",
-                 f"(note-sampling variation on these notes only; estimate = the official number)",
+                 "(note-sampling variation on these notes only; estimate = the official number)",
                  f"  {'':20s} {'estimate':>8s}  {percent + ' interval':>18s}"]
         for name, interval in self.headline.items():
             lines.append(f"  {HEADLINE_LABELS[name]:20s} {interval.estimate:8.4f}  "
                          f"[{interval.low:.4f}, {interval.high:.4f}]")
         if self.per_category:
-            lines.append(f"\n  {'category':34s} {'span F1':>8s}  {'interval':>16s}   {'token F1':>8s}  {'interval':>16s}")
+            lines.append(f"\n  {'category':34s} {'span F1':>8s}  {'interval':>16s}   "
+                         f"{'token F1':>8s}  {'interval':>16s}")
             for cat, values in self.per_category.items():
                 span, token = values["span_f1"], values["token_f1"]
-                lines.append(f"  {f'{cat} {ID_TO_NAME[cat]}':34s} {span.estimate:8.4f}  [{span.low:.4f}, {span.high:.4f}]"
+                lines.append(f"  {f'{cat} {ID_TO_NAME[cat]}':34s} "
+                             f"{span.estimate:8.4f}  [{span.low:.4f}, {span.high:.4f}]"
                              f"   {token.estimate:8.4f}  [{token.low:.4f}, {token.high:.4f}]")
         if self.subgroups:
             lines.append(f"\n  {'subgroup':31s} {'base':>8s}  {'interval':>16s}   resamples with the group")

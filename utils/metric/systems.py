@@ -36,7 +36,8 @@ def read_systems(paths: Sequence[str], names: Sequence[str] | None = None,
     from utils.meddec.predictions import read_predictions
 
     if len(paths) < at_least:
-        raise InputError(COMMAND_LINE, "--predictions", f"expected at least {at_least} prediction files, got {len(paths)}")
+        raise InputError(COMMAND_LINE, "--predictions",
+                         f"expected at least {at_least} prediction files, got {len(paths)}")
     labels = system_names(paths, names)
     return {label: read_predictions(path) for label, path in zip(labels, paths)}
 
