@@ -25,7 +25,7 @@ class BootstrapArguments:
 class SystemsArguments:
     """Several prediction sets scored on the same notes (the official input flags, with many predictions)."""
 
-    predictions: list[str] = field(metadata={"help": "Prediction JSON files, one per system (at least one)."})
+    predictions: list[str] = field(metadata={"help": "Prediction JSON files, one per system (compare.py: at least two)."})
     raw_text_dir: str = field(metadata={"help": "Directory containing raw text files (raw_text/)"})
     names: list[str] | None = field(default=None, metadata={
         "help": "A name per prediction file (default: the file names, with their folder when two are alike)."})
