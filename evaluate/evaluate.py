@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Sequence
 from utils.cli import parse_args, run_cli
 from utils.configs.evaluation import BootstrapArguments
 from utils.configs.pipeline import EvaluateArguments
-from utils.fileio import InputError, check_output_path, write_json_atomic
+from utils.fileio import InputError, check_output_path, warn, write_json_atomic
 from utils.meddec.predictions import read_predictions
 from utils.metric.punkt import PunktMissingError, require_punkt
 
@@ -53,6 +53,7 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     if args.output:
         check_output_path(args.output)
     from utils.metric import Scorer  # numpy and tqdm load here, not for --help
+    from utils.metric.checks import input_warnings
 
     require_punkt()
     predictions = read_predictions(args.predictions)
@@ -63,6 +64,8 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     if args.split_file:
         kept = sum(1 for name in predictions if name in scorer.split_ids)
         print(f"Filtered to {len(scorer.gold_ids)} gold files and {kept} prediction files based on {args.split_file}")
+    for line in input_warnings(scorer, predictions):
+        warn(line)
     report = scorer.score(predictions)
     print(report.format_official())
     print(report.format_per_category())

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from utils.configs.pipeline import InferenceArguments
-from utils.fileio import InputError, check_output_path
+from utils.fileio import InputError, atomic_files, check_output_path, dump_json
 from utils.generation.backends import (
     Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, new_token_budget, vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards
-from utils.meddec.predictions import write_predictions
-from utils.meddec.tables import inference_output_frame, read_notes_table, write_csv
+from utils.meddec.predictions import predictions_to_json
+from utils.meddec.tables import inference_output_frame, read_notes_table, write_frame
 from utils.prompt import render_chat_prompt
 from utils.tagging.locate import locate_spans, note_report, summarize_reports
 from utils.training.models import check_model_reference, loading_error
@@ -233,9 +233,11 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
 
 
 def write_outputs(job: Job, records: list[dict[str, Any]], id_column: str) -> None:
-    """The output CSV (input columns + results, input order) and the prediction JSON, each written atomically."""
-    write_csv(job.output, inference_output_frame(job.frame, records))
-    write_predictions(job.offsets, {job.frame[id_column].iloc[k]: r["spans"] for k, r in enumerate(records)})
+    """The output CSV (input columns + results, input order) and the prediction JSON, replaced together."""
+    spans = {job.frame[id_column].iloc[k]: r["spans"] for k, r in enumerate(records)}
+    with atomic_files([job.output, job.offsets], encoding="utf-8", newline="") as (table, offsets):
+        write_frame(table, inference_output_frame(job.frame, records))
+        dump_json(offsets, predictions_to_json(spans))
     print(f"{job.offsets}: {summarize_reports([r['report'] for r in records])}")
 
 

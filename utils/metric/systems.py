@@ -44,14 +44,22 @@ def read_systems(paths: Sequence[str], names: Sequence[str] | None = None,
 
 def scorer_for_systems(args: Any, systems: dict[str, dict[str, list[Any]]]) -> Any:
     """One :class:`utils.metric.Scorer` for every system (``args``: :class:`utils.configs.evaluation.SystemsArguments`),
-    loaded as the official script loads its inputs; texts of notes any system predicted are read too."""
+    loaded as the official script loads its inputs; texts of notes any system predicted are read too. Inputs the
+    official score accepts silently are warned about per system (:mod:`utils.metric.checks`)."""
     from utils.metric import Scorer
 
     if not args.gold_file and not args.gold_dir:
         raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
+    from utils.fileio import warn
+    from utils.metric.checks import input_warnings
+
     extra = list(dict.fromkeys(name for predictions in systems.values() for name in predictions))
-    return Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                             stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=extra)
+    scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
+                               stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=extra)
+    for name, predictions in systems.items():  # what the official score accepts silently, as evaluate.py says it
+        for line in input_warnings(scorer, predictions):
+            warn(f"{name}: {line}")
+    return scorer
 
 
 __all__ = ["read_systems", "scorer_for_systems", "system_names"]
