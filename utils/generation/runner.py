@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator, Sequence
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError, check_output_path
 from utils.generation.backends import (
-    Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, new_token_budget, vllm_engine_kwargs,
+    Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, check_vllm_copy_settings, new_token_budget,
+    vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards
 from utils.meddec.predictions import write_predictions
@@ -269,8 +270,10 @@ def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         dtype=args.dtype,
         seed=args.seed,
         extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
+        copy_constraint=args.copy_constraint,
     )
-    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed)
+    guards = CopyGuards(args.copy_max_tags_per_position, args.copy_max_open) if args.copy_constraint else None
+    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed, copy_guards=guards)
     return gen, gen.tokenizer
 
 
@@ -296,15 +299,17 @@ def validate(args: InferenceArguments) -> list[Job]:
     if args.copy_max_open is not None and args.copy_max_open < 1:
         raise InputError("--copy_max_open", "", f"expected a positive number (or nothing for no limit), "
                                                 f"got {args.copy_max_open}")
-    if args.copy_constraint and args.backend != "transformers":
-        raise InputError("--copy_constraint", "", "available on the transformers backend only (for now); add "
-                                                  "--backend transformers")
     if args.vllm_kwargs:
         try:
             if not isinstance(json.loads(args.vllm_kwargs), dict):
                 raise ValueError
         except ValueError:
             raise InputError("--vllm_kwargs", "", "expected a JSON object, e.g. '{\"enforce_eager\": true}'") from None
+    if args.copy_constraint and args.backend == "vllm":
+        try:
+            check_vllm_copy_settings(json.loads(args.vllm_kwargs) if args.vllm_kwargs else {})
+        except ValueError as err:
+            raise InputError("--copy_constraint", "", str(err)) from None
     for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--tokenizer", args.tokenizer)):
         check_model_reference(flag, value)
     return plan_jobs(args)
