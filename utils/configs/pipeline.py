@@ -97,6 +97,9 @@ class InferenceArguments:
         "help": "--copy_constraint: tags opened at one position at most."})
     copy_max_open: int | None = field(default=None, metadata={
         "help": "--copy_constraint: spans open at once at most (default: no limit)."})
+    copy_word_boundaries: bool = field(default=False, metadata={
+        "help": "--copy_constraint: no tag between two alphanumeric characters (the scorer widens such span edges "
+                "to the whole word anyway)."})
     overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
 
 

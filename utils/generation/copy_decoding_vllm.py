@@ -47,7 +47,8 @@ _INT64 = (-(2**63), 2**64 - 1)  # what SamplingParams accepts for integers in ex
 def copy_request_args(note: str, eos_ids: Sequence[int], guards: CopyGuards = CopyGuards()) -> dict[str, Any]:
     """The ``extra_args`` entry of one constrained request (plain JSON values: msgspec-serialisable)."""
     return {EXTRA_ARGS_KEY: {"note": note, "eos_ids": sorted({int(i) for i in eos_ids}),
-                             "max_tags_per_position": guards.max_tags_per_position, "max_open": guards.max_open}}
+                             "max_tags_per_position": guards.max_tags_per_position, "max_open": guards.max_open,
+                             "word_boundaries": guards.word_boundaries}}
 
 
 def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, tuple[int, ...], CopyGuards] | None:
@@ -58,7 +59,7 @@ def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, 
     where = f"extra_args[{EXTRA_ARGS_KEY!r}]"
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} must be a mapping, got {type(entry).__name__}")
-    unknown = set(entry) - {"note", "eos_ids", "max_tags_per_position", "max_open"}
+    unknown = set(entry) - {"note", "eos_ids", "max_tags_per_position", "max_open", "word_boundaries"}
     if unknown:
         raise ValueError(f"{where} has unknown keys {sorted(unknown)}")
     note = entry.get("note")
@@ -68,9 +69,11 @@ def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, 
     if not isinstance(eos, (list, tuple)) or not eos or not all(_is_int(i) and i >= 0 for i in eos):
         raise ValueError(f"{where}['eos_ids'] must be a non-empty list of token ids, got {eos!r}")
     tags, max_open = entry.get("max_tags_per_position", CopyGuards().max_tags_per_position), entry.get("max_open")
-    if not _is_int(tags) or (max_open is not None and not _is_int(max_open)):
-        raise ValueError(f"{where}: max_tags_per_position must be an int and max_open an int or None")
-    return note, tuple(sorted(set(eos))), CopyGuards(tags, max_open)  # CopyGuards raises on values below 1
+    words = entry.get("word_boundaries", False)
+    if not _is_int(tags) or (max_open is not None and not _is_int(max_open)) or not isinstance(words, bool):
+        raise ValueError(f"{where}: max_tags_per_position must be an int, max_open an int or None and "
+                         "word_boundaries a bool")
+    return note, tuple(sorted(set(eos))), CopyGuards(tags, max_open, words)  # CopyGuards raises on values below 1
 
 
 def _is_int(value: Any) -> bool:

@@ -40,7 +40,8 @@ from utils.training.models import check_model_reference, loading_error
 
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
-               "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open")
+               "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
+               "copy_word_boundaries")
 
 
 @dataclass(frozen=True)
@@ -253,9 +254,16 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         raise loading_error("--model", args.model, err) from None
 
 
+def copy_guards(args: InferenceArguments) -> CopyGuards | None:
+    """The copy constraint's guards from the flags; None when decoding is unconstrained."""
+    if not args.copy_constraint:
+        return None
+    return CopyGuards(args.copy_max_tags_per_position, args.copy_max_open, args.copy_word_boundaries)
+
+
 def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
     if args.backend == "transformers":
-        guards = CopyGuards(args.copy_max_tags_per_position, args.copy_max_open) if args.copy_constraint else None
+        guards = copy_guards(args)
         gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device,
                                     copy_constraint=args.copy_constraint, copy_guards=guards)
         return gen, gen.tokenizer
@@ -272,8 +280,7 @@ def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
         copy_constraint=args.copy_constraint,
     )
-    guards = CopyGuards(args.copy_max_tags_per_position, args.copy_max_open) if args.copy_constraint else None
-    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed, copy_guards=guards)
+    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed, copy_guards=copy_guards(args))
     return gen, gen.tokenizer
 
 
