@@ -8,6 +8,10 @@ official JSON (plus extra keys) with --output.
         --predictions predictions.json --split_file MedDec/splits/val.txt --stats_csv MedDec/stats.csv \\
         --output scores.json
 
+With ``--bootstrap 10000`` (and ``--seed``, ``--confidence``), percentile confidence intervals of every number
+(notes resampled with replacement, utils/metric/resampling.py) are printed after the report and written under
+the key ``bootstrap`` of the JSON; without it the output is exactly the official one.
+
 Texts are read as the official script reads them (universal newlines: CRLF counts as one character).
 Needs NLTK's punkt_tab model (``python -m nltk.downloader punkt_tab``); nothing is downloaded here.
 This folder has no ``__init__.py`` on purpose (the Hugging Face ``evaluate`` package keeps its name):
@@ -26,8 +30,9 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 from utils.cli import parse_args, run_cli
+from utils.configs.evaluation import BootstrapArguments
 from utils.configs.pipeline import EvaluateArguments
-from utils.fileio import InputError, check_output_path, write_json_atomic
+from utils.fileio import InputError, check_output_path, warn, write_json_atomic
 from utils.meddec.predictions import read_predictions
 from utils.metric.punkt import PunktMissingError, require_punkt
 
@@ -37,13 +42,18 @@ if TYPE_CHECKING:
 DESCRIPTION = "MedDec Shared Task Evaluation (the official MedExACT 2026 score, re-implemented exactly)."
 
 
-def run_evaluation(args: EvaluateArguments) -> ScoreReport:
-    """Score as the official main() does, printing the same lines."""
+def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = None) -> ScoreReport:
+    """Score as the official main() does, printing the same lines (then the bootstrap intervals, if asked)."""
+    boot = boot or BootstrapArguments()
     if not args.gold_file and not args.gold_dir:
         raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
+    from utils.metric.resampling import check_bootstrap_options
+
+    check_bootstrap_options(boot.bootstrap, boot.confidence)
     if args.output:
         check_output_path(args.output)
     from utils.metric import Scorer  # numpy and tqdm load here, not for --help
+    from utils.metric.checks import input_warnings
 
     require_punkt()
     predictions = read_predictions(args.predictions)
@@ -54,19 +64,28 @@ def run_evaluation(args: EvaluateArguments) -> ScoreReport:
     if args.split_file:
         kept = sum(1 for name in predictions if name in scorer.split_ids)
         print(f"Filtered to {len(scorer.gold_ids)} gold files and {kept} prediction files based on {args.split_file}")
+    for line in input_warnings(scorer, predictions):
+        warn(line)
     report = scorer.score(predictions)
     print(report.format_official())
     print(report.format_per_category())
+    result = report.to_official_dict()
+    if boot.bootstrap > 0:
+        from utils.metric.resampling import bootstrap
+
+        intervals = bootstrap(scorer, predictions, boot.bootstrap, boot.seed, boot.confidence, progress=True)
+        print(intervals.format())
+        result["bootstrap"] = intervals.to_dict()
     if args.output:
-        write_json_atomic(args.output, report.to_official_dict())
+        write_json_atomic(args.output, result)
         print(f"\nResults saved to: {args.output}")
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
-        (args,) = parse_args(EvaluateArguments, argv=argv, description=DESCRIPTION)
-        run_evaluation(args)
+        args, boot = parse_args(EvaluateArguments, BootstrapArguments, argv=argv, description=DESCRIPTION)
+        run_evaluation(args, boot)
 
     return run_cli(body, extra_errors=(PunktMissingError,))
 

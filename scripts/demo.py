@@ -257,7 +257,27 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
             "--predictions", ens / "test_submission.json", "--split_file", split["test"],
             "--stats_csv", corpus / "stats.csv", "--output", work / "eval" / "ensemble_test.json")),
     ]
+    steps += evaluation_steps(args, work)
     return steps
+
+
+def evaluation_steps(args: DemoArguments, work: Path) -> list[Step]:
+    """Researcher tools on test: the ensemble against each model (paired bootstrap), error classes, span viewer."""
+    corpus, out = work / "MedDec", work / "eval"
+    systems = [work / "ensemble" / "test_submission.json",
+               *[work / "inference" / m / "test_predictions.json" for m in MODELS]]
+    scoring = ["--predictions", *systems, "--names", "ensemble", *MODELS, "--gold_dir", corpus / "data",
+               "--raw_text_dir", corpus / "raw_text", "--split_file", corpus / "splits" / "test.txt",
+               "--stats_csv", corpus / "stats.csv"]
+    return [
+        Step("13. paired bootstrap: the ensemble against each model on test", [out / "compare_test.json"], argv=py(
+            "evaluate/compare.py", *scoring, "--against_first", "--bootstrap", "10000", "--seed", args.seed,
+            "--output", out / "compare_test.json")),
+        Step("14. error analysis on test (classes per category, confusion matrix, boundary offsets)",
+             [out / "errors" / "errors.json"], argv=py("evaluate/errors.py", *scoring, "--output_dir", out / "errors")),
+        Step("15. span viewer of test (HTML with note text: stays on this machine)", [out / "viewer_test.html"],
+             argv=py("evaluate/viewer.py", *scoring, "--output", out / "viewer_test.html")),
+    ]
 
 
 def _curriculum(train_csv: Path, out_csv: Path, profile: Profile) -> None:
@@ -296,6 +316,19 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
     for r in rows:
         lines.append(f"| {r['system']} | {r['n_spans']} | {r['span_f1']:.4f} | {r['token_f1']:.4f} | "
                      f"{r['worst_group']:.4f} | {r['final']:.4f} |")
+    return "\n".join(lines)
+
+
+def comparison_sentences(work: Path) -> str:
+    """The paired-bootstrap verdicts of step 13 as Markdown lines, and where the error analysis and viewer are."""
+    import json
+
+    data = json.loads((work / "eval" / "compare_test.json").read_text(encoding="utf-8"))
+    lines = [f"\nEnsemble against each model ({data['n_resamples']:,} paired resamples of the {data['n_notes']} "
+             "test notes):\n"]
+    lines += [f"- {pair['sentence']}" for pair in data["pairs"]]
+    lines.append(f"\nError analysis: {work / 'eval' / 'errors'}; span viewer (contains note text): "
+                 f"{work / 'eval' / 'viewer_test.html'}\n")
     return "\n".join(lines)
 
 
@@ -343,8 +376,11 @@ def run_demo(args: DemoArguments) -> list[dict[str, object]]:
     wall = round(time.perf_counter() - started, 1)
     write_json_atomic(work / "results.json", {"profile": asdict(profile), "results": rows,
                                               "step_seconds": pipeline.timings, "wall_seconds": wall})
-    write_text_atomic(work / "results.md", f"{DISCLAIMER}\n\nTest split of the synthetic corpus:\n\n{table}\n")
-    print(f"\nTest split of the synthetic corpus (profile {args.profile}, {wall} s this run):\n{table}\n\n{DISCLAIMER}")
+    comparison = comparison_sentences(work)
+    write_text_atomic(work / "results.md",
+                      f"{DISCLAIMER}\n\nTest split of the synthetic corpus:\n\n{table}\n{comparison}")
+    print(f"\nTest split of the synthetic corpus (profile {args.profile}, {wall} s this run):\n{table}\n{comparison}"
+          f"\n{DISCLAIMER}")
     return rows
 
 

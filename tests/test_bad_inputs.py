@@ -24,6 +24,9 @@ from utils import gt_to_tag, pred_to_offset
 from utils.paths import load_module_from_path
 
 evaluate = load_module_from_path("evaluate/evaluate.py", "lamar_evaluate_cli")
+compare = load_module_from_path("evaluate/compare.py", "lamar_compare_cli")
+errors = load_module_from_path("evaluate/errors.py", "lamar_errors_cli")
+viewer = load_module_from_path("evaluate/viewer.py", "lamar_viewer_cli")
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +183,14 @@ def cases() -> list[Case]:
         ("inference bad backend", lambda w: ["--input", str(w["pool.csv"]), "--backend", "tgi"]),
         ("inference outputs mismatch", lambda w: ["--input", str(w["pool.csv"]), str(w["dup.csv"])]),
         ("inference nothing to do", lambda w: []),
-        ("inference copy on vllm", lambda w: ["--input", str(w["pool.csv"]), "--backend", "vllm", "--copy_constraint"]),
+        ("inference copy on vllm raw logprobs", lambda w: ["--input", str(w["pool.csv"]), "--backend", "vllm",
+                                                           "--copy_constraint", "--vllm_kwargs",
+                                                           '{"logprobs_mode": "raw_logprobs"}']),
+        ("inference copy on vllm speculative", lambda w: ["--input", str(w["pool.csv"]), "--backend", "vllm",
+                                                          "--copy_constraint", "--vllm_kwargs",
+                                                          '{"speculative_config": {"method": "ngram"}}']),
+        ("inference copy words not bool", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
+                                                     "--copy_word_boundaries", "maybe"]),
         ("inference copy tags 0", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
                                              "--copy_max_tags_per_position", "0"]),
         ("inference recipe bad choice", lambda w: ["--input", str(w["pool.csv"]), "--config", str(w["bad_choice.yaml"])]),
@@ -272,6 +282,64 @@ def cases() -> list[Case]:
         ("evaluate stats folder", lambda w: ["--predictions", str(w["val.json"]), "--stats_csv", str(w["folder"])]),
         ("evaluate split missing", lambda w: ["--predictions", str(w["val.json"]), "--split_file", str(w["root"] / "x")]),
         ("evaluate no raw dir", lambda w: ["--predictions", str(w["val.json"]), "--raw_text_dir", str(w["folder"])]),
+    ])
+    add(evaluate.main, ev, [
+        ("evaluate negative bootstrap", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "-1"]),
+        ("evaluate bootstrap not a number", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "many"]),
+        ("evaluate confidence 1.5", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "10",
+                                               "--confidence", "1.5"]),
+        ("evaluate confidence 0", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "10",
+                                             "--confidence", "0"]),
+        ("evaluate seed not an int", lambda w: ["--predictions", str(w["val.json"]), "--bootstrap", "10",
+                                                "--seed", "x"]),
+    ])
+    # evaluate/compare.py, evaluate/errors.py, evaluate/viewer.py: several prediction sets on the same notes
+    def systems(w):
+        return ["--gold_dir", str(w["gold"]), "--raw_text_dir", str(w["raw"]), "--split_file", str(w["val_split"]),
+                "--stats_csv", str(w["stats"])]
+
+    def two(w):
+        return ["--predictions", str(w["val.json"]), str(w["val.json"]), "--names", "a", "b"]
+    for prefix, main, extra in (("compare", compare.main, lambda w: []),
+                                ("errors", errors.main, lambda w: ["--output_dir", str(w["root"] / "errs")]),
+                                ("viewer", viewer.main, lambda w: ["--output", str(w["root"] / "v.html")])):
+        base = (lambda extra: lambda w: [*systems(w), *extra(w)])(extra)
+        add(main, base, [
+            *[(f"{prefix} {n}", (lambda v: lambda w: [*v(w), str(w["val.json"]), "--names", "a", "b"])(v))
+              for n, v in bad_file_variants("--predictions")],
+            *[(f"{prefix} {n}", (lambda v: lambda w: [*two(w), *v(w)])(v)) for n, v in config_variants()],
+            (f"{prefix} bad json", lambda w: ["--predictions", str(w["val.json"]), str(w["bad.json"])]),
+            (f"{prefix} wrong shape", lambda w: ["--predictions", str(w["wrong_shape.json"]), str(w["val.json"])]),
+            (f"{prefix} too few names", lambda w: [*two(w)[:3], "--names", "a"]),
+            (f"{prefix} same names", lambda w: [*two(w)[:3], "--names", "a", "a"]),
+            (f"{prefix} same file without names", lambda w: two(w)[:3]),
+            (f"{prefix} missing gold dir", lambda w: [*two(w), "--gold_dir", str(w["root"] / "x")]),
+            (f"{prefix} no raw dir", lambda w: [*two(w), "--raw_text_dir", str(w["folder"])]),
+            (f"{prefix} split missing", lambda w: [*two(w), "--split_file", str(w["root"] / "x")]),
+            (f"{prefix} stats folder", lambda w: [*two(w), "--stats_csv", str(w["folder"])]),
+        ])
+    add(compare.main, systems, [
+        ("compare one prediction set", lambda w: ["--predictions", str(w["val.json"])]),
+        ("compare no predictions", lambda w: []),
+        ("compare zero resamples", lambda w: [*two(w), "--bootstrap", "0"]),
+        ("compare negative resamples", lambda w: [*two(w), "--bootstrap", "-5"]),
+        ("compare confidence 1", lambda w: [*two(w), "--confidence", "1"]),
+        ("compare output is a folder", lambda w: [*two(w), "--output", str(w["folder"])]),
+        ("compare output under a file", lambda w: [*two(w), "--output", str(w["a_file"] / "c.json")]),
+        ("compare bad against_first", lambda w: [*two(w), "--against_first", "maybe"]),
+    ])
+    add(errors.main, systems, [
+        ("errors no output_dir", lambda w: two(w)),
+        ("errors output_dir is a file", lambda w: [*two(w), "--output_dir", str(w["a_file"])]),
+        ("errors output_dir under a file", lambda w: [*two(w), "--output_dir", str(w["a_file"] / "e")]),
+        ("errors names give one file name", lambda w: [*two(w)[:3], "--names", "a b", "a_b", "--output_dir",
+                                                       str(w["root"] / "errs")]),
+    ])
+    add(viewer.main, systems, [
+        ("viewer no output", lambda w: two(w)),
+        ("viewer output not html", lambda w: [*two(w), "--output", str(w["root"] / "v.json")]),
+        ("viewer output is a folder", lambda w: [*two(w), "--output", str(w["folder"])]),
+        ("viewer output under a file", lambda w: [*two(w), "--output", str(w["a_file"] / "v.html")]),
     ])
     # ensemble/mbr.py and ensemble/optimize.py
     def merge(w):

@@ -117,6 +117,9 @@ def check_output(note: str, output: str, guards: CopyGuards) -> list:
         assert len(tags) <= guards.max_tags_per_position
     for span in spans:
         assert note[span.start : span.end].strip(), "a span without a visible character"
+        if guards.word_boundaries:
+            for edge in (span.start, span.end):
+                assert not (0 < edge < len(note) and note[edge - 1].isalnum() and note[edge].isalnum()), "a tag in a word"
     return spans
 
 
@@ -243,9 +246,9 @@ def test_allowed_set_equals_a_brute_force_check_of_every_token(hand_vocab):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(note=notes(max_pieces=4, long_max=12), seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3),
-       max_open=st.sampled_from([None, 1, 2]))
-def test_random_walks_over_the_hand_vocabulary_match_the_oracle(hand_vocab, note, seed, k, max_open):
-    guards = CopyGuards(k, max_open)
+       max_open=st.sampled_from([None, 1, 2]), words=st.booleans())
+def test_random_walks_over_the_hand_vocabulary_match_the_oracle(hand_vocab, note, seed, k, max_open, words):
+    guards = CopyGuards(k, max_open, words)
     ids = random_walk(hand_vocab, note, random.Random(seed), guards, oracle=True)
     check_output(note, hand_vocab.text(ids), guards)
 
@@ -328,6 +331,21 @@ def test_max_open_limits_spans_open_at_once(hand_vocab):
     assert c.complete
 
 
+def test_word_guard_keeps_tags_out_of_alphanumeric_runs(hand_vocab):
+    note = "Give 81mg, é2 x"
+    c = hand_vocab.start(note, CopyGuards(word_boundaries=True))
+    for k, char in enumerate(note):
+        inside = 0 < k and note[k - 1].isalnum() and char.isalnum()
+        assert refused(c, "<") == inside, (k, char)  # "é" is alphanumeric too, as for the scorer's str.isalnum
+        write_bytes(c, char)
+    free = hand_vocab.start("Give", CopyGuards())
+    write_bytes(free, "Gi")
+    assert not refused(free, DRUG_OPEN)  # off by default: a tag may sit anywhere between characters
+    tail = hand_vocab.start("ab", CopyGuards(word_boundaries=True))
+    write_bytes(tail, DRUG_OPEN + "ab" + DRUG_CLOSE)  # the end of the note is always an edge: a span can close
+    assert tail.complete
+
+
 def test_a_note_with_angle_brackets_keeps_both_readings(hand_vocab):
     # "<" in the note may be text or the start of a tag until the bytes tell them apart
     c = hand_vocab.start("a<b")
@@ -396,10 +414,10 @@ def test_token_bytes_are_exact_and_tags_are_atomic_only_when_single_tokens(token
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(note=notes(max_pieces=8, long_max=120), seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3))
-def test_random_walks_with_the_tiny_tokenizers(tokenizer, note, seed, k):
+@given(note=notes(max_pieces=8, long_max=120), seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3), words=st.booleans())
+def test_random_walks_with_the_tiny_tokenizers(tokenizer, note, seed, k, words):
     vocabulary = CopyVocabulary.from_tokenizer(tokenizer)
-    guards = CopyGuards(k)
+    guards = CopyGuards(k, word_boundaries=words)
     ids = random_walk(vocabulary, note, random.Random(seed), guards)
     output = vocabulary.text(ids)
     assert tokenizer.decode(ids, skip_special_tokens=True) == output
@@ -529,7 +547,7 @@ def test_inference_with_copy_constraint_writes_exact_copies_and_offsets(tmp_path
     assert (settings_line["copy_constraint"], settings_line["copy_max_tags_per_position"], settings_line["copy_max_open"]) == (True, 2, None)
 
 
-def test_copy_settings_are_resume_keys_and_vllm_is_refused(tmp_path):
+def test_copy_settings_are_resume_keys(tmp_path):
     assert resume_settings(InferenceArguments(backend="transformers"))["copy_constraint"] is False
     on = InferenceArguments(backend="transformers", copy_constraint=True, copy_max_tags_per_position=3)
     assert resume_settings(on)["copy_max_tags_per_position"] == 3
@@ -540,8 +558,7 @@ def test_copy_settings_are_resume_keys_and_vllm_is_refused(tmp_path):
     with pytest.raises(InputError, match="partial results made with other settings"):
         run(InferenceArguments(backend="transformers", model="m", input=[str(source)], output=[str(out)],
                                copy_constraint=True), lambda: pytest.fail("model loaded"), progress=False)
-    with pytest.raises(InputError, match="--copy_constraint: available on the transformers backend only"):
-        run(InferenceArguments(input=[str(source)], output=[str(out)], copy_constraint=True), lambda: pytest.fail("loaded"))
+    assert resume_settings(InferenceArguments(copy_word_boundaries=True))["copy_word_boundaries"] is True
     with pytest.raises(InputError, match="--copy_max_tags_per_position: expected a positive number, got 0"):
         run(InferenceArguments(backend="transformers", input=[str(source)], output=[str(out)], copy_constraint=True,
                                copy_max_tags_per_position=0), lambda: pytest.fail("loaded"))

@@ -77,6 +77,22 @@ def test_rerun_skips_every_finished_step(demo_run):
     assert json.loads((work / "results.json").read_text())["results"] == json.loads(before)["results"]
 
 
+def test_demo_compares_the_ensemble_with_each_model_and_writes_errors_and_viewer(demo_run):
+    work, out = demo_run
+    comparison = json.loads((work / "eval" / "compare_test.json").read_text())
+    assert [(p["a"], p["b"]) for p in comparison["pairs"]] == [("ensemble", m) for m in MODELS]
+    assert comparison["n_resamples"] == 10_000 and comparison["n_notes"] == PROFILES["ci"].n_test
+    results_md = (work / "results.md").read_text()
+    for pair in comparison["pairs"]:
+        assert pair["sentence"].startswith("final score: ensemble - model") and pair["sentence"] in results_md
+        assert f"- {pair['sentence']}" in out
+    errors = json.loads((work / "eval" / "errors" / "errors.json").read_text())
+    assert list(errors["systems"]) == ["ensemble", *MODELS]
+    assert (work / "eval" / "errors" / "ensemble_confusion.png").stat().st_size > 0
+    viewer = (work / "eval" / "viewer_test.html").read_text(encoding="utf-8")
+    assert "CONTAINS PATIENT NOTE TEXT (PHI)" in viewer and "default-src 'none'" in viewer
+
+
 def test_unknown_profile_fails_with_one_line(tmp_path, capsys):
     from scripts.demo import main
 

@@ -278,3 +278,19 @@ def test_a_changed_note_is_generated_again_and_a_second_run_is_refused(tmp_path,
     with FileLock(str(out) + ".partial.jsonl.lock"):  # as if another run were writing this output
         with pytest.raises(InputError, match=r"o.csv.partial.jsonl: another inference run is writing this output"):
             run(args, lambda: pytest.fail("model loaded"), progress=False)
+
+
+def test_the_csv_and_its_json_are_replaced_together(tmp_path, model_dir, generator, input_csv, monkeypatch):
+    out = tmp_path / "o.csv"
+    args = _args(model_dir, [input_csv], [out])
+    run(args, _factory(generator), progress=False)
+    before = (out.read_bytes(), out.with_suffix(".json").read_bytes())
+
+    def failing_dump(handle, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("utils.generation.runner.dump_json", failing_dump)
+    with pytest.raises(OSError, match="disk full"):
+        run(args, lambda: pytest.fail("model loaded"), progress=False)  # every row cached: only the outputs again
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before  # neither file replaced
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left

@@ -267,6 +267,7 @@ def test_bad_storage_and_too_many_folds_fail_before_any_trial(corpus, tmp_path, 
 def test_a_killed_tuner_resumes_to_exactly_the_uninterrupted_study(corpus, tmp_path):
     import os
     import signal
+    import sqlite3
     import subprocess
     import sys
     import time
@@ -283,27 +284,39 @@ def test_a_killed_tuner_resumes_to_exactly_the_uninterrupted_study(corpus, tmp_p
                 *_cli(corpus, tmp_path, storage, "--n_trials", "200")]
 
     whole = f"sqlite:///{tmp_path / 'whole.db'}"
-    subprocess.run(command(whole), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(command(whole), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
-    tuner = subprocess.Popen(command(killed), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    log = open(tmp_path / "tuner.log", "w")
+    tuner = subprocess.Popen(command(killed), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def finished_trials() -> int:
+        if not (tmp_path / "killed.db").exists():  # connecting would create it
+            return 0
+        try:
+            with sqlite3.connect(tmp_path / "killed.db", timeout=1) as db:
+                return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet, or busy for a moment
+            return 0
+
+    deadline = time.monotonic() + 900  # generous: the machine may be shared and slow
     written = 0
-    while written < 15 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        if (tmp_path / "killed.db").exists():
-            try:
-                written = len(optuna.load_study(study_name="s", storage=killed).trials)
-            except Exception:  # the study may not exist yet
-                written = 0
+    while written < 15:
+        if tuner.poll() is not None:
+            pytest.fail(f"the tuner ended before 15 trials (exit {tuner.returncode}): "
+                        f"{(tmp_path / 'tuner.log').read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no 15 finished trials in 900 s: {(tmp_path / 'tuner.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+        written = finished_trials()
     children = psutil.Process(tuner.pid).children(recursive=True)
     os.kill(tuner.pid, signal.SIGKILL)
     tuner.wait()
+    log.close()
     assert 15 <= written < 200 and children  # killed mid-study, with its trial writer running
     time.sleep(1.0)
     assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []  # none outlives it
     survivors = len(optuna.load_study(study_name="s", storage=killed).trials)
-    subprocess.run(command(killed), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(command(killed), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)
     resumed = optuna.load_study(study_name="s", storage=killed).trials
     uninterrupted = optuna.load_study(study_name="s", storage=whole).trials
     assert survivors < 200 and len(resumed) == len(uninterrupted) == 200

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 
 class InputError(ValueError):
@@ -46,6 +46,20 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         raise
 
 
+@contextlib.contextmanager
+def atomic_files(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> Iterator[list[TextIO]]:
+    """Several outputs that belong together, replaced together: each is written to a temporary file beside it and
+    all are moved into place only once every one is written (a failure leaves every earlier version)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_open(path, "w", **kwargs)) for path in paths]
+
+
+def dump_json(handle: TextIO, data: Any, indent: int | None = 2) -> None:
+    """JSON into an open text file: UTF-8 text, non-ASCII kept as is, a final newline."""
+    json.dump(data, handle, indent=indent, ensure_ascii=False)
+    handle.write("\n")
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` exactly (no newline translation) and atomically."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
@@ -55,8 +69,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int | None = 2) -> None:
     """Dump JSON atomically (UTF-8, non-ASCII kept as is)."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=indent, ensure_ascii=False)
-        handle.write("\n")
+        dump_json(handle, data, indent)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -5,6 +5,7 @@
 - ``utils.configs.training``: Model 1/3 (DFT) and Model 2 (GRPO), on TRL's ``SFTConfig``, ``GRPOConfig`` and
   ``ModelConfig`` (importing it loads TRL and transformers).
 - ``utils.configs.baseline``: the RoBERTa baseline on transformers' ``TrainingArguments``.
+- ``utils.configs.evaluation``: bootstrap intervals, paired comparison, error analysis, span viewer (light).
 
 The field defaults ARE the published settings (SPEC sections 4-6): they live here and nowhere else. The YAML
 recipes in ``recipes/`` are overlays that only name what a run changes (its data and output folder); every

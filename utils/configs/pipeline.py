@@ -91,11 +91,15 @@ class InferenceArguments:
         "choices": list(UNCLOSED_POLICIES)})
     copy_constraint: bool = field(default=False, metadata={
         "help": "Constrain decoding to the note with tags in between: exact offsets by construction "
-                "(utils.generation.copy_decoding; off in the published run; transformers backend)."})
+                "(utils.generation.copy_decoding; off in the published run; both backends, on vLLM through a Model "
+                "Runner V2 logits processor). Entropy is then the constrained distribution's."})
     copy_max_tags_per_position: int = field(default=2, metadata={
         "help": "--copy_constraint: tags opened at one position at most."})
     copy_max_open: int | None = field(default=None, metadata={
         "help": "--copy_constraint: spans open at once at most (default: no limit)."})
+    copy_word_boundaries: bool = field(default=False, metadata={
+        "help": "--copy_constraint: no tag between two alphanumeric characters (the scorer widens such span edges "
+                "to the whole word anyway)."})
     overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
     # Data parallelism (utils.generation.data_parallel); the defaults are one process, as published.
     data_parallel_size: int = field(default=1, metadata={

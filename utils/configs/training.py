@@ -33,17 +33,14 @@ _TARGETS_HELP = ("Module names to adapt (default: attention and MLP projections 
 
 
 @dataclass
-class DFTModelConfig(ModelConfig):
-    """Model 1 / 3: Qwen3.5-4B with a new LoRA adapter (bf16, r 256, alpha 32, rsLoRA, dropout 0)."""
+class LamarModelConfig(ModelConfig):
+    """What both model configs share: bf16 where the GPU has it, a LoRA adapter on the language model's
+    attention and MLP projections, dropout 0 (the subclasses set the base model and the adapter's size)."""
 
-    model_name_or_path: str | None = field(default=BASE_MODEL, metadata={"help": "Base model (Hub id or folder)."})
     dtype: str | None = field(default="auto", metadata={
         "help": "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32."})
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (published)."})
-    lora_r: int = field(default=256, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    use_rslora: bool = field(default=True, metadata={"help": "Rank-stabilised LoRA scaling alpha/sqrt(r)."})
     lora_target_modules: list[str] | None = field(default_factory=lambda: list(LANGUAGE_MODEL_PROJECTIONS),
                                                   metadata={"help": _TARGETS_HELP})
 
@@ -54,24 +51,23 @@ class DFTModelConfig(ModelConfig):
 
 
 @dataclass
-class GRPOModelConfig(ModelConfig):
+class DFTModelConfig(LamarModelConfig):
+    """Model 1 / 3: Qwen3.5-4B with a new LoRA adapter (r 256, alpha 32, rsLoRA)."""
+
+    model_name_or_path: str | None = field(default=BASE_MODEL, metadata={"help": "Base model (Hub id or folder)."})
+    lora_r: int = field(default=256, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    use_rslora: bool = field(default=True, metadata={"help": "Rank-stabilised LoRA scaling alpha/sqrt(r)."})
+
+
+@dataclass
+class GRPOModelConfig(LamarModelConfig):
     """Model 2: the merged Model 1 with a new small LoRA adapter (r 2, alpha 2)."""
 
     model_name_or_path: str | None = field(default=RELEASED_MODEL_1, metadata={
         "help": "Merged Model 1, or the base model with --adapter."})
-    dtype: str | None = field(default="auto", metadata={
-        "help": "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32."})
-    use_peft: bool = field(default=True, metadata={"help": "Train a new LoRA adapter (published)."})
     lora_r: int = field(default=2, metadata={"help": "Rank of the new LoRA."})
     lora_alpha: int = field(default=2, metadata={"help": "Alpha of the new LoRA."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] | None = field(default_factory=lambda: list(LANGUAGE_MODEL_PROJECTIONS),
-                                                  metadata={"help": _TARGETS_HELP})
-
-    def __post_init__(self) -> None:
-        require_positive(self, ("lora_r", "lora_alpha"))
-        require_positive(self, ("lora_dropout",), allow_zero=("lora_dropout",))
-        super().__post_init__()
 
 
 @dataclass

@@ -10,13 +10,14 @@ few ``max_lora_rank`` values and defaults to 16, too small for Model 1's r = 256
 the conversion of vLLM's outputs. Token counts include the EOS token when there is one (as vLLM counts
 them); the text never contains it.
 
-Copy-constrained decoding (``copy_constraint=True``, transformers backend; off in the published run):
-only tokens that keep the output "the note with tags in between" may be chosen (``utils.generation.copy_decoding``),
-so the de-tagged output is the note exactly. The logprob of each chosen token is then taken under the
-CONSTRAINED distribution: the log-softmax of the masked logits (the allowed tokens renormalised). It is
-never below the unconstrained logprob, so entropies of constrained and unconstrained runs are not
-comparable (e.g. with the published pseudo-label quantile). The text is assembled from the tokens' exact
-bytes.
+Copy-constrained decoding (``copy_constraint``; off in the published run): only tokens that keep the output
+"the note with tags in between" may be chosen (``utils.generation.copy_decoding``), so the de-tagged output is
+the note exactly. transformers: a ``LogitsProcessor`` (``copy_decoding_hf``); vLLM: a Model Runner V2 logits
+processor (``copy_decoding_vllm``) that gets each request's note through ``SamplingParams.extra_args``. The
+logprob of each chosen token is then taken under the CONSTRAINED distribution: the log-softmax of the masked
+logits (the allowed tokens renormalised; on vLLM through ``logprobs_mode="processed_logprobs"``). It is never
+below the unconstrained logprob, so entropies of constrained and unconstrained runs are not comparable (e.g.
+with the published pseudo-label quantile). The text is assembled from the tokens' exact bytes on both backends.
 """
 
 from __future__ import annotations
@@ -119,8 +120,13 @@ def vllm_engine_kwargs(
     dtype: str = "auto",
     seed: int = 3407,
     extra: dict[str, Any] | None = None,
+    copy_constraint: bool = False,
 ) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM``; with an adapter, LoRA is enabled with a rank that fits it."""
+    """Keyword arguments of ``vllm.LLM``; with an adapter, LoRA is enabled with a rank that fits it.
+
+    ``copy_constraint`` registers the copy-constraint logits processor and returns the logprobs of the
+    processed (masked) logits, the constrained distribution; ``extra`` may not contradict either.
+    """
     kwargs: dict[str, Any] = dict(
         model=model,
         tokenizer=tokenizer or model,
@@ -133,8 +139,37 @@ def vllm_engine_kwargs(
     )
     if adapter_r is not None:
         kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(adapter_r), max_loras=1)
-    kwargs.update(extra or {})
+    extra = dict(extra or {})
+    if copy_constraint:
+        check_vllm_copy_settings(extra)
+        from utils.generation.copy_decoding_vllm import PROCESSOR_FQCN
+
+        processors = [p for p in extra.pop("logits_processors", None) or [] if p != PROCESSOR_FQCN]
+        kwargs.update(logits_processors=[*processors, PROCESSOR_FQCN], logprobs_mode=COPY_LOGPROBS_MODE)
+    kwargs.update(extra)
     return kwargs
+
+
+COPY_LOGPROBS_MODE = "processed_logprobs"
+VLLM_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+
+
+def check_vllm_copy_settings(extra: dict[str, Any], environ: Any = None) -> None:
+    """What copy-constrained decoding cannot run with on vLLM 0.31: ValueError naming the setting.
+
+    The processor implements Model Runner V2's interface (the runner vLLM 0.31 picks by default), so the
+    runner is pinned to V2 (``VLLM_USE_V2_MODEL_RUNNER=1``) and an explicit ``0`` is refused; speculative
+    decoding (several logits rows per request) and logprobs other than the processed ones are refused too.
+    """
+    environ = os.environ if environ is None else environ
+    if str(environ.get(VLLM_RUNNER_ENV, "1")).strip().lower() in ("0", "false", "no", "off"):
+        raise ValueError(f"copy-constrained decoding runs on vLLM's Model Runner V2; unset {VLLM_RUNNER_ENV}="
+                         f"{environ[VLLM_RUNNER_ENV]}")
+    if extra.get("speculative_config") is not None:
+        raise ValueError("copy-constrained decoding does not support speculative decoding (speculative_config)")
+    if extra.get("logprobs_mode", COPY_LOGPROBS_MODE) != COPY_LOGPROBS_MODE:
+        raise ValueError(f"copy-constrained decoding reports logprobs under the constraint (logprobs_mode "
+                         f"{COPY_LOGPROBS_MODE!r}), got logprobs_mode {extra['logprobs_mode']!r}")
 
 
 def vllm_sampling_kwargs(max_tokens: int, temperature: float = 0.0, logprobs: bool = True, seed: int = 3407) -> dict[str, Any]:
@@ -169,10 +204,51 @@ def generation_from_vllm(request_output: Any) -> Generation:
     )
 
 
-class VllmGenerator:
-    """vLLM offline engine, base model plus optional LoRA adapter (or a merged model)."""
+def vllm_copy_sampling_kwargs(note: str, eos_ids: Sequence[int], guards: "CopyGuards") -> dict[str, Any]:
+    """``SamplingParams`` additions of one constrained request: its note and guards for the processor, and the
+    end-of-sequence ids the constraint may allow as stop tokens (so vLLM stops on each of them)."""
+    from utils.generation.copy_decoding_vllm import copy_request_args
 
-    def __init__(self, engine_kwargs: dict[str, Any], adapter: str | None, temperature: float, logprobs: bool, seed: int) -> None:
+    return dict(extra_args=copy_request_args(note, eos_ids, guards), stop_token_ids=sorted(set(eos_ids)))
+
+
+def engine_eos_ids(model: str, tokenizer: Any) -> set[int]:
+    """The ids vLLM stops on: the tokenizer's eos and the model's generation-config eos ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(model).eos_token_id
+    except (OSError, ValueError):  # no generation_config.json
+        eos = None
+    ids.update([eos] if isinstance(eos, int) else eos or [])
+    if not ids:
+        raise ValueError(f"{model}: neither the tokenizer nor the generation config names an end-of-sequence token")
+    return ids
+
+
+class VllmGenerator:
+    """vLLM offline engine, base model plus optional LoRA adapter (or a merged model).
+
+    With ``copy_guards`` every request is constrained to a tagged copy of its note: the engine must have been
+    configured by ``vllm_engine_kwargs(copy_constraint=True)``; Model Runner V2 is pinned in the environment
+    before the engine starts (its worker processes inherit it).
+    """
+
+    def __init__(self, engine_kwargs: dict[str, Any], adapter: str | None, temperature: float, logprobs: bool, seed: int,
+                 copy_guards: "CopyGuards | None" = None) -> None:
+        self.copy_vocabulary = None
+        self.copy_guards = copy_guards
+        if copy_guards is not None:
+            from transformers import AutoTokenizer
+
+            from utils.generation.copy_decoding import CopyVocabulary
+
+            check_vllm_copy_settings(engine_kwargs)
+            os.environ[VLLM_RUNNER_ENV] = "1"
+            tokenizer = AutoTokenizer.from_pretrained(engine_kwargs.get("tokenizer") or engine_kwargs["model"])
+            self.copy_eos_ids = engine_eos_ids(engine_kwargs["model"], tokenizer)
+            self.copy_vocabulary = CopyVocabulary.from_tokenizer(tokenizer, self.copy_eos_ids)  # checked before the engine loads
         from vllm import LLM  # GPU only: requirements-gpu.txt
 
         self.llm = LLM(**engine_kwargs)
@@ -186,15 +262,32 @@ class VllmGenerator:
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts: Sequence[str], budgets: Sequence[int], notes: Sequence[str] | None = None) -> list[Generation]:
-        if notes is not None:
-            raise NotImplementedError("copy-constrained decoding is not available on the vLLM backend yet")
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        params = [SamplingParams(**vllm_sampling_kwargs(b, self.temperature, self.logprobs, self.seed)) for b in budgets]
+        constrained = self.copy_vocabulary is not None
+        if constrained and (notes is None or len(notes) != len(prompts)):
+            raise ValueError("copy-constrained decoding needs the note of every prompt (notes=...)")
+        if not constrained and notes is not None:
+            raise ValueError("notes given, but this engine was not started with copy-constrained decoding")
+        params = []
+        for k, budget in enumerate(budgets):
+            kwargs = vllm_sampling_kwargs(budget, self.temperature, self.logprobs, self.seed)
+            if constrained:
+                kwargs.update(vllm_copy_sampling_kwargs(notes[k], self.copy_eos_ids, self.copy_guards))
+            params.append(SamplingParams(**kwargs))
         lora = LoRARequest(**vllm_lora_request_kwargs(self.adapter)) if self.adapter else None
         outputs = self.llm.generate(list(prompts), params, lora_request=lora, use_tqdm=False)
-        return [generation_from_vllm(o) for o in outputs]
+        generations = [generation_from_vllm(o) for o in outputs]
+        if constrained:  # the text from the tokens' exact bytes (the detokenizer may clean up spaces)
+            generations = [_with_exact_text(g, self.copy_vocabulary) for g in generations]
+        return generations
+
+
+def _with_exact_text(generation: Generation, vocabulary: Any) -> Generation:
+    tokens = generation.token_ids[:-1] if generation.finished else generation.token_ids
+    return Generation(vocabulary.text(tokens), generation.num_tokens, generation.logprobs, generation.finished,
+                      generation.token_ids)
 
 
 # ---------------------------------------------------------------------------------------- transformers

@@ -36,7 +36,10 @@ tags forever at one position):
 * no span without a visible character: a tag closes only when a non-whitespace character was written
   since it opened (``pred_to_offset`` drops empty and whitespace-only spans), and a tag opens only
   where a non-whitespace character is still ahead (otherwise it could never close);
-* optionally at most ``max_open`` spans open at once.
+* optionally at most ``max_open`` spans open at once;
+* optionally (``word_boundaries``) no tag between two alphanumeric characters: the official scorer widens a
+  span edge that falls inside a word to the whole word, so such a tag can never score better than one at
+  the word's edge, while a model unsure of the text escapes into tags mid-word and loses its context.
 
 Every state the machine allows can be completed (the note can always go on; every open span can close
 once its visible character is written; opening needs one ahead), so with a tokenizer that has all 256
@@ -75,6 +78,7 @@ class CopyGuards:
 
     max_tags_per_position: int = DEFAULT_MAX_TAGS_PER_POSITION
     max_open: int | None = None
+    word_boundaries: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tags_per_position < 1:
@@ -220,13 +224,16 @@ class CopyConstraint:
         self.guards = guards
         self.note = note.encode("utf-8")
         self._n = len(self.note)
-        # boundary[p]: a character starts at byte p (or p is the end); visible[p]: non-whitespace characters
+        # boundary[p]: a tag may sit at byte p: a character starts there (or p is the end), and with the
+        # word guard not between two alphanumeric characters; visible[p]: non-whitespace characters
         # starting before byte p (read at boundaries only).
         self._boundary = bytearray(self._n + 1)
         self._visible = [0] * (self._n + 1)
         position = count = 0
+        previous = ""
         for char in note:
-            self._boundary[position] = 1
+            self._boundary[position] = not (guards.word_boundaries and previous.isalnum() and char.isalnum())
+            previous = char
             self._visible[position] = count
             count += not char.isspace()
             code = ord(char)

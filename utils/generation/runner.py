@@ -27,20 +27,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from utils.configs.pipeline import InferenceArguments
-from utils.fileio import InputError, check_output_path
+from utils.fileio import InputError, atomic_files, check_output_path, dump_json
 from utils.generation.backends import (
-    Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, new_token_budget, vllm_engine_kwargs,
+    Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, check_vllm_copy_settings, new_token_budget,
+    vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards
-from utils.meddec.predictions import write_predictions
-from utils.meddec.tables import inference_output_frame, read_notes_table, write_csv
+from utils.meddec.predictions import predictions_to_json
+from utils.meddec.tables import inference_output_frame, read_notes_table, write_frame
 from utils.prompt import render_chat_prompt
 from utils.tagging.locate import locate_spans, note_report, summarize_reports
 from utils.training.models import check_model_reference, loading_error
 
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
-               "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open")
+               "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
+               "copy_word_boundaries")
 
 
 @dataclass(frozen=True)
@@ -258,9 +260,11 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
 
 
 def write_outputs(job: Job, records: list[dict[str, Any]], id_column: str) -> None:
-    """The output CSV (input columns + results, input order) and the prediction JSON, each written atomically."""
-    write_csv(job.output, inference_output_frame(job.frame, records))
-    write_predictions(job.offsets, {job.frame[id_column].iloc[k]: r["spans"] for k, r in enumerate(records)})
+    """The output CSV (input columns + results, input order) and the prediction JSON, replaced together."""
+    spans = {job.frame[id_column].iloc[k]: r["spans"] for k, r in enumerate(records)}
+    with atomic_files([job.output, job.offsets], encoding="utf-8", newline="") as (table, offsets):
+        write_frame(table, inference_output_frame(job.frame, records))
+        dump_json(offsets, predictions_to_json(spans))
     print(f"{job.offsets}: {summarize_reports([r['report'] for r in records])}")
 
 
@@ -277,9 +281,16 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         raise loading_error("--model", args.model, err) from None
 
 
+def copy_guards(args: InferenceArguments) -> CopyGuards | None:
+    """The copy constraint's guards from the flags; None when decoding is unconstrained."""
+    if not args.copy_constraint:
+        return None
+    return CopyGuards(args.copy_max_tags_per_position, args.copy_max_open, args.copy_word_boundaries)
+
+
 def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
     if args.backend == "transformers":
-        guards = CopyGuards(args.copy_max_tags_per_position, args.copy_max_open) if args.copy_constraint else None
+        guards = copy_guards(args)
         gen = TransformersGenerator(args.model, args.adapter, args.tokenizer, args.dtype, args.device,
                                     copy_constraint=args.copy_constraint, copy_guards=guards)
         return gen, gen.tokenizer
@@ -294,8 +305,9 @@ def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         dtype=args.dtype,
         seed=args.seed,
         extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
+        copy_constraint=args.copy_constraint,
     )
-    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed)
+    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed, copy_guards=copy_guards(args))
     return gen, gen.tokenizer
 
 
@@ -321,9 +333,6 @@ def validate(args: InferenceArguments) -> list[Job]:
     if args.copy_max_open is not None and args.copy_max_open < 1:
         raise InputError("--copy_max_open", "", f"expected a positive number (or nothing for no limit), "
                                                 f"got {args.copy_max_open}")
-    if args.copy_constraint and args.backend != "transformers":
-        raise InputError("--copy_constraint", "", "available on the transformers backend only (for now); add "
-                                                  "--backend transformers")
     check_sharding(args)
     if args.vllm_kwargs:
         try:
@@ -331,6 +340,11 @@ def validate(args: InferenceArguments) -> list[Job]:
                 raise ValueError
         except ValueError:
             raise InputError("--vllm_kwargs", "", "expected a JSON object, e.g. '{\"enforce_eager\": true}'") from None
+    if args.copy_constraint and args.backend == "vllm":
+        try:
+            check_vllm_copy_settings(json.loads(args.vllm_kwargs) if args.vllm_kwargs else {})
+        except ValueError as err:
+            raise InputError("--copy_constraint", "", str(err)) from None
     for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--tokenizer", args.tokenizer)):
         check_model_reference(flag, value)
     return plan_jobs(args)

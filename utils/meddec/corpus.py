@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from utils.categories import parse_gold_category
-from utils.fileio import InputError, checked_chunks, first_line, read_json
+from utils.fileio import InputError, checked_chunks, first_line, read_json, warn
 
 DISCHARGE_CATEGORY = "Discharge summary"
 NOTEEVENTS_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "CATEGORY", "DESCRIPTION", "TEXT")
@@ -208,6 +208,10 @@ def read_stats(path: str | os.PathLike[str]) -> dict[tuple[int, int, int], Demog
         missing = [c for c in ("SUBJECT_ID", "HADM_ID", "ROW_ID") if c not in fieldnames]
         if missing:
             raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {','.join(STATS_COLUMNS)}")
+        absent = [c for c in ("GENDER", "ETHNICITY", "LANGUAGE") if c not in fieldnames]
+        if absent:
+            warn(f"{path}: no column(s) {', '.join(absent)} (renamed?): every note then falls in the fallback group "
+                 "of that dimension (sex: none, race: Other, language: Non-English), as officially")
         try:
             for row in reader:
                 try:

@@ -11,6 +11,16 @@ Layers, each usable alone:
 - :mod:`~utils.metric.table` :class:`SpanTableScorer`: prediction sets named by rows of one span table
 - :mod:`~utils.metric.punkt` NLTK's punkt_tab model that the token F1 needs (``python -m utils.metric.punkt``)
 
+Built on the per-note results, for researchers (not part of the official score):
+
+- :mod:`~utils.metric.breakdown` per-note, per-category span and token counts
+- :mod:`~utils.metric.resampling` bootstrap confidence intervals, vectorised (:func:`bootstrap`)
+- :mod:`~utils.metric.comparison` paired bootstrap comparison of prediction sets (:func:`compare`)
+- :mod:`~utils.metric.errors` span error classes (exact, boundary, category, missed, spurious);
+  :mod:`~utils.metric.error_plots` their PNG plots
+- :mod:`~utils.metric.viewer` the offline HTML span viewer (:func:`write_viewer`; the file holds note text)
+- :mod:`~utils.metric.systems` several named prediction sets scored by one scorer
+
 The names below are imported on first use, so ``python -m utils.metric.punkt`` and CLIs that only need a
 reader do not pay for numpy and tqdm (about 0.15 s).
 """
@@ -29,6 +39,10 @@ _EXPORTS = {
     "report": ("CategoryScore", "Headline", "ScoreReport", "SpanScore", "SubgroupScore"),
     "scorer": ("OFFICIAL_REFERENCE", "Scorer", "SpanKey", "score_files"),
     "table": ("SpanTableScorer",),
+    "resampling": ("BootstrapReport", "bootstrap", "bootstrap_note_scores"),
+    "comparison": ("ComparisonReport", "compare", "compare_note_scores"),
+    "errors": ("classify_predictions",),
+    "viewer": ("write_viewer",),
     "punkt": ("PUNKT_INSTALL_COMMAND", "PunktMissingError", "punkt_available", "require_punkt", "train_punkt_model",
               "use_nltk_data_dir"),
 }
@@ -51,6 +65,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above load lazily
+    from utils.metric.comparison import ComparisonReport, compare, compare_note_scores
+    from utils.metric.errors import classify_predictions
     from utils.metric.notes import NoteScores, NoteSet, aggregate
     from utils.metric.punkt import (
         PUNKT_INSTALL_COMMAND, PunktMissingError, punkt_available, require_punkt, train_punkt_model, use_nltk_data_dir,
@@ -63,6 +79,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from utils.metric.scorer import OFFICIAL_REFERENCE, Scorer, SpanKey, score_files
     from utils.metric.spans import refine_span, refined_text
     from utils.metric.table import SpanTableScorer
+    from utils.metric.resampling import BootstrapReport, bootstrap, bootstrap_note_scores
+    from utils.metric.viewer import write_viewer
     from utils.metric.tokens import (
         N_LABELS, confusion, label_order_of, macro_token_f1, official_tokens, prf, token_labels,
     )

@@ -142,10 +142,12 @@ class Scorer:
         self._gold_sets: dict[str, set[SpanKey]] = {}
         self._gold_labels: dict[str, np.ndarray] = {}
         self._gold_order: dict[str, list[int]] = {}
+        self._gold_rows: dict[str, tuple[SpanRow, ...]] = {}
         for note_id, annotations in tqdm(gold.items(), desc="tokenising gold notes", unit="note", leave=False,
                                          disable=len(gold) < 20):
             note = self._note(note_id)
             rows = gold_rows(annotations)
+            self._gold_rows[note_id] = tuple(rows)
             self._gold_sets[note_id] = note.span_set(rows)
             if note.scored:
                 labels = token_labels(note.starts, note.ends, valid_span_array(rows))
@@ -238,6 +240,11 @@ class Scorer:
     def gold_spans(self, note_id: str) -> frozenset[SpanKey]:
         """The note's gold spans as matched: (category, lowercased refined text); empty outside the gold set."""
         return frozenset(self._gold_sets.get(note_id, ()))
+
+    def gold_rows(self, note_id: str) -> tuple[SpanRow, ...]:
+        """The note's gold annotations as (start, end, category 0-9) rows in list order (the positions behind
+        :meth:`gold_spans`; category 0 is out of scope); empty outside the gold set."""
+        return self._gold_rows.get(note_id, ())
 
     def span_keys(self, note_id: str, rows: Sequence[SpanRow]) -> list[SpanKey | None]:
         """(category, lowercased refined text) per (start, end, category) row of this note, None for a row

@@ -8,14 +8,13 @@ empty gold columns; train and validation notes must have one. Nothing is written
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from utils.fileio import InputError, atomic_open, check_output_path, warn
+from utils.fileio import InputError, atomic_files, check_output_path, warn
 from utils.meddec.corpus import Annotation, read_gold_dir, read_raw_text, read_split
 from utils.meddec.tables import read_notes_texts, tagged_frame, write_frame
 from utils.tagging.convert import gold_row
@@ -98,7 +97,6 @@ def warn_about_shared_ids(ids_by_split: Mapping[str, Sequence[str]]) -> None:
 def write_all_or_nothing(tables: Mapping[Path, Sequence[Mapping[str, str]]]) -> None:
     """Write several tagged split tables so that either every one is replaced or none is (a failure while
     writing any of them leaves all earlier versions in place)."""
-    with contextlib.ExitStack() as stack:
-        handles = {path: stack.enter_context(atomic_open(path, "w", encoding="utf-8", newline="")) for path in tables}
-        for path, rows in tables.items():
-            write_frame(handles[path], tagged_frame(rows))
+    with atomic_files(list(tables), encoding="utf-8", newline="") as handles:
+        for handle, rows in zip(handles, tables.values()):
+            write_frame(handle, tagged_frame(rows))

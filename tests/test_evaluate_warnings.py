@@ -1,0 +1,48 @@
+"""evaluate/evaluate.py keeps the official numbers on inputs the official script accepts silently, and says what
+it accepted: one counted warning line per kind (tests/fixtures/scorer/cases/all_traps holds one of each)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from utils.paths import REPO_ROOT, load_module_from_path
+
+evaluate = load_module_from_path("evaluate/evaluate.py", "lamar_evaluate_for_warnings")
+CASE = REPO_ROOT / "tests" / "fixtures" / "scorer" / "cases" / "all_traps"
+
+
+def _argv(case, out):
+    return ["--gold_dir", str(case / "data"), "--raw_text_dir", str(case / "raw_text"), "--predictions",
+            str(case / "predictions.json"), "--split_file", str(case / "split.txt"), "--stats_csv",
+            str(case / "stats.csv"), "--output", str(out)]
+
+
+def test_accepted_traps_are_counted_and_the_numbers_stay_official(tmp_path, capsys):
+    assert evaluate.main(_argv(CASE, tmp_path / "s.json")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [
+        "warning: 1 predicted note(s) have no gold annotations (e.g. 107_2007_3007): their spans all count as false "
+        "positives, as officially",
+        "warning: 2 predicted span(s) have a category outside 1-9: ignored, as officially",
+        "warning: 4 predicted span(s) are empty or reach outside their note's text: scored as given (Python "
+        "slicing), as officially",
+        "warning: 2 note(s) of the split have no gold file (e.g. 107_2007_3007, not_a_note): not scored, as "
+        "officially",
+        "warning: 1 gold note(s) have no row in stats.csv (e.g. 106_2006_3006): in no subgroup, as officially",
+    ]
+    ours = json.loads((tmp_path / "s.json").read_text())
+    expected = json.loads((CASE / "expected.json").read_text())  # recorded from the official script
+    assert ours["token_f1"] == expected["token_f1"] and ours["shared_task"] == expected["shared_task"]
+    assert {k: ours["span_f1"][k] for k in ("precision", "recall", "f1")} == expected["span_f1"]
+
+
+def test_a_renamed_stats_column_is_warned_about(tmp_path, capsys):
+    case = tmp_path / "case"
+    shutil.copytree(CASE, case)
+    stats = (case / "stats.csv").read_text().replace("ETHNICITY", "RACE", 1)
+    (case / "stats.csv").write_text(stats)
+    assert evaluate.main(_argv(case, tmp_path / "s.json")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert (f"warning: {case / 'stats.csv'}: no column(s) ETHNICITY (renamed?): every note then falls in the fallback "
+            "group of that dimension (sex: none, race: Other, language: Non-English), as officially") in warnings
