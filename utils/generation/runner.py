@@ -35,6 +35,7 @@ from utils.meddec.predictions import write_predictions
 from utils.meddec.tables import inference_output_frame, read_notes_table, write_csv
 from utils.prompt import render_chat_prompt
 from utils.tagging.locate import locate_spans, note_report, summarize_reports
+from utils.training.layout import adapter_for_vllm
 from utils.training.models import check_model_reference, loading_error
 
 # Settings that change the outputs: a partial file made with others is not reused.
@@ -248,6 +249,8 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
             raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt); "
                                                   "on this machine add --backend transformers") from None
         raise
+    except InputError:  # already names the file (e.g. an adapter of another model)
+        raise
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", args.model, err) from None
 
@@ -270,7 +273,9 @@ def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         seed=args.seed,
         extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
     )
-    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed)
+    # vLLM's image-text-to-text class skips LoRA names it cannot map: give it the adapter in its own layout.
+    adapter = adapter_for_vllm(args.adapter, args.model) if args.adapter else None
+    gen = VllmGenerator(engine, adapter, args.temperature, args.logprobs, args.seed)
     return gen, gen.tokenizer
 
 

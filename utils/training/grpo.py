@@ -99,7 +99,9 @@ def start_model(script: GRPOScriptArguments, model_args: GRPOModelConfig, config
 def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: LamarGRPOConfig,
                   reward_funcs: Sequence[Callable[..., list[float]]] | None = None) -> LamarGRPOTrainer:
     """The GRPO trainer (start model merged if needed, data filtered, rewards chosen, new LoRA attached)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from utils.training.layout import load_generative_model
 
     frame = read_training_frame(script.train_csv)
     if script.max_train_samples is not None:
@@ -108,7 +110,11 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     start = start_model(script, model_args, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(start)
-        model = AutoModelForCausalLM.from_pretrained(start, dtype=resolve_dtype(model_args.dtype))
+        # The class the checkpoint names: vLLM (colocate) builds that class from the same folder, and TRL syncs the
+        # policy's parameter names into it, which must therefore be that class's names (utils.training.layout).
+        model = load_generative_model(start, dtype=resolve_dtype(model_args.dtype))
+    except InputError:
+        raise
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model_name_or_path", start, err) from None
     tokenizer.padding_side = "left"
