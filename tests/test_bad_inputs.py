@@ -204,6 +204,8 @@ def cases() -> list[Case]:
         ("train_dft no gold columns", lambda w: ["--train_csv", str(w["pool.csv"])]),
         ("train_dft missing model", lambda w: ["--train_csv", str(w["train_csv"]), "--model_name_or_path", "/no/model"]),
         ("train_dft unsloth on cpu", lambda w: ["--train_csv", str(w["train_csv"]), "--backend", "unsloth"]),
+        ("train_dft bad dft_route", lambda w: ["--train_csv", str(w["train_csv"]), "--dft_route", "liger"]),
+        ("train_dft kernel route on hf", lambda w: ["--train_csv", str(w["train_csv"]), "--dft_route", "kernel"]),
     ])
 
     def grpo(w):
