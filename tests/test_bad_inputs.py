@@ -220,6 +220,8 @@ def cases() -> list[Case]:
         ("train_grpo missing adapter", lambda w: ["--train_csv", str(w["train_csv"]), "--adapter", "/no/adapter"]),
         ("train_grpo vllm forced", lambda w: ["--train_csv", str(w["train_csv"]), "--use_vllm_mode", "true"]),
         ("train_grpo lr text", lambda w: ["--train_csv", str(w["train_csv"]), "--learning_rate", "high"]),
+        ("train_grpo vllm context too short", lambda w: ["--train_csv", str(w["train_csv"]), "--vllm_max_model_length",
+                                                         "100"]),
     ])
     # scripts/push_to_hub.py
     def push(w):

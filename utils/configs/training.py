@@ -183,6 +183,10 @@ class LamarGRPOConfig(GRPOConfig):
     bf16: bool | None = None
     chat_template_kwargs: dict | None = field(default_factory=lambda: {"enable_thinking": False})
     vllm_mode: str = "colocate"
+    # Colocated vLLM's share of the GPU (TRL's default, stated): on the published single 80 GB GPU it holds the bf16
+    # weights (~9 GB), KV cache for every rollout of a generation batch at full context (8 x 24,576 tokens x 32 KiB
+    # for Qwen3.5-4B's 8 full-attention layers = 6 GiB) and the linear-attention states, leaving ~56 GB to training.
+    vllm_gpu_memory_utilization: float = 0.3
     gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
 
     def __post_init__(self) -> None:

@@ -246,3 +246,28 @@ def adapter_for_vllm(adapter: str, checkpoint: str, workdir: str | os.PathLike[s
         workdir = tempfile.mkdtemp(prefix="lamar_vllm_adapter_")
         atexit.register(shutil.rmtree, workdir, True)
     return str(convert_adapter(adapter, layout, workdir))
+
+
+# vLLM 0.31 renames checkpoint weights with each Qwen3.5 class's ``hf_to_vllm_mapper`` (first matching prefix; None =
+# dropped) and then looks them up among its own top-level modules; an unknown name raises "There is no module or
+# parameter named ..." (vllm/model_executor/models/qwen3_5.py, qwen3_vl.py, utils.py).
+VLLM_WEIGHT_PREFIXES: dict[str, tuple[dict[str, str | None], tuple[str, ...]]] = {
+    CAUSAL_LM: ({"model.language_model.": "model.", "mtp.": None}, ("model.", "lm_head.")),
+    IMAGE_TEXT_TO_TEXT: ({"model.visual.": "visual.", "lm_head.": "language_model.lm_head.",
+                          "model.language_model.": "language_model.model.", "mtp.": None},
+                         ("visual.", "language_model.")),
+}
+
+
+def unmappable_vllm_weights(names: Any, layout: str) -> list[str]:
+    """The weight names vLLM's class for a checkpoint of ``layout`` would refuse (e.g. TRL's colocated weight sync)."""
+    renames, roots = VLLM_WEIGHT_PREFIXES[layout]
+    refused = []
+    for name in names:
+        for old, new in renames.items():
+            if name.startswith(old):
+                name = None if new is None else new + name[len(old):]
+                break
+        if name is not None and not name.startswith(roots):
+            refused.append(name)
+    return refused
