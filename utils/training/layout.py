@@ -259,15 +259,18 @@ VLLM_WEIGHT_PREFIXES: dict[str, tuple[dict[str, str | None], tuple[str, ...]]] =
 }
 
 
+def vllm_weight_name(name: str, layout: str) -> str | None:
+    """The name vLLM's class for a ``layout`` checkpoint gives a weight (None: dropped, e.g. ``mtp.*``; a name outside
+    its modules is returned unchanged and :func:`unmappable_vllm_weights` reports it)."""
+    renames, _ = VLLM_WEIGHT_PREFIXES[layout]
+    for old, new in renames.items():
+        if name.startswith(old):
+            return None if new is None else new + name[len(old):]
+    return name
+
+
 def unmappable_vllm_weights(names: Any, layout: str) -> list[str]:
     """The weight names vLLM's class for a checkpoint of ``layout`` would refuse (e.g. TRL's colocated weight sync)."""
-    renames, roots = VLLM_WEIGHT_PREFIXES[layout]
-    refused = []
-    for name in names:
-        for old, new in renames.items():
-            if name.startswith(old):
-                name = None if new is None else new + name[len(old):]
-                break
-        if name is not None and not name.startswith(roots):
-            refused.append(name)
-    return refused
+    roots = VLLM_WEIGHT_PREFIXES[layout][1]
+    mapped = (vllm_weight_name(name, layout) for name in names)
+    return [name for name in mapped if name is not None and not name.startswith(roots)]
