@@ -11,12 +11,13 @@ end of the run (and as each test finishes, with ``-s``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from utils.testing.gpu_checks import GPU_SKIP_REASON, REPORT, build_tiny_gpu_qwen35, missing_distribution, run_script
+from utils.testing.gpu_checks import GPU_SKIP_REASON, OFFLINE_ENV, REPORT, build_tiny_gpu_qwen35, missing_distribution, run_script
 
 GPU_DIR = Path(__file__).resolve().parent
 
@@ -30,6 +31,12 @@ def pytest_collection_modifyitems(config, items) -> None:
         skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
         for item in ours:
             item.add_marker(skip)
+
+
+def pytest_configure(config) -> None:
+    if torch.cuda.is_available():  # the suite is offline: tiny local models only
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -68,12 +68,12 @@ def measure(fn: Callable[[], Any], device: str | torch.device = "cuda") -> tuple
 
 def kernel_case(rows: int, vocab: int, dtype: torch.dtype, device: str | torch.device = "cpu",
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (rows x vocab, scale 3) and labels with every 7th row ignored (-100), reproducible."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    logits = (torch.randn(rows, vocab, generator=generator) * 3).to(device=device, dtype=dtype)
-    labels = torch.randint(0, vocab, (rows,), generator=generator)
+    """Logits (rows x vocab, scale 3) and labels with every 7th row ignored (-100), reproducible per device."""
+    generator = torch.Generator(device=device).manual_seed(seed)  # drawn on the device: 6e9 values at full size
+    logits = (torch.randn(rows, vocab, generator=generator, device=device) * 3).to(dtype)
+    labels = torch.randint(0, vocab, (rows,), generator=generator, device=device)
     labels[::7] = -100
-    return logits, labels.to(device)
+    return logits, labels
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,12 @@ def save_processor_if_possible(out: Path, tokenizer: Any) -> bool:
     try:
         from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-        processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-                                     video_processor=Qwen3VLVideoProcessor(), chat_template=tokenizer.chat_template)
+        # Qwen3.5's vision geometry (patch 16, merge 2, 2 frames), small images: vLLM's profiling stays small.
+        geometry = dict(patch_size=16, temporal_patch_size=2, merge_size=2,
+                        size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256})
+        processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**geometry), tokenizer=tokenizer,
+                                     video_processor=Qwen3VLVideoProcessor(**geometry),
+                                     chat_template=tokenizer.chat_template)
     except (ImportError, ValueError, TypeError):  # the video processor needs torchvision
         return False
     processor.save_pretrained(str(out))
@@ -289,6 +293,9 @@ def missing_distribution(name: str) -> str | None:
     return None
 
 
+# The suite never needs a network: no Hub look-ups, no usage statistics (GPU machines may have no internet at all).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
 REPORT: list[str] = []  # blocks printed again at the end of the GPU run (tests/gpu/conftest.py)
 
 
@@ -305,7 +312,7 @@ def run_script(args: Sequence[str], log: str | Path, timeout: int = 420) -> tupl
 
     start = time.perf_counter()
     result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                            env={**os.environ, **OFFLINE_ENV})
     seconds = time.perf_counter() - start
     Path(log).write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
     return result, seconds
