@@ -233,6 +233,8 @@ def cases() -> list[Case]:
         ("train_dft no gold columns", lambda w: ["--train_csv", str(w["pool.csv"])]),
         ("train_dft missing model", lambda w: ["--train_csv", str(w["train_csv"]), "--model_name_or_path", "/no/model"]),
         ("train_dft unsloth on cpu", lambda w: ["--train_csv", str(w["train_csv"]), "--backend", "unsloth"]),
+        ("train_dft bad dft_route", lambda w: ["--train_csv", str(w["train_csv"]), "--dft_route", "liger"]),
+        ("train_dft kernel route on hf", lambda w: ["--train_csv", str(w["train_csv"]), "--dft_route", "kernel"]),
     ])
 
     def grpo(w):
@@ -247,6 +249,8 @@ def cases() -> list[Case]:
         ("train_grpo missing adapter", lambda w: ["--train_csv", str(w["train_csv"]), "--adapter", "/no/adapter"]),
         ("train_grpo vllm forced", lambda w: ["--train_csv", str(w["train_csv"]), "--use_vllm_mode", "true"]),
         ("train_grpo lr text", lambda w: ["--train_csv", str(w["train_csv"]), "--learning_rate", "high"]),
+        ("train_grpo vllm context too short", lambda w: ["--train_csv", str(w["train_csv"]), "--vllm_max_model_length",
+                                                         "100"]),
     ])
     # scripts/push_to_hub.py
     def push(w):

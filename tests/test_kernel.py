@@ -152,6 +152,16 @@ def case_bad_labels_and_chunk_sizes_are_rejected(kernel) -> None:
         kernel.fast_cross_entropy_loss(logits, labels[:, :1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def case_the_gpu_suite_comparison_accepts_the_kernel(kernel, dtype) -> None:
+    """tests/gpu/test_kernel_gpu.py's check, with its tolerances, on a small vocabulary split into 5 chunks."""
+    from utils.testing.gpu_checks import KERNEL_TOLERANCES, compare_to_reference, kernel_case
+
+    logits, labels = kernel_case(9, 300, dtype)
+    comparison = compare_to_reference(lambda x, y: kernel.fast_cross_entropy_loss(x, y, chunk_size=64), logits, labels)
+    assert comparison.within(*KERNEL_TOLERANCES[dtype]), comparison
+
+
 def case_install_into_unsloth_rebinds_every_importer_and_counts_calls(kernel, monkeypatch) -> None:
     def original_fn(*args, **kwargs):
         raise AssertionError("the original Unsloth loss must not run after install")
@@ -209,4 +219,4 @@ else:
         report = result.stdout[-8000:] + result.stderr[-2000:]
         assert result.returncode == 0, report
         n_cases = sum(1 for line in result.stdout.splitlines() if line.startswith("PASSED "))
-        assert n_cases == 14 and "skipped" not in result.stdout, report
+        assert n_cases == 16 and "skipped" not in result.stdout, report

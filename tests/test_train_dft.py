@@ -15,16 +15,22 @@ from utils.cli import parse_args
 from utils.configs.training import DFTConfig, DFTModelConfig, DFTScriptArguments
 from utils.training import sft
 from utils.training.dft import (
-    BatchLosses,
+    MEAN_OF_MEANS,
+    TOKEN_MEAN,
     DFTNotInEffectError,
-    check_dft_in_effect,
+    StepLosses,
+    TokenSums,
     check_kernel_ran,
+    check_loss_in_effect,
     dft_loss,
+    expected_step_losses,
     per_token_cross_entropy,
     per_token_dft_loss,
-    shift_labels,
+    token_sums,
 )
-from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
+from utils.testing.tiny_models import (
+    build_tiny_qwen35, build_tiny_qwen35_vl, build_tiny_tokenizer, write_tiny_tagged_csv,
+)
 from utils.training.data import answer_token_stats, read_training_frame, sft_records, to_dataset
 
 FAST = ["--backend", "hf", "--lora_r", "8", "--lora_alpha", "16", "--max_length", "2048", "--report_to", "none",
@@ -39,7 +45,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rows = write_tiny_tagged_csv(root / "train.csv", n_notes=2, seed=0, mean_chars=150, mean_spans=2)
     tokenizer = build_tiny_tokenizer([r["raw_text"] for r in rows] * 3)
     model = build_tiny_qwen35(root / "model", tokenizer, num_layers=1, seed=0)
-    return {"root": root, "csv": root / "train.csv", "model": model}
+    vl = build_tiny_qwen35_vl(root / "vl", tokenizer, num_layers=1, seed=0)
+    return {"root": root, "csv": root / "train.csv", "model": model, "vl": vl}
 
 
 def run_cli(tiny, out: Path, *extra: str) -> int:
@@ -66,60 +73,105 @@ def test_dft_value_is_p_times_minus_log_p_and_gradient_is_p_times_ce_gradient() 
     torch.testing.assert_close(x_dft.grad, x_ce.grad * p[..., None])
 
 
-def test_shift_labels_aligns_position_i_with_token_i_plus_1() -> None:
-    assert shift_labels(torch.tensor([[1, 2, 3]])).tolist() == [[2, 3, -100]]
+def test_token_sums_use_only_label_log_probs_inside_the_mask() -> None:
+    log_probs = torch.tensor([[-0.5, 0.0, -2.0], [-1.0, -3.0, 0.0]])
+    mask = torch.tensor([[True, False, True], [True, False, False]])
+    sums = token_sums(log_probs, mask)
+    p = torch.tensor([-0.5, -2.0, -1.0]).exp()
+    assert sums.tokens == 3
+    assert sums.nll == pytest.approx(3.5)
+    assert sums.dft == pytest.approx(float((p * torch.tensor([0.5, 2.0, 1.0])).sum()))
 
 
-def test_guard_accepts_dft_and_names_both_numbers_when_ce_runs_instead() -> None:
-    losses = BatchLosses(ce=6.9, dft=0.45, n_items=10)
-    check_dft_in_effect(0.4501, losses)
-    with pytest.raises(DFTNotInEffectError, match=r"training loss 6\.9 equals plain cross-entropy 6\.9.*DFT is NOT"):
-        check_dft_in_effect(6.9, losses)
-    with pytest.raises(DFTNotInEffectError, match="neither the DFT loss 0.45 nor cross-entropy 6.9"):
-        check_dft_in_effect(3.0, losses)
-    with pytest.raises(DFTNotInEffectError, match="cannot tell DFT from cross-entropy"):
-        check_dft_in_effect(0.0, BatchLosses(ce=1e-9, dft=1e-9, n_items=1))
+def test_step_losses_follow_the_trainer_normalisation() -> None:
+    micro = [TokenSums(dft=1.0, nll=10.0, tokens=2), TokenSums(dft=3.0, nll=6.0, tokens=6)]
+    # Qwen3_5ForCausalLM (accepts loss kwargs): sums over the whole step / all answer tokens of the step.
+    token_mean = expected_step_losses(micro, token_mean=True)
+    assert (token_mean.dft, token_mean.nll, token_mean.normalisation) == (0.5, 2.0, TOKEN_MEAN)
+    # 2 ranks with 8 tokens each: / 16 tokens, x 2 processes (TRL's average_tokens_across_devices scaling).
+    assert expected_step_losses(micro, True, total_tokens=16, scale=2.0).dft == pytest.approx(0.5)
+    # Qwen3_5ForConditionalGeneration (what Unsloth loads): each micro-batch / its own tokens, then / GA steps.
+    means = expected_step_losses(micro, token_mean=False)
+    assert (means.dft, means.nll, means.normalisation) == (pytest.approx((0.5 + 0.5) / 2), pytest.approx(3.0),
+                                                            MEAN_OF_MEANS)
+    assert expected_step_losses([TokenSums(1.0, 2.0, 0)], False).dft == 1.0  # no answer token: / 1, as TRL clamps
+    with pytest.raises(ValueError, match="no micro-batch"):
+        expected_step_losses([], True)
+
+
+def test_guard_accepts_the_expected_loss_and_names_the_numbers_otherwise() -> None:
+    step = StepLosses(dft=0.45, nll=6.9, normalisation=TOKEN_MEAN)
+    check_loss_in_effect(0.4501, step, "dft")
+    check_loss_in_effect(6.9, step, "nll")
+    with pytest.raises(DFTNotInEffectError, match=r"plain cross-entropy, not DFT \(reported 6\.9; DFT 0\.45, NLL 6\.9 "
+                                                  r"from the fused head's log-probs, token mean .*DFT is NOT in effect"):
+        check_loss_in_effect(6.9, step, "dft")
+    with pytest.raises(DFTNotInEffectError, match="is DFT, not the plain cross-entropy of --loss nll"):
+        check_loss_in_effect(0.45, step, "nll")
+    with pytest.raises(DFTNotInEffectError, match="neither DFT nor plain cross-entropy"):
+        check_loss_in_effect(3.0, step, "dft")
+    with pytest.raises(DFTNotInEffectError, match="cannot tell DFT from plain cross-entropy"):
+        check_loss_in_effect(0.0, StepLosses(1e-9, 1e-9, TOKEN_MEAN))
 
 
 def test_kernel_guard_fires_when_the_patched_kernel_never_ran() -> None:
     check_kernel_ran(3, 5)
-    with pytest.raises(DFTNotInEffectError, match="never called during the first optimisation step"):
+    with pytest.raises(DFTNotInEffectError, match="never called during the first optimisation step.*--dft_route fused"):
         check_kernel_ran(3, 3)
     guard = sft.KernelCallGuard(lambda: 7)
     guard.on_step_begin(None, None, None)
     with pytest.raises(DFTNotInEffectError):
-        guard.on_step_end(None, None, None)
+        guard.on_pre_optimizer_step(None, None, None)  # before the optimiser changes anything
 
 
 # --- the hf backend -----------------------------------------------------------------------------------------
 
 
-def _trainer(tiny, out: Path, loss_type: str, expected: str) -> sft.GuardedSFTTrainer:
+def _trainer(tiny, out: Path, loss_type: str, expected: str, model: str = "model",
+             accumulation: int = 1) -> sft.GuardedSFTTrainer:
     """A guarded trainer whose TRL loss_type may disagree with what the guard expects (simulated mis-routing)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    script, _, config = parse(["--model_name_or_path", str(tiny["model"]), "--train_csv", str(tiny["csv"]),
-                               "--output_dir", str(out), *FAST, "--max_steps", "1"])
+    from utils.training.layout import load_generative_model
+
+    script, _, config = parse(["--model_name_or_path", str(tiny[model]), "--train_csv", str(tiny["csv"]),
+                               "--output_dir", str(out), *FAST, "--max_steps", "1",
+                               "--gradient_accumulation_steps", str(accumulation)])
     config.loss_type = loss_type
     dataset = to_dataset(sft_records(read_training_frame(tiny["csv"])))
     return sft.GuardedSFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny["model"]), args=config, train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(tiny["model"]), expected_loss=expected,
+        model=load_generative_model(str(tiny[model])), args=config, train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(tiny[model]), expected_loss=expected,
     )
 
 
-@pytest.mark.slow
-def test_trl_dft_loss_equals_our_reference_and_is_far_below_ce(tiny, tmp_path: Path) -> None:
-    trainer = _trainer(tiny, tmp_path / "ok", loss_type="dft", expected="dft")
+@pytest.mark.parametrize(("model", "normalisation"), [("model", TOKEN_MEAN), ("vl", MEAN_OF_MEANS)])
+def test_guard_matches_trl_dft_in_each_layout_without_full_logits(tiny, tmp_path: Path, model, normalisation) -> None:
+    """Two micro-batches (the two notes, different lengths) in one step: Qwen3_5ForCausalLM's loss is the token mean
+    of the step, Qwen3_5ForConditionalGeneration's (accepts_loss_kwargs False) the mean of the micro-batch means."""
+    trainer = _trainer(tiny, tmp_path / model, loss_type="dft", expected="dft", model=model, accumulation=2)
+    head_calls = []
+    trainer.model.get_output_embeddings().register_forward_hook(lambda *args: head_calls.append(1))
     trainer.train()
     result = trainer.guard_result
+    assert result["micro_batches"] == 2 and result["normalisation"] == normalisation
+    assert trainer.model_accepts_loss_kwargs is (normalisation == TOKEN_MEAN)
     assert result["reported"] == pytest.approx(result["dft"], rel=1e-4)
-    assert result["ce"] > 10 * result["dft"]  # random tiny model: p ~ 1/vocab
+    assert result["nll"] > 10 * result["dft"]  # random tiny model: p ~ 1/vocab
+    assert head_calls == []  # neither TRL's loss nor the guard ran the LM head module: no full logits
+    assert trainer.state.global_step == 1
+    other = expected_step_losses(trainer._guard_micro, token_mean=normalisation != TOKEN_MEAN)
+    print(f"{model}: reported {result['reported']:.7g}, chosen {result['dft']:.7g}, other normalisation "
+          f"{other.dft:.7g}")
+    assert abs(other.dft - result["reported"]) > 10 * abs(result["dft"] - result["reported"])  # tells them apart
+    ids = torch.tensor([[1, 2, 3]])
+    trainer.model(input_ids=ids)  # the hook does fire on a plain forward
+    assert head_calls == [1]
 
 
 def test_guard_stops_training_when_trl_computes_plain_ce(tiny, tmp_path: Path) -> None:
     trainer = _trainer(tiny, tmp_path / "wrong", loss_type="nll", expected="dft")
-    with pytest.raises(DFTNotInEffectError, match="equals plain cross-entropy"):
+    with pytest.raises(DFTNotInEffectError, match="plain cross-entropy, not DFT"):
         trainer.train()
     assert trainer.state.global_step == 0  # stopped before the first optimiser step
 
@@ -128,7 +180,7 @@ def test_guard_stops_training_when_trl_computes_plain_ce(tiny, tmp_path: Path) -
 def test_guard_checks_plain_ce_for_the_nll_ablation(tiny, tmp_path: Path) -> None:
     trainer = _trainer(tiny, tmp_path / "nll", loss_type="nll", expected="nll")
     trainer.train()
-    assert trainer.guard_result["reported"] == pytest.approx(trainer.guard_result["ce"], rel=1e-4)
+    assert trainer.guard_result["reported"] == pytest.approx(trainer.guard_result["nll"], rel=1e-4)
     wrong = _trainer(tiny, tmp_path / "nll_wrong", loss_type="dft", expected="nll")
     with pytest.raises(DFTNotInEffectError, match="expected plain CE"):
         wrong.train()
@@ -186,7 +238,8 @@ def test_cli_trains_saves_adapter_and_run_config_then_resumes(tiny, tmp_path: Pa
     assert (out / "checkpoint-2").is_dir()
     record = yaml.safe_load((out / "run_config.yaml").read_text())
     assert record["script"]["loss"] == "dft" and record["training"]["loss_type"] == "dft"
-    assert record["loss_guard"]["ce"] > record["loss_guard"]["dft"]
+    assert record["loss_guard"]["nll"] > record["loss_guard"]["dft"]
+    assert record["script"]["dft_route"] == "fused"
     assert json.loads((out / "run_config.json").read_text())["training"]["max_steps"] == 2
 
     assert run_cli(tiny, out, "--max_steps", "3", "--save_steps", "1") == 0  # auto-resume from checkpoint-2

@@ -292,8 +292,9 @@ class PushArguments:
     repo_id: str = field(metadata={"help": "Hub repository, e.g. user/lamar-model1."})
     base_model: str | None = field(default=None, metadata={"help": "Base model to merge --adapter into."})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder to merge before uploading."})
-    model_class: str = field(default="causal_lm", metadata={
-        "help": "causal_lm (text only) or image_text_to_text (keeps a VLM's vision tower, e.g. full Qwen3.5).",
+    model_class: str = field(default="auto", metadata={
+        "help": "auto (the class the base checkpoint names, as Unsloth and vLLM load it), causal_lm (text only) or "
+                "image_text_to_text (keeps a VLM's vision tower, e.g. full Qwen3.5).",
         "choices": list(MODEL_CLASSES)})
     dtype: str = field(default="bfloat16", metadata={"help": "dtype of the merged weights (bfloat16 as published)."})
     private: bool = field(default=True, metadata={"help": "Create the repository as private."})

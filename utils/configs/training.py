@@ -14,9 +14,9 @@ from typing import Any
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from utils.configs import BASE_MODEL, RELEASED_MODEL_1, TAGGED_DIR
+from utils.training.backend import DEFAULT_DFT_BACKEND, DEFAULT_DFT_ROUTE, DFT_BACKENDS, DFT_ROUTES
 from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, resolve_optim
 
-DFT_BACKENDS = ("unsloth", "hf")
 DFT_LOSSES = ("dft", "nll")
 USE_VLLM_MODES = ("auto", "true", "false")
 REWARD_NAMES = ("fidelity", "token_f1", "exact_f1", "official")
@@ -76,10 +76,16 @@ class DFTScriptArguments:
 
     train_csv: str = field(default=str(TAGGED_DIR / "train.csv"), metadata={
         "help": "Training CSV from utils/gt_to_tag.py (file_id, raw_text, gold_span, gold_offsets)."})
-    backend: str = field(default="unsloth", metadata={"help": "unsloth (GPU, as published) or hf (any device).",
-                                                      "choices": list(DFT_BACKENDS)})
+    backend: str = field(default=DEFAULT_DFT_BACKEND, metadata={
+        "help": "unsloth (GPU, as published; imported before trl/transformers/peft) or hf (any device).",
+        "choices": list(DFT_BACKENDS)})
     loss: str = field(default="dft", metadata={"help": "dft (published) or nll (plain SFT ablation).",
                                                "choices": list(DFT_LOSSES)})
+    dft_route: str = field(default=DEFAULT_DFT_ROUTE, metadata={
+        "help": "fused: the loss the pinned TRL/Unsloth compute on the fused LM head (no full logits); kernel "
+                "(--backend unsloth): our Triton DFT kernel through Unsloth's full-logits loss (UNSLOTH_RETURN_LOGITS=1; "
+                "+12.2 GB of bf16 logits at 24,576 tokens), its call counter checked at step 1.",
+        "choices": list(DFT_ROUTES)})
     dft_guard: bool = field(default=True, metadata={
         "help": "Stop unless the chosen loss is verifiably in effect at the first optimisation step."})
     guard_rel_tol: float = field(default=1e-2, metadata={"help": "Relative tolerance of the guard's comparisons."})
@@ -173,6 +179,10 @@ class LamarGRPOConfig(GRPOConfig):
     bf16: bool | None = None
     chat_template_kwargs: dict | None = field(default_factory=lambda: {"enable_thinking": False})
     vllm_mode: str = "colocate"
+    # Colocated vLLM's share of the GPU (TRL's default, stated): on the published single 80 GB GPU it holds the bf16
+    # weights (~9 GB), KV cache for every rollout of a generation batch at full context (8 x 24,576 tokens x 32 KiB
+    # for Qwen3.5-4B's 8 full-attention layers = 6 GiB) and the linear-attention states, leaving ~56 GB to training.
+    vllm_gpu_memory_utilization: float = 0.3
     gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
 
     def __post_init__(self) -> None:

@@ -311,18 +311,19 @@ class TransformersGenerator:
         copy_guards: "CopyGuards | None" = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from utils.training.layout import load_adapter, load_generative_model
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
+        # The checkpoint's own class (as vLLM); the adapter loads completely or stops (utils.training.layout).
+        self.model = load_generative_model(model, dtype=dtype).to(device)
         if adapter:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
+            self.model = load_adapter(self.model, adapter).merge_and_unload()
         self.model.eval()
         self.device = device
         eos = self.model.generation_config.eos_token_id

@@ -37,6 +37,7 @@ from utils.meddec.predictions import predictions_to_json
 from utils.meddec.tables import inference_output_frame, read_notes_table, write_frame
 from utils.prompt import render_chat_prompt
 from utils.tagging.locate import locate_spans, note_report, summarize_reports
+from utils.training.layout import adapter_for_vllm
 from utils.training.models import check_model_reference, loading_error
 
 # Settings that change the outputs: a partial file made with others is not reused.
@@ -277,6 +278,8 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
             raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt); "
                                                   "on this machine add --backend transformers") from None
         raise
+    except InputError:  # already names the file (e.g. an adapter of another model)
+        raise
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", args.model, err) from None
 
@@ -307,7 +310,9 @@ def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
         copy_constraint=args.copy_constraint,
     )
-    gen = VllmGenerator(engine, args.adapter, args.temperature, args.logprobs, args.seed, copy_guards=copy_guards(args))
+    # vLLM's image-text-to-text class skips LoRA names it cannot map: give it the adapter in its own layout.
+    adapter = adapter_for_vllm(args.adapter, args.model) if args.adapter else None
+    gen = VllmGenerator(engine, adapter, args.temperature, args.logprobs, args.seed, copy_guards=copy_guards(args))
     return gen, gen.tokenizer
 
 

@@ -180,6 +180,64 @@ def build_tiny_qwen35(
     return out
 
 
+VISION_TOKENS: tuple[str, ...] = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def tiny_qwen35_vl_config(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int = 64, num_layers: int = 2):
+    """A ``Qwen3_5Config`` (image-text-to-text, the published checkpoint's layout) with a one-block vision tower.
+
+    The tokenizer must already hold the vision tokens (:func:`with_vision_tokens`): their ids go into the config.
+    """
+    from transformers import Qwen3_5Config
+
+    text = tiny_qwen35_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers)
+    ids = tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ValueError(f"the tokenizer lacks the vision tokens {', '.join(VISION_TOKENS)}")
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
+                  patch_size=16, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64)
+    return Qwen3_5Config(text_config=text.to_dict(), vision_config=vision, vision_start_token_id=ids[0],
+                         vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3],
+                         tie_word_embeddings=False)
+
+
+def with_vision_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """A copy of ``tokenizer`` with Qwen's four vision special tokens added (as the real Qwen3.5 tokenizer has)."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    missing = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer
+
+
+def build_tiny_qwen35_vl(
+    out_dir: str | Path,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Save a randomly initialised ``Qwen3_5ForConditionalGeneration`` (the layout Unsloth and vLLM load for the
+    published base: weights ``model.language_model.layers.*``) and its tokenizer (plus the vision tokens)."""
+    from transformers import GenerationConfig, Qwen3_5ForConditionalGeneration
+
+    if num_layers < 1:
+        raise ValueError("num_layers must be at least 1 (one full-attention layer)")
+    tokenizer = with_vision_tokens(tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(tiny_qwen35_vl_config(tokenizer, hidden_size=hidden_size,
+                                                                  num_layers=num_layers))
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out = Path(out_dir)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
 # --- the encoder baseline -------------------------------------------------------------------------------
 
 

@@ -98,21 +98,55 @@ def start_model(script: GRPOScriptArguments, model_args: GRPOModelConfig, config
     return start
 
 
+def vllm_context_length(script: GRPOScriptArguments, config: LamarGRPOConfig) -> int:
+    """vLLM's ``max_model_len``: the longest prompt kept plus the completion budget (published 10,029 + 14,547 =
+    24,576), not the model's native 262,144-token context (whose KV budget vLLM would try to reserve)."""
+    needed = script.max_prompt_length + config.max_completion_length
+    if config.vllm_max_model_length is None:
+        return needed
+    if config.vllm_max_model_length < needed:
+        raise InputError("--vllm_max_model_length", str(config.vllm_max_model_length),
+                         f"below --max_prompt_length + --max_completion_length = {needed}: vLLM would refuse the "
+                         "longest prompts kept or cut their completions")
+    return config.vllm_max_model_length
+
+
+def check_vllm_weight_names(model, checkpoint: str) -> None:
+    """TRL's colocated weight sync pushes the policy's parameter names into the vLLM class the checkpoint names;
+    refuse before the engine starts (minutes) if vLLM would not find them (it raises at the first sync)."""
+    from utils.training.layout import checkpoint_layout, unmappable_vllm_weights
+
+    refused = unmappable_vllm_weights([name for name, _ in model.named_parameters()], checkpoint_layout(checkpoint))
+    if refused:
+        raise InputError(checkpoint, "", f"{len(refused)} policy weights have no counterpart in vLLM's class for this "
+                                         f"checkpoint (e.g. {refused[0]}): load the policy in the class its config "
+                                         "names")
+
+
 def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: LamarGRPOConfig,
                   reward_funcs: Sequence[Callable[..., list[float]]] | None = None) -> LamarGRPOTrainer:
     """The GRPO trainer (start model merged if needed, data filtered, rewards chosen, new LoRA attached)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from utils.training.layout import load_generative_model
 
     frame = read_training_frame(script.train_csv)
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
     config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
+    config.vllm_max_model_length = vllm_context_length(script, config)
     start = start_model(script, model_args, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(start)
-        model = AutoModelForCausalLM.from_pretrained(start, dtype=resolve_dtype(model_args.dtype))
+        # The class the checkpoint names: vLLM (colocate) builds that class from the same folder, and TRL syncs the
+        # policy's parameter names into it, which must therefore be that class's names (utils.training.layout).
+        model = load_generative_model(start, dtype=resolve_dtype(model_args.dtype))
+    except InputError:
+        raise
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model_name_or_path", start, err) from None
+    if config.use_vllm:
+        check_vllm_weight_names(model, start)
     tokenizer.padding_side = "left"
     records = drop_long_prompts(grpo_records(frame), tokenizer, script.max_prompt_length)
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn

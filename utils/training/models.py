@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +25,7 @@ LANGUAGE_MODEL_PROJECTIONS: tuple[str, ...] = (
     "gate_proj", "up_proj", "down_proj",  # MLP
 )
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
-MODEL_CLASSES = ("causal_lm", "image_text_to_text")
+MODEL_CLASSES = ("auto", "causal_lm", "image_text_to_text")  # auto: the class the checkpoint names
 
 
 def check_model_reference(flag: str, value: str | None) -> None:
@@ -103,46 +105,73 @@ def peft_config(model_args: Any):
 
 
 def load_causal_lm(model_args: Any):
-    """(model, tokenizer) of a TRL ``ModelConfig`` with transformers (the hf training backend and GRPO)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) of a TRL ``ModelConfig`` (the hf training backend), in the class the checkpoint names.
+
+    A multimodal Qwen3.5 checkpoint loads as ``Qwen3_5ForConditionalGeneration``, as Unsloth and vLLM load it, so an
+    adapter trained here has the same module names as one from the Unsloth backend (``utils.training.layout``).
+    """
+    from transformers import AutoTokenizer
+
+    from utils.training.layout import load_generative_model
 
     name = model_args.model_name_or_path
     check_model_reference("--model_name_or_path", name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            name, revision=model_args.model_revision, dtype=resolve_dtype(model_args.dtype),
-            attn_implementation=model_args.attn_implementation,
-        )
+        model = load_generative_model(name, revision=model_args.model_revision, dtype=resolve_dtype(model_args.dtype),
+                                      attn_implementation=model_args.attn_implementation)
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
+        if isinstance(err, InputError):
+            raise
         raise loading_error("--model_name_or_path", name, err) from None
     return model, tokenizer
 
 
-def _auto_model_class(model_class: str):
-    """AutoModelForCausalLM (text only) or AutoModelForImageTextToText (keeps a VLM's vision tower)."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    if model_class not in MODEL_CLASSES:
-        raise ValueError(f"model_class must be one of {', '.join(MODEL_CLASSES)}, got {model_class!r}")
-    return AutoModelForCausalLM if model_class == "causal_lm" else AutoModelForImageTextToText
+def _replaceable(out: Path) -> bool:
+    """An existing output folder may be replaced only if it is empty or a saved model (files only, a config.json)."""
+    entries = list(out.iterdir())
+    return not entries or ((out / "config.json").is_file() and all(entry.is_file() for entry in entries))
 
 
 def merge_adapter(base: str, adapter: str, out_dir: str | os.PathLike[str], dtype=None, *,
-                  model_class: str = "causal_lm", overwrite: bool = False) -> Path:
+                  model_class: str = "auto", overwrite: bool = False) -> Path:
     """Merge a LoRA ``adapter`` into ``base``; save model + tokenizer to ``out_dir`` (kept if already there).
 
-    The tokenizer comes from the adapter folder when it has one (training saves it there), else from the base.
+    ``model_class`` ``auto`` keeps the class the base checkpoint names (``utils.training.layout``); the adapter is
+    loaded completely or not at all (keys of the other Qwen3.5 layout are renamed, a missing key is an error). The
+    folder appears all at once: the model is written to a temporary folder beside it and renamed into place, so a
+    killed merge never leaves a half-written model that a later run would take as done. The tokenizer comes from
+    the adapter folder when it has one (training saves it there), else from the base.
     """
-    from peft import PeftModel
     from transformers import AutoTokenizer
+
+    from utils.training.layout import load_adapter, load_generative_model
 
     out = Path(out_dir)
     if (out / "config.json").is_file() and not overwrite:
         return out
-    model = _auto_model_class(model_class).from_pretrained(base, dtype=dtype)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.save_pretrained(str(out))
-    tokenizer_source = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(str(out))
+    if out.exists() and not (out.is_dir() and _replaceable(out)):
+        raise InputError(out, "", "exists and is not a saved model folder; refusing to replace it (choose a new folder)")
+    if model_class not in (*MODEL_CLASSES,):
+        raise InputError("--model_class", model_class, f"expected one of {', '.join(MODEL_CLASSES)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the model folder gets the usual permissions
+    try:
+        model = load_generative_model(base, layout=model_class, dtype=dtype)
+        merged = load_adapter(model, adapter).merge_and_unload()
+        merged.save_pretrained(str(tmp))
+        tokenizer_source = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
+        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(str(tmp))
+        old = tmp.with_suffix(".old") if out.exists() else None
+        if old is not None:
+            os.replace(out, old)  # set aside, removed once the new folder is in place
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
