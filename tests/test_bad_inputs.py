@@ -303,6 +303,7 @@ def cases() -> list[Case]:
         ("extract no columns", lambda w: ["--noteevents", str(w["no_columns.csv"])]),
         ("extract chunksize 0", lambda w: ["--noteevents", str(w["noteevents"]), "--chunksize", "0"]),
         ("extract bad split id", lambda w: ["--noteevents", str(w["noteevents"]), "--splits", str(w["pool.csv"])]),
+        ("extract exact id not a bool", lambda w: ["--noteevents", str(w["noteevents"]), "--exclude_by_exact_id", "perhaps"]),
     ])
 
     def emb(w):

@@ -114,6 +114,10 @@ class ExtractArguments:
         "help": f"DESCRIPTION to keep (exact match); '{ANY_DESCRIPTION}' keeps Report and Addendum alike."})
     exclude_patients: bool = field(default=False, metadata={
         "help": "Also drop every note of a patient (SUBJECT_ID) found in the splits."})
+    exclude_by_exact_id: bool = field(default=False, metadata={
+        "help": "Exclude split notes only where SUBJECT_HADM_ROW equals a split id exactly, as the published "
+                "extract_unlabel.py did: notes whose MedDec id has an annotator suffix (-name) then stay in the pool, "
+                "so evaluation notes can leak into pseudo-label training (warns). Default: exclude by ROW_ID."})
     chunksize: int = field(default=2_000, metadata={"help": "Rows of NOTEEVENTS read at a time (bounds memory)."})
 
 
