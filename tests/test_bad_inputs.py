@@ -147,7 +147,9 @@ def cases() -> list[Case]:
                               ("gt_to_tag split folder", lambda w: ["--val_split", str(w["folder"])]),
                               ("gt_to_tag split latin-1", lambda w: ["--val_split", str(w["latin1.csv"])]),
                               ("gt_to_tag gold folder missing", lambda w: ["--gold_dir", str(w["root"] / "nogold")]),
-                              ("gt_to_tag out_dir is a file", lambda w: ["--out_dir", str(w["a_file"])])])
+                              ("gt_to_tag out_dir is a file", lambda w: ["--out_dir", str(w["a_file"])]),
+                              ("gt_to_tag dedupe not a bool", lambda w: ["--dedupe_spans", "sometimes"]),
+                              ("gt_to_tag split order not a bool", lambda w: ["--keep_split_order", "3"])])
     # utils/pred_to_offset.py
     def p2o(w):
         return ["--output", str(w["root"] / "out_p2o.json")]

@@ -35,6 +35,12 @@ class GtToTagArguments:
     test_split: str | None = field(default=None, metadata={
         "help": "Optional test split file (notes without gold get empty gold columns)."})
     out_dir: str = field(default=str(TAGGED_DIR), metadata={"help": "Folder for train.csv, val.csv (and test.csv)."})
+    dedupe_spans: bool = field(default=False, metadata={
+        "help": "Collapse exact duplicate gold spans (same start, end, category) into one. Default: kept as doubled "
+                "tags and repeated offsets, as the published gt_to_tag.py did."})
+    keep_split_order: bool = field(default=False, metadata={
+        "help": "Write the notes in split-file order. Default: sorted by <ID>.json file name, as the published "
+                "gt_to_tag.py did (the order training sees before shuffling)."})
 
 
 @dataclass
