@@ -80,6 +80,8 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     (root / "noteevents_latin1.csv").write_bytes(
         "ROW_ID,SUBJECT_ID,HADM_ID,CATEGORY,DESCRIPTION,TEXT\n1,2,3,Discharge summary,Report,caf\xe9\n".encode("latin-1"))
     (root / "a_file").write_text("x", encoding="utf-8")
+    (root / "bad_tokens.csv").write_text('file_id,raw_text,predicted,entropy,num_tokens,truncated,spans\n'
+                                         '9_9_9,a note,,,none,True,[]\n', encoding="utf-8")
     (root / "test_split.csv").write_text('"file_id","raw_text","gold_span","gold_offsets"\n"1_2_3","a note","",""\n',
                                          encoding="utf-8")
     (root / "thresholds_missing.json").write_text('{"t_cluster": 0.1, "t_pair": 0.1, "t_support": 0.3}', encoding="utf-8")
@@ -89,7 +91,7 @@ def ws(tmp_path_factory) -> dict[str, Path]:
         "folder", "empty.txt", "latin1.csv", "latin1.json", "cut.csv", "bad.json", "wrong_shape.json", "bad_span.json",
         "no_columns.csv", "dup.csv", "empty_id.csv", "header_only.csv", "bad.yaml", "list.yaml", "unknown.yaml",
         "wrong_type.yaml", "bad_choice.yaml", "noteevents_cut.csv", "noteevents_latin1.csv", "a_file", "test_split.csv", "val.json",
-        "val_out.csv", "pool.csv", "thresholds_missing.json", "thresholds_range.json")},
+        "val_out.csv", "pool.csv", "thresholds_missing.json", "thresholds_range.json", "bad_tokens.csv")},
         "gold": paths.gold_dir, "raw": paths.raw_text_dir, "stats": paths.stats_csv, "train_split": paths.split("train"),
         "val_split": paths.split("val"), "train_csv": root / "tagged" / "train.csv", "val_csv": root / "tagged" / "val.csv",
         "noteevents": paths.noteevents_csv, "emb_pool": root / "emb" / "pool", "emb_meddec": root / "emb" / "meddec"}
@@ -356,6 +358,11 @@ def cases() -> list[Case]:
         ("select min_spans -1", lambda w: ["--pool_predictions", str(w["val_out.csv"]), "--min_spans", "-1"]),
         ("select overlaps train", lambda w: ["--pool_predictions", str(w["val_out.csv"]), "--train_csv",
                                              str(w["val_csv"])]),
+        ("select unknown pseudo target", lambda w: ["--pool_predictions", str(w["val_out.csv"]), "--pseudo_target",
+                                                    "gold"]),
+        ("select unknown empty entropy", lambda w: ["--pool_predictions", str(w["val_out.csv"]),
+                                                    "--empty_output_entropy", "one"]),
+        ("select num_tokens not a number", lambda w: ["--pool_predictions", str(w["bad_tokens.csv"])]),
     ])
     out.append(("dynamic_threshold no command", dynamic_threshold.main, lambda w: ["frobnicate"]))
     # baselines/train_bert.py, dataset/generate.py, scripts/demo.py

@@ -17,6 +17,8 @@ from utils.training.models import MODEL_CLASSES
 ANY_DESCRIPTION = "any"
 UNCLOSED_POLICIES = ("drop", "close_at_end")
 INFERENCE_BACKENDS = ("vllm", "transformers")
+PSEUDO_TARGETS = ("nan", "raw", "located")
+EMPTY_OUTPUT_ENTROPIES = ("zero", "none")
 
 
 # ------------------------------------------------------------------------------------------- data preparation
@@ -190,6 +192,15 @@ class SelectArguments:
     output: str = field(default=str(MIXED_TRAIN_CSV), metadata={"help": "Mixed training CSV."})
     min_spans: int = field(default=0, metadata={"help": "Also drop selected rows with fewer located spans."})
     drop_truncated: bool = field(default=False, metadata={"help": "Also drop outputs that hit the token budget."})
+    pseudo_target: str = field(default="nan", metadata={
+        "help": "Answer a selected pool row trains on. nan: as the published mix, which left gold_span empty so that "
+                "the published train_dft.py read it as NaN and trained on the string 'nan' (warns); raw: Model 1's "
+                "output verbatim; located: the exact note re-tagged from the spans inference located in it.",
+        "choices": list(PSEUDO_TARGETS)})
+    empty_output_entropy: str = field(default="zero", metadata={
+        "help": "Entropy of an output without generated tokens. zero: 0.0 as the published inference.py, so it is "
+                "always selected and counts in the quantile; none: undefined, never selected.",
+        "choices": list(EMPTY_OUTPUT_ENTROPIES)})
 
 
 # ----------------------------------------------------------------------------------------------- scoring, ensemble
