@@ -222,6 +222,11 @@ def cases() -> list[Case]:
         ("train_grpo missing adapter", lambda w: ["--train_csv", str(w["train_csv"]), "--adapter", "/no/adapter"]),
         ("train_grpo vllm forced", lambda w: ["--train_csv", str(w["train_csv"]), "--use_vllm_mode", "true"]),
         ("train_grpo lr text", lambda w: ["--train_csv", str(w["train_csv"]), "--learning_rate", "high"]),
+        ("train_grpo unknown thinking mode", lambda w: ["--train_csv", str(w["train_csv"]), "--enable_thinking", "maybe"]),
+        ("train_grpo stray quote not a bool", lambda w: ["--train_csv", str(w["train_csv"]), "--prompt_stray_quote", "2"]),
+        ("train_grpo prompt length text", lambda w: ["--train_csv", str(w["train_csv"]), "--max_prompt_length", "long"]),
+        ("train_grpo IS correction not a bool", lambda w: ["--train_csv", str(w["train_csv"]),
+                                                          "--vllm_importance_sampling_correction", "often"]),
     ])
     # scripts/push_to_hub.py
     def push(w):

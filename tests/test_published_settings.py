@@ -40,15 +40,22 @@ def test_model_2_grpo_settings() -> None:
     script, model, config = parse_args(GRPOScriptArguments, GRPOModelConfig, LamarGRPOConfig, argv=[])
     assert model.model_name_or_path == RELEASED_MODEL_1 == "Keetawan/Qwen3.5-4B_LoRA_Exact_BF16_Rank256_Alpha32_DFT"
     assert (model.lora_r, model.lora_alpha) == (2, 2)
-    assert script.rewards == ["fidelity", "token_f1", "exact_f1"] and script.max_prompt_length == 10029
+    assert script.rewards == ["fidelity", "token_f1", "exact_f1"]
+    # The published script computed max_prompt_length = 10029 but never passed it: every note is used.
+    assert script.max_prompt_length is None
+    # Its prompt opened with four quotes (a stray '"') and it passed no thinking switch to the chat template.
+    assert script.prompt_stray_quote is True and script.enable_thinking == "template"
     assert (config.loss_type, config.epsilon, config.epsilon_high, config.beta) == ("dapo", 0.2, 0.28, 0.0)
     assert config.importance_sampling_level == "token" and config.mask_truncated_completions is True
     assert config.multi_objective_aggregation == "normalize_then_sum"  # GDPO
     assert (config.learning_rate, config.lr_scheduler_type, config.num_train_epochs) == (5e-5, "constant", 1)
     assert (config.per_device_train_batch_size, config.gradient_accumulation_steps, config.max_grad_norm) == (2, 4, 0.2)
-    assert (config.num_generations, config.temperature, config.min_p, config.top_p) == (8, 1.0, 0.1, 1.0)
+    # min_p 0.1 sat only in vLLM sampling params of a run without vLLM (Unsloth fast_inference=False): not applied.
+    assert (config.num_generations, config.temperature, config.min_p, config.top_p) == (8, 1.0, None, 1.0)
     assert (config.max_completion_length, config.save_steps) == (14547, 10)
-    assert config.chat_template_kwargs == {"enable_thinking": False}
+    assert config.chat_template_kwargs is None
+    assert config.seed == 42  # TRL's default: the published GRPOConfig set no seed
+    assert config.vllm_importance_sampling_correction is False  # no vLLM in the published run, so no correction
 
 
 def test_inference_settings() -> None:

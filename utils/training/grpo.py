@@ -5,8 +5,13 @@ adapter (``--adapter``: merged once into ``output_dir/merged_start`` and loaded 
 see the same weights). Rewards (``utils/rewards.py``) are each normalised within their group of generations and then
 summed (TRL ``multi_objective_aggregation="normalize_then_sum"``, the GDPO scheme).
 
-Notes whose prompt exceeds ``--max_prompt_length`` tokens are left out with a warning instead of being truncated.
-Generation uses vLLM (colocated) when a GPU and vLLM are present (``--use_vllm_mode auto``), transformers otherwise.
+As published, every note is used (the published script computed a prompt limit of 10,029 tokens but never passed
+it); with ``--max_prompt_length`` notes whose prompt is longer are left out with a warning instead of being
+truncated. Also as published: the prompt starts with a stray ``"`` (``--prompt_stray_quote``), the chat template
+gets no thinking switch (``--enable_thinking template``; Qwen3.5-4B's template then opens a think block, which the
+rewards skip), and the seed is TRL's 42. Generation uses vLLM (colocated) when a GPU and vLLM are present
+(``--use_vllm_mode auto``), transformers otherwise; the published run generated with the trained model itself
+(no vLLM), hence no min-p and no vLLM importance-sampling correction by default.
 Qwen3.5's cached ``rope_deltas`` are cleared before every training forward, so a stale value from generation can
 never shift the positions of the loss pass.
 """
@@ -38,7 +43,7 @@ TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_d
                  "gradient_accumulation_steps", "optim", "seed", "bf16", "max_grad_norm", "loss_type", "epsilon",
                  "epsilon_high", "beta", "importance_sampling_level", "multi_objective_aggregation",
                  "mask_truncated_completions", "num_generations", "temperature", "min_p", "top_p",
-                 "max_completion_length")
+                 "max_completion_length", "chat_template_kwargs", "vllm_importance_sampling_correction")
 
 
 def vllm_available() -> bool:
@@ -73,9 +78,18 @@ class LamarGRPOTrainer(GRPOTrainer):
         return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
 
-def drop_long_prompts(records: list[dict[str, Any]], tokenizer, limit: int) -> list[dict[str, Any]]:
-    """Leave out notes whose chat prompt exceeds ``limit`` tokens (TRL cannot truncate prompts)."""
-    lengths = count_prompt_tokens(tokenizer, [r["prompt"] for r in records])
+def apply_thinking_switch(config: LamarGRPOConfig, mode: str) -> None:
+    """``template``: leave the chat template's own default (published); ``false``/``true``: pass enable_thinking."""
+    if mode == "template":
+        return
+    config.chat_template_kwargs = {**(config.chat_template_kwargs or {}), "enable_thinking": mode == "true"}
+
+
+def drop_long_prompts(records: list[dict[str, Any]], tokenizer, limit: int,
+                      chat_template_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Leave out notes whose chat prompt (rendered as training renders it) exceeds ``limit`` tokens (TRL cannot
+    truncate prompts)."""
+    lengths = count_prompt_tokens(tokenizer, [r["prompt"] for r in records], chat_template_kwargs or {})
     kept = [r for r, n in zip(records, lengths) if n <= limit]
     if len(kept) < len(records):
         dropped = [r["file_id"] for r, n in zip(records, lengths) if n > limit]
@@ -105,6 +119,7 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
     config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
+    apply_thinking_switch(config, script.enable_thinking)
     start = start_model(script, model_args, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(start)
@@ -112,7 +127,9 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model_name_or_path", start, err) from None
     tokenizer.padding_side = "left"
-    records = drop_long_prompts(grpo_records(frame), tokenizer, script.max_prompt_length)
+    records = grpo_records(frame, stray_quote=script.prompt_stray_quote)
+    if script.max_prompt_length is not None:
+        records = drop_long_prompts(records, tokenizer, script.max_prompt_length, config.chat_template_kwargs)
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn
     funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards)
     return LamarGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=to_dataset(records),
@@ -124,7 +141,8 @@ def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: Lama
     """Train (resuming when a checkpoint exists), then save the adapter, tokenizer and resolved run config."""
     trainer = build_trainer(script, model_args, config, reward_funcs)
     run_settings = {"script": {k: getattr(script, k) for k in ("adapter", "rewards", "max_prompt_length",
-                                                               "max_train_samples")}, "model": model_args}
+                                                               "max_train_samples", "prompt_stray_quote",
+                                                               "enable_thinking")}, "model": model_args}
     claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, script.auto_resume)
     if resume:
