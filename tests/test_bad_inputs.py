@@ -379,6 +379,12 @@ def cases() -> list[Case]:
         ("train_bert window 4", lambda w: ["--train_csv", str(w["train_csv"]), "--window", "4"]),
         ("train_bert predict missing", lambda w: ["--train_csv", "", "--predict_csv", str(w["root"] / "x.csv")]),
         ("train_bert predict dup", lambda w: ["--train_csv", "", "--predict_csv", str(w["dup.csv"])]),
+        ("train_bert unknown overlap rule", lambda w: ["--train_csv", str(w["train_csv"]), "--overlap_rule", "last"]),
+        ("train_bert unknown orphan rule", lambda w: ["--train_csv", str(w["train_csv"]), "--orphan_inside", "keep"]),
+        ("train_bert eval csv missing", lambda w: ["--train_csv", str(w["train_csv"]), "--eval_csv",
+                                                   str(w["root"] / "x.csv")]),
+        ("train_bert eval csv without gold", lambda w: ["--train_csv", str(w["train_csv"]), "--eval_csv",
+                                                        str(w["pool.csv"])]),
     ])
 
     def gen(w):

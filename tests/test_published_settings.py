@@ -80,9 +80,29 @@ def test_ensemble_settings() -> None:
     assert (args.n_trials, args.storage, args.study_name) == (5000, "sqlite:///mbr_optuna.db", "mbr_tuning_study")
 
 
-@pytest.mark.parametrize("name, value", [("learning_rate", 2e-5), ("lr_scheduler_type", "cosine"), ("optim", "adamw_torch")])
+@pytest.mark.parametrize("name, value", [
+    ("learning_rate", 2e-5), ("lr_scheduler_type", "cosine"), ("optim", "adamw_torch"), ("weight_decay", 0.001),
+    ("warmup_steps", 0.05), ("seed", 3407), ("num_train_epochs", 250), ("per_device_train_batch_size", 32),
+    ("eval_steps", 500), ("metric_for_best_model", "f1"), ("load_best_model_at_end", True), ("save_strategy", "best")])
 def test_baseline_settings(name, value) -> None:
     from utils.configs.baseline import WINDOW, BaselineTrainingArguments
 
     assert WINDOW == 512
     assert getattr(BaselineTrainingArguments(), name) == value
+
+
+def test_baseline_labels_and_decoding() -> None:
+    from utils.configs.baseline import BaselineArguments
+
+    args = BaselineArguments()
+    assert (args.overlap_rule, args.orphan_inside, args.eval_csv) == ("later_wins", "ignore", "data/tagged/val.csv")
+
+
+def test_data_preparation_and_pseudo_label_mix() -> None:
+    from utils.configs.pipeline import ExtractArguments, GtToTagArguments, SelectArguments
+
+    gt = GtToTagArguments()
+    assert gt.dedupe_spans is False and gt.keep_split_order is False  # doubled duplicate tags, notes sorted
+    select = SelectArguments()
+    assert (select.pseudo_target, select.empty_output_entropy) == ("nan", "zero")
+    assert ExtractArguments().exclude_by_exact_id is False  # the published exact-id exclusion leaks: off
