@@ -1,18 +1,26 @@
 """The encoder baseline: a RoBERTa-style token classifier with B/I/O labels (SPEC section 6).
 
 As published: 9 categories as B/I/O (19 labels), 512-token windows (a random crop of each note for
-training, consecutive windows for inference), lr 2e-5, AdamW, cosine schedule. Runs on transformers'
-``Trainer``: one process by default, several GPUs with ``accelerate launch`` or ``torchrun`` unchanged;
-checkpoints in ``--output_dir`` (resume with ``--resume_from_checkpoint``). Every ``TrainingArguments``
-option is a flag. Not published, chosen here: 10 epochs, batch 8.
+training, consecutive windows for inference), lr 2e-5, AdamW (weight decay 0.001), cosine schedule with 5 %
+warm-up, seed 3407, 250 epochs of batch 32, and the checkpoint with the best validation span F1 (scored every
+500 steps on ``--eval_csv``; the published metric: micro F1 over exact token spans, x 100) is the one kept.
+Runs on transformers' ``Trainer``: one process by default, several GPUs with ``accelerate launch`` or
+``torchrun`` unchanged; checkpoints in ``--output_dir`` (resume with ``--resume_from_checkpoint``). Every
+``TrainingArguments`` option is a flag.
 
-Overlapping gold spans: B/I/O holds one label per token, so a token takes the category of the FIRST
-annotation in gold order that overlaps it (the official token score's rule) and is ``B-`` where that
-annotation's tokens begin, else ``I-``. Later overlapping or nested spans lose those tokens.
+Overlapping gold spans: B/I/O holds one label per token. ``--overlap_rule later_wins`` (published): gold
+spans are taken in (start, end) order; a span's first token is the one holding its start character (or one
+of the next 9), its last the one before the token holding its end character (or the note's last token);
+it is written as ``B-`` then ``I-`` over those tokens, relabelling tokens an earlier span had, unless one
+of them is already some span's ``B-`` (then the span is skipped); a span whose start maps to no token ends
+the labelling of the note. ``first_wins``: a token takes the category of the FIRST annotation in gold order
+that overlaps it (the official token score's rule) and is ``B-`` where that annotation's tokens begin,
+else ``I-``.
 
-Decoding: a span starts at a ``B-X`` token, or at an ``I-X`` token that does not continue a span of X,
-and runs over the following ``I-X`` tokens; its characters run from its first token's start to its last
-token's end.
+Decoding: a span starts at a ``B-X`` token and runs over the following ``I-X`` tokens; its characters run
+from its first token's start to its last token's end. An ``I-X`` token that continues no span of X
+(``--orphan_inside``) starts a span only after an ``O`` label (published ``ignore``), or always
+(``new_span``). Zero-width tokens are skipped; a span still open at the note's end is kept.
 
 Data: ``utils/gt_to_tag.py`` CSVs (``file_id``, ``raw_text``, ``gold_offsets``) for training; any CSV with
 ``file_id`` and ``raw_text`` for prediction. Each ``--predict_csv`` gives ``<output_dir>/<stem>_predictions.json``
@@ -40,6 +48,7 @@ from utils.meddec.predictions import Span, write_predictions
 from utils.meddec.tables import parse_spans_json, read_notes_table, read_tagged_table
 
 IGNORE = -100
+LOOKAHEAD = 9  # published: an offset between tokens maps to the token holding one of the next 9 characters
 
 
 def bio_labels() -> list[str]:
@@ -54,8 +63,11 @@ def label_id(prefix: str, category: int) -> int:
 # ------------------------------------------------------------------------------------------------ labels
 
 
-def token_labels(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, int]]) -> list[int]:
-    """B/I/O ids per token; the first span (list order) overlapping a token wins it; empty tokens are O."""
+def token_labels(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, int]],
+                 rule: str = "first_wins") -> list[int]:
+    """B/I/O ids per token under ``rule`` (module docstring); empty tokens are O."""
+    if rule == "later_wins":
+        return later_wins_labels(offsets, spans)
     owner: list[int] = []
     for start, end in offsets:
         winner = -1
@@ -75,10 +87,56 @@ def token_labels(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, 
     return labels
 
 
-def decode_spans(offsets: Sequence[tuple[int, int]], labels: Sequence[int]) -> list[Span]:
+def character_tokens(offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """For each character position, the index of the token holding it (-1 between tokens)."""
+    owner = [-1] * max((end for _, end in offsets), default=0)
+    for index, (start, end) in enumerate(offsets):
+        owner[start:end] = [index] * (end - start)
+    return owner
+
+
+def token_at(owner: Sequence[int], position: int) -> int | None:
+    """The token holding character ``position``, else one of the next ``LOOKAHEAD`` characters (published)."""
+    for c in range(position, position + LOOKAHEAD + 1):
+        if 0 <= c < len(owner) and owner[c] >= 0:
+            return owner[c]
+    return None
+
+
+def published_token_spans(offsets: Sequence[tuple[int, int]],
+                          spans: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """(category, first token, token after the last) of the gold spans as the published baseline mapped them: in
+    (start, end) order, out-of-scope categories skipped, everything from the first unmappable start on dropped."""
+    owner = character_tokens(offsets)
+    mapped = []
+    for start, end, category in sorted(spans, key=lambda s: (s[0], s[1])):
+        first = token_at(owner, start)
+        if first is None:
+            break
+        after = token_at(owner, end)
+        after = len(offsets) if after is None else after
+        after = after + 1 if after == first else after
+        if 1 <= category <= 9:
+            mapped.append((category, first, after))
+    return mapped
+
+
+def later_wins_labels(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, int]]) -> list[int]:
+    """The published labelling (``--overlap_rule later_wins``, module docstring)."""
+    labels = [0] * len(offsets)
+    for category, first, after in published_token_spans(offsets, spans):
+        if any(label % 2 == 1 for label in labels[first:after]):  # holds some span's B- token
+            continue
+        labels[first] = label_id("B", category)
+        labels[first + 1 : after] = [label_id("I", category)] * max(0, after - first - 1)
+    return labels
+
+
+def decode_spans(offsets: Sequence[tuple[int, int]], labels: Sequence[int], orphan_inside: str = "new_span") -> list[Span]:
     """Character spans from per-token B/I/O ids (see the module docstring for the rule)."""
     spans: list[Span] = []
     current: list[int] | None = None  # [start, end, category]
+    previous = 0
     for (start, end), label in zip(offsets, labels):
         if end <= start:
             continue
@@ -86,15 +144,35 @@ def decode_spans(offsets: Sequence[tuple[int, int]], labels: Sequence[int]) -> l
         inside = label > 0 and label % 2 == 0
         if current is not None and inside and category == current[2]:
             current[1] = end
+            previous = label
             continue
         if current is not None:
             spans.append(Span(*current))
             current = None
-        if category:
+        if category and (not inside or orphan_inside == "new_span" or previous == 0):
             current = [start, end, category]
+        previous = label
     if current is not None:
         spans.append(Span(*current))
     return spans
+
+
+def published_span_f1(gold: dict[str, set[tuple[int, int, int]]], predicted: dict[str, set[tuple[int, int, int]]]) -> float:
+    """The published validation metric: micro F1 (x 100) over exact (note, category, start, end) spans."""
+    gold_all = {(note, *span) for note, spans in gold.items() for span in spans}
+    predicted_all = {(note, *span) for note, spans in predicted.items() for span in spans}
+    tp = len(gold_all & predicted_all)
+    wrong = len(gold_all) + len(predicted_all) - 2 * tp
+    return 200.0 * tp / (2 * tp + wrong) if tp + wrong else 0.0
+
+
+def token_snapped_gold(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, int]]) -> set[tuple[int, int, int]]:
+    """Gold spans as the published metric saw them: (category, first token's start, last token's end) characters."""
+    snapped = set()
+    for category, first, after in published_token_spans(offsets, spans):
+        ends = [e for s, e in offsets[first:after] if e > s]
+        snapped.add((category, offsets[first][0], max(ends)))
+    return snapped
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -110,10 +188,11 @@ class EncodedNote:
     labels: list[int]
 
 
-def encode_note(tokenizer: Any, file_id: str, text: str, spans: Sequence[tuple[int, int, int]] = ()) -> EncodedNote:
+def encode_note(tokenizer: Any, file_id: str, text: str, spans: Sequence[tuple[int, int, int]] = (),
+                overlap_rule: str = "first_wins") -> EncodedNote:
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    return EncodedNote(file_id, list(enc["input_ids"]), offsets, token_labels(offsets, spans))
+    return EncodedNote(file_id, list(enc["input_ids"]), offsets, token_labels(offsets, spans, overlap_rule))
 
 
 def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -173,7 +252,8 @@ def read_predict_csv(path: str) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------- inference
 
 
-def predict_note(model: Any, tokenizer: Any, text: str, window: int = WINDOW, batch_size: int = 8) -> list[Span]:
+def predict_note(model: Any, tokenizer: Any, text: str, window: int = WINDOW, batch_size: int = 8,
+                 orphan_inside: str = "new_span") -> list[Span]:
     """Consecutive windows over the note, argmax label per token, decoded to character spans."""
     import torch
 
@@ -195,17 +275,50 @@ def predict_note(model: Any, tokenizer: Any, text: str, window: int = WINDOW, ba
         predicted = logits.argmax(-1).tolist()
         for w, row in zip(batch, predicted):
             labels.extend(p for p, gold in zip(row, w["labels"]) if gold != IGNORE)
-    return decode_spans(note.offsets, labels)
+    return decode_spans(note.offsets, labels, orphan_inside)
 
 
 def predict_rows(model: Any, tokenizer: Any, rows: Sequence[tuple[str, str]], window: int, batch_size: int,
-                 name: str = "notes", progress: bool = True) -> dict[str, list[Span]]:
+                 name: str = "notes", progress: bool = True, orphan_inside: str = "new_span") -> dict[str, list[Span]]:
     """Spans of every (file_id, text) row."""
     from tqdm.auto import tqdm
 
     model.eval()
-    return {file_id: predict_note(model, tokenizer, text, window, batch_size)
+    return {file_id: predict_note(model, tokenizer, text, window, batch_size, orphan_inside)
             for file_id, text in tqdm(rows, desc=f"predict {name}", unit="note", disable=not progress)}
+
+
+def validation_gold(tokenizer: Any, rows: Sequence[tuple[str, str, list[Span]]]) -> dict[str, set[tuple[int, int, int]]]:
+    """The validation notes' gold spans as the published metric compares them (token-snapped)."""
+    return {file_id: token_snapped_gold(encode_note(tokenizer, file_id, text).offsets, spans)
+            for file_id, text, spans in rows}
+
+
+def trainer_class():
+    """transformers' Trainer whose evaluation is the published validation span F1 (imported lazily)."""
+    from transformers import Trainer
+
+    class BestValidationTrainer(Trainer):
+        """Scores the validation notes with the published span F1 at each evaluation; the Trainer keeps the best."""
+
+        def __init__(self, *args: Any, validation: Sequence[tuple[str, str]] = (),
+                     validation_gold: dict[str, set] | None = None, window: int = WINDOW,
+                     orphan_inside: str = "ignore", **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.validation, self.validation_gold = list(validation), validation_gold or {}
+            self.window, self.orphan_inside = window, orphan_inside
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+            predicted = predict_rows(self.model, self.processing_class, self.validation, self.window,
+                                     self.args.per_device_eval_batch_size, "validation", progress=False,
+                                     orphan_inside=self.orphan_inside)
+            spans = {i: {(s.category, s.start, s.end) for s in found} for i, found in predicted.items()}
+            metrics = {f"{metric_key_prefix}_f1": published_span_f1(self.validation_gold, spans)}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return BestValidationTrainer
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -224,23 +337,40 @@ def load_model(name: str):
     return model, tokenizer
 
 
+def without_selection(training: BaselineTrainingArguments) -> None:
+    """No validation CSV: no evaluation, no best checkpoint (the last weights are saved)."""
+    training.eval_strategy = "no"
+    training.load_best_model_at_end = False
+    if training.save_strategy == "best":
+        training.save_strategy = "no"
+
+
 def train(args: BaselineArguments, training: BaselineTrainingArguments,
-          rows: Sequence[tuple[str, str, list[Span]]] | None):
-    """Fine-tune on the training rows (random windows), save the model; returns (model, tokenizer)."""
-    from transformers import DataCollatorForTokenClassification, Trainer, set_seed
+          rows: Sequence[tuple[str, str, list[Span]]] | None,
+          validation: Sequence[tuple[str, str, list[Span]]] | None = None):
+    """Fine-tune on the training rows (random windows), keeping the best checkpoint on ``validation`` when given;
+    save the model; returns (model, tokenizer)."""
+    from transformers import DataCollatorForTokenClassification, set_seed
 
     set_seed(training.seed)
     model, tokenizer = load_model(args.model)
     if not rows:
         return model, tokenizer
-    notes = [encode_note(tokenizer, i, t, s) for i, t, s in rows]
+    if not validation:
+        without_selection(training)
+    notes = [encode_note(tokenizer, i, t, s, args.overlap_rule) for i, t, s in rows]
     dataset = RandomCropDataset(notes, tokenizer, args.window, training.seed)
-    trainer = Trainer(
+    trainer = trainer_class()(
         model=model,
         args=training,
         train_dataset=dataset,
+        eval_dataset=[(i, t) for i, t, _ in validation] if validation else None,
         data_collator=DataCollatorForTokenClassification(tokenizer),
         processing_class=tokenizer,
+        validation=[(i, t) for i, t, _ in validation or ()],
+        validation_gold=validation_gold(tokenizer, validation or ()),
+        window=args.window,
+        orphan_inside=args.orphan_inside,
     )
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     trainer.save_model(training.output_dir)
@@ -260,14 +390,16 @@ def run(args: BaselineArguments, training: BaselineTrainingArguments, progress: 
     if args.window < 8:
         raise InputError("--window", "", f"expected at least 8 tokens, got {args.window}")
     train_rows = read_training_csv(args.train_csv) if args.train_csv else None  # all input read before any model
+    selecting = bool(train_rows and args.eval_csv and training.eval_strategy != "no")
+    validation = read_training_csv(args.eval_csv) if selecting else None
     to_predict = {path: read_predict_csv(path) for path in args.predict_csv}
-    model, tokenizer = train(args, training, train_rows)
+    model, tokenizer = train(args, training, train_rows, validation)
     written: dict[str, Path] = {}
     if training.process_index != 0:  # several processes: the main one predicts
         return written
     for path, rows in to_predict.items():
         predictions = predict_rows(model, tokenizer, rows, args.window, training.per_device_eval_batch_size,
-                                   Path(path).name, progress)
+                                   Path(path).name, progress, args.orphan_inside)
         out = Path(training.output_dir) / f"{Path(path).stem}_predictions.json"
         write_predictions(out, predictions)
         written[path] = out

@@ -11,10 +11,23 @@ quantile would keep; ``--plot`` draws both.
 
 ``select`` keeps the pool rows with entropy <= the ``--threshold`` quantile (linear interpolation,
 pandas' default; rows without an entropy never pass), turns each output into a training row and appends
-them to the train CSV. The training row is rebuilt from the spans inference located in the exact note
-text (the ``spans`` column), through the same writer as the gold rows (``utils.tagging.convert.gold_row``):
-its ``gold_span`` is the exact note with well-formed tags (think blocks, text drift and unpaired tags of
-the raw output are gone) and its ``gold_offsets`` are those spans.
+them to the train CSV. What the row trains on (``--pseudo_target``):
+
+- ``nan`` (default, the published run): the published mix appended the inference rows as they were, so a
+  pseudo row had no ``gold_span``; the published ``train_dft.py`` reads the CSV with pandas and formats the
+  answer with ``str()``, so every pseudo row trained Model 3 to answer the string ``nan``. The row is written
+  with exactly that answer (and empty ``gold_offsets``), with a one-line warning.
+- ``raw``: Model 1's output verbatim (what the mix presumably meant); ``gold_offsets`` are its located spans.
+  Empty outputs are left out (there is nothing to train on).
+- ``located``: the row is rebuilt from the spans inference located in the exact note text (the ``spans``
+  column), through the same writer as the gold rows (``utils.tagging.convert.gold_row``): its ``gold_span``
+  is the exact note with well-formed tags (think blocks, text drift and unpaired tags of the raw output are
+  gone) and its ``gold_offsets`` are those spans.
+
+An output without generated tokens has no entropy of its own. The published inference gave it 0.0, so it is
+always selected and pulls the quantile down (``--empty_output_entropy zero``, default); ``none`` leaves it
+undefined, never selected. (vLLM refuses prompts longer than its context, so in the published run such
+outputs could hardly occur; ``scripts/inference.py`` writes them for prompts that fill the context.)
 
 Usage::
 
@@ -43,7 +56,7 @@ import numpy as np
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import ExploreArguments, SelectArguments
-from utils.fileio import InputError, check_output_path, report_input_error, write_json_atomic
+from utils.fileio import InputError, check_output_path, report_input_error, warn, write_json_atomic
 from utils.meddec.tables import TAGGED_COLUMNS, read_inference_table, read_tagged_table, write_tagged_table
 from utils.tagging.convert import gold_row
 
@@ -171,6 +184,9 @@ def draw_plot(path: str, entropy: np.ndarray, scores: np.ndarray, pool_entropy: 
 # ------------------------------------------------------------------------------------------------- select
 
 
+PUBLISHED_PSEUDO_ANSWER = "nan"  # str(float("nan")): what the published train_dft.py made of an empty gold_span
+
+
 @dataclass
 class SelectSummary:
     pool: int
@@ -180,11 +196,37 @@ class SelectSummary:
     dropped_few_spans: int
     train: int
     written: int
+    empty_outputs_selected: int = 0
+    dropped_empty: int = 0
 
 
-def pseudo_label_rows(frame: "pd.DataFrame") -> list[dict[str, str]]:  # noqa: F821
-    """Training rows (file_id, raw_text, gold_span, gold_offsets) of the selected outputs, from their located spans."""
-    return [gold_row(file_id, text, spans)[0] for file_id, text, spans in zip(frame["file_id"], frame["raw_text"], frame["spans"])]
+def pseudo_label_rows(frame: "pd.DataFrame", target: str = "located") -> list[dict[str, str]]:  # noqa: F821
+    """Training rows (file_id, raw_text, gold_span, gold_offsets) of the selected outputs (``target``: see the
+    module docstring)."""
+    rows = []
+    for file_id, text, spans, output in zip(frame["file_id"], frame["raw_text"], frame["spans"], frame["predicted"]):
+        if target == "nan":
+            rows.append({"file_id": file_id, "raw_text": text, "gold_span": PUBLISHED_PSEUDO_ANSWER, "gold_offsets": ""})
+        elif target == "raw":
+            rows.append({"file_id": file_id, "raw_text": text, "gold_span": output,
+                         "gold_offsets": gold_row(file_id, text, spans)[0]["gold_offsets"]})
+        else:
+            rows.append(gold_row(file_id, text, spans)[0])
+    return rows
+
+
+def selection_entropies(pool: "pd.DataFrame", path: str, empty_output_entropy: str) -> np.ndarray:  # noqa: F821
+    """The entropies the quantile is taken over: with ``zero``, an output without tokens counts as 0.0 (published)."""
+    entropy = pool["entropy"].to_numpy(dtype=float).copy()
+    if empty_output_entropy == "zero":
+        for row, value in enumerate(pool["num_tokens"], start=1):
+            try:
+                tokens = int(value)
+            except (TypeError, ValueError):
+                raise InputError(path, f"row {row}", f"field 'num_tokens': expected a whole number, got {value!r}") from None
+            if tokens == 0 and not np.isfinite(entropy[row - 1]):
+                entropy[row - 1] = 0.0
+    return entropy
 
 
 def select(args: SelectArguments) -> SelectSummary:
@@ -198,8 +240,10 @@ def select(args: SelectArguments) -> SelectSummary:
     clash = sorted(set(train["file_id"]) & set(pool["file_id"]))
     if clash:
         raise InputError(args.pool_predictions, "", f"note(s) {', '.join(clash[:5])} are also in the train CSV")
-    threshold = entropy_threshold(pool["entropy"], args.threshold)
-    mask = keep_mask(pool["entropy"], args.threshold)
+    entropy = selection_entropies(pool, args.pool_predictions, args.empty_output_entropy)
+    threshold = entropy_threshold(entropy, args.threshold)
+    mask = keep_mask(entropy, args.threshold)
+    empty_selected = int((mask & ~np.isfinite(pool["entropy"].to_numpy(dtype=float))).sum())
     dropped_truncated = 0
     if args.drop_truncated:
         truncated = pool["truncated"].to_numpy(dtype=bool)
@@ -207,10 +251,15 @@ def select(args: SelectArguments) -> SelectSummary:
         mask &= ~truncated
     selected = pool[mask]
     enough = selected[[len(spans) >= args.min_spans for spans in selected["spans"]]]
-    mixed = [{c: record[c] for c in TAGGED_COLUMNS} for record in train.to_dict("records")] + pseudo_label_rows(enough)
+    usable = enough[[bool(output) for output in enough["predicted"]]] if args.pseudo_target == "raw" else enough
+    if args.pseudo_target == "nan" and len(usable):
+        warn(f"{len(usable)} pseudo-label row(s) train on the answer '{PUBLISHED_PSEUDO_ANSWER}', as in the published "
+             f"run (its mix left gold_span empty); --pseudo_target located trains on the located spans")
+    mixed = [{c: record[c] for c in TAGGED_COLUMNS} for record in train.to_dict("records")]
+    mixed += pseudo_label_rows(usable, args.pseudo_target)
     write_tagged_table(args.output, mixed)
     return SelectSummary(len(pool), threshold, int(mask.sum()) + dropped_truncated, dropped_truncated,
-                         len(selected) - len(enough), len(train), len(mixed))
+                         len(selected) - len(enough), len(train), len(mixed), empty_selected, len(enough) - len(usable))
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

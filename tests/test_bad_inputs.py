@@ -83,6 +83,8 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     (root / "noteevents_latin1.csv").write_bytes(
         "ROW_ID,SUBJECT_ID,HADM_ID,CATEGORY,DESCRIPTION,TEXT\n1,2,3,Discharge summary,Report,caf\xe9\n".encode("latin-1"))
     (root / "a_file").write_text("x", encoding="utf-8")
+    (root / "bad_tokens.csv").write_text('file_id,raw_text,predicted,entropy,num_tokens,truncated,spans\n'
+                                         '9_9_9,a note,,,none,True,[]\n', encoding="utf-8")
     (root / "test_split.csv").write_text('"file_id","raw_text","gold_span","gold_offsets"\n"1_2_3","a note","",""\n',
                                          encoding="utf-8")
     (root / "thresholds_missing.json").write_text('{"t_cluster": 0.1, "t_pair": 0.1, "t_support": 0.3}', encoding="utf-8")
@@ -92,7 +94,7 @@ def ws(tmp_path_factory) -> dict[str, Path]:
         "folder", "empty.txt", "latin1.csv", "latin1.json", "cut.csv", "bad.json", "wrong_shape.json", "bad_span.json",
         "no_columns.csv", "dup.csv", "empty_id.csv", "header_only.csv", "bad.yaml", "list.yaml", "unknown.yaml",
         "wrong_type.yaml", "bad_choice.yaml", "noteevents_cut.csv", "noteevents_latin1.csv", "a_file", "test_split.csv", "val.json",
-        "val_out.csv", "pool.csv", "thresholds_missing.json", "thresholds_range.json")},
+        "val_out.csv", "pool.csv", "thresholds_missing.json", "thresholds_range.json", "bad_tokens.csv")},
         "gold": paths.gold_dir, "raw": paths.raw_text_dir, "stats": paths.stats_csv, "train_split": paths.split("train"),
         "val_split": paths.split("val"), "train_csv": root / "tagged" / "train.csv", "val_csv": root / "tagged" / "val.csv",
         "noteevents": paths.noteevents_csv, "emb_pool": root / "emb" / "pool", "emb_meddec": root / "emb" / "meddec"}
@@ -150,7 +152,9 @@ def cases() -> list[Case]:
                               ("gt_to_tag split folder", lambda w: ["--val_split", str(w["folder"])]),
                               ("gt_to_tag split latin-1", lambda w: ["--val_split", str(w["latin1.csv"])]),
                               ("gt_to_tag gold folder missing", lambda w: ["--gold_dir", str(w["root"] / "nogold")]),
-                              ("gt_to_tag out_dir is a file", lambda w: ["--out_dir", str(w["a_file"])])])
+                              ("gt_to_tag out_dir is a file", lambda w: ["--out_dir", str(w["a_file"])]),
+                              ("gt_to_tag dedupe not a bool", lambda w: ["--dedupe_spans", "sometimes"]),
+                              ("gt_to_tag split order not a bool", lambda w: ["--keep_split_order", "3"])])
     # utils/pred_to_offset.py
     def p2o(w):
         return ["--output", str(w["root"] / "out_p2o.json")]
@@ -251,6 +255,11 @@ def cases() -> list[Case]:
         ("train_grpo lr text", lambda w: ["--train_csv", str(w["train_csv"]), "--learning_rate", "high"]),
         ("train_grpo vllm context too short", lambda w: ["--train_csv", str(w["train_csv"]), "--vllm_max_model_length",
                                                          "100"]),
+        ("train_grpo unknown thinking mode", lambda w: ["--train_csv", str(w["train_csv"]), "--enable_thinking", "maybe"]),
+        ("train_grpo stray quote not a bool", lambda w: ["--train_csv", str(w["train_csv"]), "--prompt_stray_quote", "2"]),
+        ("train_grpo prompt length text", lambda w: ["--train_csv", str(w["train_csv"]), "--max_prompt_length", "long"]),
+        ("train_grpo IS correction not a bool", lambda w: ["--train_csv", str(w["train_csv"]),
+                                                          "--vllm_importance_sampling_correction", "often"]),
     ])
     # scripts/push_to_hub.py
     def push(w):
@@ -394,6 +403,7 @@ def cases() -> list[Case]:
         ("extract no columns", lambda w: ["--noteevents", str(w["no_columns.csv"])]),
         ("extract chunksize 0", lambda w: ["--noteevents", str(w["noteevents"]), "--chunksize", "0"]),
         ("extract bad split id", lambda w: ["--noteevents", str(w["noteevents"]), "--splits", str(w["pool.csv"])]),
+        ("extract exact id not a bool", lambda w: ["--noteevents", str(w["noteevents"]), "--exclude_by_exact_id", "perhaps"]),
     ])
 
     def emb(w):
@@ -449,6 +459,11 @@ def cases() -> list[Case]:
         ("select min_spans -1", lambda w: ["--pool_predictions", str(w["val_out.csv"]), "--min_spans", "-1"]),
         ("select overlaps train", lambda w: ["--pool_predictions", str(w["val_out.csv"]), "--train_csv",
                                              str(w["val_csv"])]),
+        ("select unknown pseudo target", lambda w: ["--pool_predictions", str(w["val_out.csv"]), "--pseudo_target",
+                                                    "gold"]),
+        ("select unknown empty entropy", lambda w: ["--pool_predictions", str(w["val_out.csv"]),
+                                                    "--empty_output_entropy", "one"]),
+        ("select num_tokens not a number", lambda w: ["--pool_predictions", str(w["bad_tokens.csv"])]),
     ])
     out.append(("dynamic_threshold no command", dynamic_threshold.main, lambda w: ["frobnicate"]))
     # baselines/train_bert.py, dataset/generate.py, scripts/demo.py
@@ -460,6 +475,12 @@ def cases() -> list[Case]:
         ("train_bert window 4", lambda w: ["--train_csv", str(w["train_csv"]), "--window", "4"]),
         ("train_bert predict missing", lambda w: ["--train_csv", "", "--predict_csv", str(w["root"] / "x.csv")]),
         ("train_bert predict dup", lambda w: ["--train_csv", "", "--predict_csv", str(w["dup.csv"])]),
+        ("train_bert unknown overlap rule", lambda w: ["--train_csv", str(w["train_csv"]), "--overlap_rule", "last"]),
+        ("train_bert unknown orphan rule", lambda w: ["--train_csv", str(w["train_csv"]), "--orphan_inside", "keep"]),
+        ("train_bert eval csv missing", lambda w: ["--train_csv", str(w["train_csv"]), "--eval_csv",
+                                                   str(w["root"] / "x.csv")]),
+        ("train_bert eval csv without gold", lambda w: ["--train_csv", str(w["train_csv"]), "--eval_csv",
+                                                        str(w["pool.csv"])]),
     ])
 
     def gen(w):

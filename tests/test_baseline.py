@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -13,9 +14,11 @@ from baselines.bio_tagger import (
     decode_spans,
     encode_note,
     predict_note,
+    published_span_f1,
     run,
     special_wrapping,
     token_labels,
+    token_snapped_gold,
 )
 from dataset.synthetic import generate_corpus
 from utils.categories import ID_TO_TAG
@@ -47,6 +50,43 @@ def test_decoding_rebuilds_spans_and_tolerates_stray_inside_labels():
     assert decode_spans(OFFSETS, token_labels(OFFSETS, spans)) == [Span(*s) for s in spans]
     stray = [label("I", 5), label("I", 5), label("I", 7), 0, label("I", 7)]
     assert decode_spans(OFFSETS, stray) == [Span(0, 5, 5), Span(6, 8, 7), Span(12, 14, 7)]
+
+
+def test_later_wins_labels_follow_the_published_baseline():
+    names = lambda spans: [bio_labels()[i] for i in token_labels(OFFSETS, spans, "later_wins")]  # noqa: E731
+    # problem aa..cc, then drug bb..dd (in (start, end) order): the later span relabels bb and cc
+    assert names([(3, 11, 5), (0, 8, 3)]) == ["B-define_problem", "B-drug_decision", "I-drug_decision",
+                                             "I-drug_decision", "O"]
+    assert token_labels(OFFSETS, [(0, 8, 3), (3, 11, 5)], "first_wins") == [
+        label("B", 3), label("I", 3), label("I", 3), label("B", 5), 0]
+    # a later span over an earlier span's B- token is skipped (same start here)
+    assert names([(0, 5, 3), (0, 14, 5)]) == ["B-define_problem", "I-define_problem", "O", "O", "O"]
+    # nested: the inner span cuts the outer one
+    assert names([(0, 14, 5), (3, 5, 3)]) == ["B-drug_decision", "B-define_problem", "I-drug_decision",
+                                             "I-drug_decision", "I-drug_decision"]
+    # the end maps to the token holding the end character, which is left out (cc is not labelled)
+    assert names([(3, 7, 7)]) == ["O", "B-evaluate_result", "O", "O", "O"]
+    # an edge between tokens looks up to 9 characters ahead; a start that finds no token ends the note's labels
+    gap = [(0, 2), (14, 16), (17, 19)]
+    assert token_labels(gap, [(5, 16, 3), (14, 19, 5)], "later_wins") == [0, label("B", 3), 0]
+    assert token_labels(gap, [(2, 16, 3), (17, 19, 5)], "later_wins") == [0, 0, 0]
+    assert token_labels(gap, [(2, 16, 3), (17, 19, 5)], "first_wins") == [0, label("B", 3), label("B", 5)]
+
+
+def test_an_orphan_inside_label_is_ignored_as_published_or_starts_a_span():
+    nested = [label("B", 5), label("B", 3), label("I", 5), label("I", 5), label("I", 5)]
+    assert decode_spans(OFFSETS, nested, "ignore") == [Span(0, 2, 5), Span(3, 5, 3)]
+    assert decode_spans(OFFSETS, nested, "new_span") == [Span(0, 2, 5), Span(3, 5, 3), Span(6, 14, 5)]
+    after_o = [0, label("I", 7), label("I", 7), 0, label("I", 7)]  # after O an I- label starts a span either way
+    assert decode_spans(OFFSETS, after_o, "ignore") == decode_spans(OFFSETS, after_o, "new_span") == [
+        Span(3, 8, 7), Span(12, 14, 7)]
+
+
+def test_the_published_validation_metric_compares_token_snapped_spans():
+    gold = token_snapped_gold(OFFSETS, [(1, 7, 3), (3, 11, 5), (0, 5, 0)])  # out-of-scope category left out
+    assert gold == {(3, 0, 5), (5, 3, 11)}
+    assert published_span_f1({"n": gold}, {"n": {(3, 0, 5), (5, 3, 8)}}) == pytest.approx(50.0)
+    assert published_span_f1({"n": set()}, {"n": set()}) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +154,10 @@ def test_a_few_training_steps_write_valid_scored_predictions(setup, capsys):
     args = BaselineArguments(
         model=str(model_dir), train_csv=str(root / "tagged" / "train.csv"), predict_csv=[str(root / "tagged" / "val.csv")],
         window=64, gold_dir=str(corpus.paths.gold_dir), raw_text_dir=str(corpus.paths.raw_text_dir),
-        split_file=str(corpus.paths.split("val")),
+        split_file=str(corpus.paths.split("val")), eval_csv="",
     )
     training = BaselineTrainingArguments(output_dir=str(root / "out"), max_steps=4, per_device_train_batch_size=2,
-                                         learning_rate=1e-3, logging_steps=1, use_cpu=True, save_strategy="no",
-                                         disable_tqdm=True)
+                                         learning_rate=1e-3, logging_steps=1, use_cpu=True, disable_tqdm=True)
     written = run(args, training, progress=False)
     out = written[str(root / "tagged" / "val.csv")]
     predictions = read_predictions(out)
@@ -131,3 +170,39 @@ def test_a_few_training_steps_write_valid_scored_predictions(setup, capsys):
 
     start, trained = load_file(model_dir / "model.safetensors"), load_file(root / "out" / "model.safetensors")
     assert not torch.equal(start["classifier.weight"], trained["classifier.weight"])  # it trained and was saved
+
+
+@pytest.mark.slow
+def test_the_best_validation_checkpoint_is_kept_and_loaded(setup, tmp_path, monkeypatch):
+    """Published: the validation span F1 is scored every N steps and the best weights are the ones saved."""
+    from safetensors.torch import load_file
+
+    from baselines import bio_tagger
+
+    scores_to_give = iter([10.0, 30.0, 20.0])  # a tiny model scores 0: script the metric, keep the machinery real
+    real_f1 = bio_tagger.published_span_f1
+    monkeypatch.setattr(bio_tagger, "published_span_f1", lambda gold, found: real_f1(gold, found) + next(scores_to_give))
+    corpus, root, model_dir = setup
+    args = BaselineArguments(model=str(model_dir), train_csv=str(root / "tagged" / "train.csv"),
+                             eval_csv=str(root / "tagged" / "train.csv"), window=64)
+    training = BaselineTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, eval_steps=2,
+                                         per_device_train_batch_size=2, learning_rate=5e-3, use_cpu=True,
+                                         disable_tqdm=True, report_to="none")
+    assert run(args, training, progress=False) == {}
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert (state["best_global_step"], state["best_metric"]) == (4, 30.0)
+    best = load_file(tmp_path / "out" / "checkpoint-4" / "model.safetensors")
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    first = load_file(tmp_path / "out" / "checkpoint-2" / "model.safetensors")
+    assert all(torch.equal(best[k], saved[k]) for k in best)  # the best checkpoint is what was saved at the end
+    assert not all(torch.equal(first[k], saved[k]) for k in first)  # and training did move the weights
+
+
+def test_without_a_validation_csv_nothing_is_selected(setup, tmp_path):
+    from baselines.bio_tagger import without_selection
+
+    training = BaselineTrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True)
+    assert (training.eval_strategy, training.save_strategy, training.load_best_model_at_end) == ("steps", "best", True)
+    without_selection(training)
+    assert (training.eval_strategy, training.save_strategy, training.load_best_model_at_end) == ("no", "no", False)

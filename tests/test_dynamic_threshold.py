@@ -90,7 +90,7 @@ def test_select_keeps_the_quantile_converts_and_mixes(tagged, tmp_path):
              val["gold_span"][2], strip_tags(val["gold_span"][3]), val["gold_span"][4], val["gold_span"][5]]
     _write_predictions(tmp_path / "pool_pred.csv", val, noisy, [0.1, 0.2, 0.9, 0.3, None, 0.8])
     args = SelectArguments(pool_predictions=str(tmp_path / "pool_pred.csv"), train_csv=str(folder / "train.csv"),
-                           threshold=0.5, output=str(tmp_path / "mixed.csv"))
+                           threshold=0.5, output=str(tmp_path / "mixed.csv"), pseudo_target="located")
     summary = select(args)
     assert summary.threshold == pytest.approx(0.3) and summary.selected == 3  # 0.1, 0.2, 0.3; None never
     mixed = read_tagged_table(tmp_path / "mixed.csv")
@@ -112,6 +112,64 @@ def test_select_keeps_the_quantile_converts_and_mixes(tagged, tmp_path):
     args.min_spans, args.drop_truncated = 0, True
     summary = select(args)  # rows 1 and 3 are marked truncated
     assert (summary.dropped_truncated, summary.dropped_few_spans, summary.written) == (2, 0, len(train) + 1)
+
+
+def _pool_with_an_empty_output(tagged, tmp_path):
+    """Four pool outputs: gold tags with think block, gold tags, a plain note, and an empty output (no tokens)."""
+    _, folder = tagged
+    val = read_tagged_table(folder / "val.csv").head(4)
+    outputs = ["<think>\nok\n</think>\n\n" + val["gold_span"][0], val["gold_span"][1], val["raw_text"][2], ""]
+    records = [{"predicted": o, "entropy": e, "num_tokens": n, "truncated": n == 0, "spans": locate_spans(t, o).spans}
+               for t, o, e, n in zip(val["raw_text"], outputs, [0.2, 0.4, 0.6, None], [9, 9, 9, 0])]
+    write_csv(tmp_path / "pool.csv", inference_output_frame(val[["file_id", "raw_text"]], records))
+    return val, outputs
+
+
+def test_published_pseudo_rows_train_on_the_string_nan_and_warn(tagged, tmp_path, capsys):
+    import io
+
+    # Provenance of the constant: the published mix left gold_span empty, train_dft.py read it with pandas' defaults
+    # and formatted the answer with str().
+    published_cell = pd.read_csv(io.StringIO('file_id,raw_text,gold_span\n1_2_3,a note,\n'))["gold_span"][0]
+    assert str(published_cell) == dynamic_threshold.PUBLISHED_PSEUDO_ANSWER == "nan"
+    _, folder = tagged
+    val, _ = _pool_with_an_empty_output(tagged, tmp_path)
+    summary = select(SelectArguments(pool_predictions=str(tmp_path / "pool.csv"), train_csv=str(folder / "train.csv"),
+                                     threshold=0.5, output=str(tmp_path / "mixed.csv")))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: 2 pseudo-label row(s) train on the answer 'nan'")
+    train = read_tagged_table(folder / "train.csv")
+    pseudo = read_tagged_table(tmp_path / "mixed.csv").iloc[len(train):]
+    # entropies 0.2, 0.4, 0.6 and the empty output as 0.0: the median is 0.3 -> the empty output and 0.2
+    assert summary.threshold == pytest.approx(0.3) and summary.empty_outputs_selected == 1
+    assert pseudo.file_id.tolist() == [val.file_id[0], val.file_id[3]]
+    assert pseudo.gold_span.tolist() == ["nan", "nan"] and pseudo.gold_offsets.tolist() == ["", ""]
+    from utils.training.data import read_training_frame, sft_records
+
+    records = sft_records(read_training_frame(tmp_path / "mixed.csv"))
+    assert [r["completion"][0]["content"] for r in records[len(train):]] == ["nan", "nan"]  # what DFT trains on
+
+
+def test_raw_and_located_pseudo_targets_and_undefined_empty_entropy(tagged, tmp_path, capsys):
+    _, folder = tagged
+    val, outputs = _pool_with_an_empty_output(tagged, tmp_path)
+    train = read_tagged_table(folder / "train.csv")
+
+    def run(**options):
+        summary = select(SelectArguments(pool_predictions=str(tmp_path / "pool.csv"), train_csv=str(folder / "train.csv"),
+                                         threshold=1.0, output=str(tmp_path / "mixed.csv"), **options))
+        return summary, read_tagged_table(tmp_path / "mixed.csv").iloc[len(train):].reset_index(drop=True)
+
+    summary, raw = run(pseudo_target="raw")
+    assert (summary.selected, summary.dropped_empty, summary.written) == (4, 1, len(train) + 3)
+    assert raw.gold_span.tolist() == outputs[:3]  # verbatim: think block included
+    assert sorted(json.loads(raw.gold_offsets[1])) == sorted(json.loads(val.gold_offsets[1])) and raw.gold_offsets[2] == "[]"
+    summary, located = run(pseudo_target="located")
+    assert summary.written == len(train) + 4 and located.gold_span[0] == val.gold_span[0]
+    assert located.gold_span[3] == val.raw_text[3] and located.gold_offsets[3] == "[]"  # empty output: untagged note
+    summary, never = run(pseudo_target="located", empty_output_entropy="none")
+    assert (summary.selected, summary.empty_outputs_selected) == (3, 0) and val.file_id[3] not in set(never.file_id)
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_cli_subcommands_and_errors(tagged, tmp_path, capsys):

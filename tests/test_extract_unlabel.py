@@ -143,3 +143,26 @@ def test_cli_reports_counts_and_rejects_a_bad_file_in_one_line(corpus, tmp_path)
         f"error: {bad}: line 1: missing column(s) HADM_ID, CATEGORY, DESCRIPTION"
     )
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_exact_id_exclusion_leaks_suffixed_split_notes_and_warns(corpus, tmp_path, capsys):
+    """The published comparison (whole id string) misses ids with an annotator suffix: those notes enter the pool."""
+    suffixed = [i for i in corpus.all_ids if parse_note_id(i).annotator]
+    assert suffixed  # the synthetic corpus always has one
+    by_row = extract_unlabeled(corpus.paths.noteevents_csv, tmp_path / "row.csv", _splits(corpus), progress=False)
+    assert "warning" not in capsys.readouterr().err and by_row.leaked == 0
+    exact = extract_unlabeled(corpus.paths.noteevents_csv, tmp_path / "exact.csv", _splits(corpus), progress=False,
+                              exclude_by_exact_id=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --exclude_by_exact_id: ")
+    assert (exact.leaked, exact.kept, exact.excluded_by_id) == (
+        len(suffixed), by_row.kept + len(suffixed), by_row.excluded_by_id - len(suffixed))
+    leaked = set(_read_output(tmp_path / "exact.csv").file_id) - set(_read_output(tmp_path / "row.csv").file_id)
+    assert leaked == {i.split("-")[0] for i in suffixed}  # SUBJECT_HADM_ROW of exactly the suffixed notes
+    assert f"MedDec notes leaked into the pool: {len(suffixed)}" in exact.summary()
+
+
+def test_exact_id_exclusion_cuts_a_json_extension_as_published(tmp_path):
+    split = tmp_path / "s.txt"
+    split.write_text("1_2_3.json\n4_5_6-anna.json\n", encoding="utf-8")
+    assert read_exclusions([split]).note_ids == {"1_2_3", "4_5_6-anna"}

@@ -67,8 +67,8 @@ def parse(tiny, tmp_path, *extra):
 
 
 def test_published_context_and_memory_share_reach_grpo_config_and_the_vllm_engine(tiny, tmp_path, fake_vllm) -> None:
-    script, model_args, config = parse(tiny, tmp_path)
-    assert (script.max_prompt_length, config.max_completion_length) == (10029, 14547)
+    script, model_args, config = parse(tiny, tmp_path, "--max_prompt_length", "10029")
+    assert config.max_completion_length == 14547
     assert config.vllm_gpu_memory_utilization == 0.3 and config.vllm_max_model_length is None
     trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[lambda completions, **_: [0.0] * len(
         completions)])
@@ -93,15 +93,38 @@ def test_published_context_and_memory_share_reach_grpo_config_and_the_vllm_engin
     assert any(name.startswith("model.language_model.layers.") for name in engine.loaded)
 
 
+def test_without_a_prompt_limit_the_context_holds_the_longest_prompt_of_the_data(tiny, tmp_path, fake_vllm) -> None:
+    """Published: every note is kept (no --max_prompt_length), so vLLM must hold the longest one, as training
+    renders it (chat template, thinking switch)."""
+    from transformers import AutoTokenizer
+
+    from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame
+
+    script, model_args, config = parse(tiny, tmp_path)
+    assert script.max_prompt_length is None
+    trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[lambda completions, **_: [0.0] * len(
+        completions)])
+    records = grpo_records(read_training_frame(str(tiny["csv"])), stray_quote=True)
+    lengths = count_prompt_tokens(AutoTokenizer.from_pretrained(str(tiny["vl"])), [r["prompt"] for r in records], {})
+    assert len(lengths) == 2 and max(lengths) > 100
+    assert trainer.args.vllm_max_model_length == max(lengths) + 14547
+    assert fake_vllm.instances[-1].kwargs["max_model_len"] == max(lengths) + 14547
+
+
 def test_explicit_options_win_and_a_context_too_short_is_refused(tiny, tmp_path, fake_vllm) -> None:
     script, model_args, config = parse(tiny, tmp_path, "--vllm_max_model_length", "30000",
                                        "--vllm_gpu_memory_utilization", "0.45")
     grpo.build_trainer(script, model_args, config, reward_funcs=[lambda completions, **_: [0.0] * len(completions)])
     assert fake_vllm.instances[-1].kwargs["max_model_len"] == 30000
     assert fake_vllm.instances[-1].kwargs["gpu_memory_utilization"] == 0.45
-    script, model_args, config = parse(tiny, tmp_path, "--vllm_max_model_length", "20000")
+    script, model_args, config = parse(tiny, tmp_path, "--vllm_max_model_length", "20000", "--max_prompt_length",
+                                       "10029")
     with pytest.raises(InputError, match=r"--vllm_max_model_length: 20000: below --max_prompt_length \+ "
                                          r"--max_completion_length = 24576"):
+        grpo.build_trainer(script, model_args, config)
+    script, model_args, config = parse(tiny, tmp_path, "--vllm_max_model_length", "14600")
+    with pytest.raises(InputError, match=r"--vllm_max_model_length: 14600: below the longest prompt of .*train.csv "
+                                         r"\(\d+ tokens\) \+ --max_completion_length = \d+"):
         grpo.build_trainer(script, model_args, config)
 
 

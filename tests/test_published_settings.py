@@ -40,15 +40,22 @@ def test_model_2_grpo_settings() -> None:
     script, model, config = parse_args(GRPOScriptArguments, GRPOModelConfig, LamarGRPOConfig, argv=[])
     assert model.model_name_or_path == RELEASED_MODEL_1 == "Keetawan/Qwen3.5-4B_LoRA_Exact_BF16_Rank256_Alpha32_DFT"
     assert (model.lora_r, model.lora_alpha) == (2, 2)
-    assert script.rewards == ["fidelity", "token_f1", "exact_f1"] and script.max_prompt_length == 10029
+    assert script.rewards == ["fidelity", "token_f1", "exact_f1"]
+    # The published script computed max_prompt_length = 10029 but never passed it: every note is used.
+    assert script.max_prompt_length is None
+    # Its prompt opened with four quotes (a stray '"') and it passed no thinking switch to the chat template.
+    assert script.prompt_stray_quote is True and script.enable_thinking == "template"
     assert (config.loss_type, config.epsilon, config.epsilon_high, config.beta) == ("dapo", 0.2, 0.28, 0.0)
     assert config.importance_sampling_level == "token" and config.mask_truncated_completions is True
     assert config.multi_objective_aggregation == "normalize_then_sum"  # GDPO
     assert (config.learning_rate, config.lr_scheduler_type, config.num_train_epochs) == (5e-5, "constant", 1)
     assert (config.per_device_train_batch_size, config.gradient_accumulation_steps, config.max_grad_norm) == (2, 4, 0.2)
-    assert (config.num_generations, config.temperature, config.min_p, config.top_p) == (8, 1.0, 0.1, 1.0)
+    # min_p 0.1 sat only in vLLM sampling params of a run without vLLM (Unsloth fast_inference=False): not applied.
+    assert (config.num_generations, config.temperature, config.min_p, config.top_p) == (8, 1.0, None, 1.0)
     assert (config.max_completion_length, config.save_steps) == (14547, 10)
-    assert config.chat_template_kwargs == {"enable_thinking": False}
+    assert config.chat_template_kwargs is None
+    assert config.seed == 42  # TRL's default: the published GRPOConfig set no seed
+    assert config.vllm_importance_sampling_correction is False  # no vLLM in the published run, so no correction
 
 
 def test_inference_settings() -> None:
@@ -73,9 +80,29 @@ def test_ensemble_settings() -> None:
     assert (args.n_trials, args.storage, args.study_name) == (5000, "sqlite:///mbr_optuna.db", "mbr_tuning_study")
 
 
-@pytest.mark.parametrize("name, value", [("learning_rate", 2e-5), ("lr_scheduler_type", "cosine"), ("optim", "adamw_torch")])
+@pytest.mark.parametrize("name, value", [
+    ("learning_rate", 2e-5), ("lr_scheduler_type", "cosine"), ("optim", "adamw_torch"), ("weight_decay", 0.001),
+    ("warmup_steps", 0.05), ("seed", 3407), ("num_train_epochs", 250), ("per_device_train_batch_size", 32),
+    ("eval_steps", 500), ("metric_for_best_model", "f1"), ("load_best_model_at_end", True), ("save_strategy", "best")])
 def test_baseline_settings(name, value) -> None:
     from utils.configs.baseline import WINDOW, BaselineTrainingArguments
 
     assert WINDOW == 512
     assert getattr(BaselineTrainingArguments(), name) == value
+
+
+def test_baseline_labels_and_decoding() -> None:
+    from utils.configs.baseline import BaselineArguments
+
+    args = BaselineArguments()
+    assert (args.overlap_rule, args.orphan_inside, args.eval_csv) == ("later_wins", "ignore", "data/tagged/val.csv")
+
+
+def test_data_preparation_and_pseudo_label_mix() -> None:
+    from utils.configs.pipeline import ExtractArguments, GtToTagArguments, SelectArguments
+
+    gt = GtToTagArguments()
+    assert gt.dedupe_spans is False and gt.keep_split_order is False  # doubled duplicate tags, notes sorted
+    select = SelectArguments()
+    assert (select.pseudo_target, select.empty_output_entropy) == ("nan", "zero")
+    assert ExtractArguments().exclude_by_exact_id is False  # the published exact-id exclusion leaks: off

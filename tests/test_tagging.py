@@ -181,7 +181,8 @@ def _split_args(paths, out_dir, test=False):
 def test_gt_to_tag_writes_exact_text_tagged_text_and_offsets(small_corpus, tmp_path, capsys):
     paths = small_corpus.paths
     out = tmp_path / "tagged"
-    assert gt_to_tag.main(_split_args(paths, out, test=True) + ["--raw_text_dir", str(paths.raw_text_dir)]) == 0
+    assert gt_to_tag.main(_split_args(paths, out, test=True) + ["--raw_text_dir", str(paths.raw_text_dir),
+                                                                "--keep_split_order", "--dedupe_spans"]) == 0
     assert "train: 3 notes" in capsys.readouterr().out
     from utils.meddec.corpus import load_notes, read_split
 
@@ -249,6 +250,50 @@ def test_gt_to_tag_errors_are_one_line_with_exit_code_2(small_corpus, tmp_path, 
     assert gt_to_tag.main(argv) == 2
     assert capsys.readouterr().err.strip() == f"error: {bad_csv}: line 1: missing column(s) file_id, raw_text; expected file_id, raw_text"
     assert not (tmp_path / "o").exists()
+
+
+def test_gt_to_tag_defaults_are_the_published_sorted_order_and_doubled_duplicates(small_corpus, tmp_path):
+    from utils.meddec.corpus import load_notes, read_split
+
+    paths = small_corpus.paths
+    published, ours = tmp_path / "published", tmp_path / "ours"
+    base = _split_args(paths, published) + ["--raw_text_dir", str(paths.raw_text_dir)]
+    assert gt_to_tag.main(base) == 0
+    assert gt_to_tag.main(_split_args(paths, ours) + ["--raw_text_dir", str(paths.raw_text_dir), "--keep_split_order",
+                                                      "--dedupe_spans"]) == 0
+    doubled = 0
+    for split in ("train", "val"):
+        frame, plain = read_tagged_table(published / f"{split}.csv"), read_tagged_table(ours / f"{split}.csv")
+        assert list(frame["file_id"]) == sorted(read_split(paths.split(split)), key=lambda i: i + ".json")
+        notes = load_notes(paths.gold_dir, paths.raw_text_dir, list(frame["file_id"]))
+        by_id = dict(zip(plain["file_id"], plain["gold_offsets"]))
+        for row in frame.to_dict("records"):
+            gold = [(a.start, a.end, a.category) for a in notes[row["file_id"]].in_scope]
+            assert [tuple(s) for s in json.loads(row["gold_offsets"])] == gold  # every copy, gold-file order
+            assert row["gold_span"] == spans_to_tagged(row["raw_text"], gold, keep_duplicates=True)
+            assert strip_tags(row["gold_span"]) == row["raw_text"]
+            copies = len(gold) - len(set(gold))
+            assert len(json.loads(by_id[row["file_id"]])) == len(gold) - copies
+            doubled += copies
+    assert doubled > 0  # the synthetic corpus has exact duplicates (1% of spans)
+
+
+def test_published_order_sorts_json_file_names_and_duplicates_become_doubled_tags():
+    from utils.tagging.splits import published_note_order
+
+    ids = ["1_2_3", "1_2_3-anna", "1_2_30", "0_9_9.json"]
+    assert published_note_order(ids) == ["0_9_9.json", "1_2_3-anna", "1_2_3", "1_2_30"]  # "-" < "." < "0"
+    assert sorted(ids) != published_note_order(ids)
+    text = "stop aspirin now"
+    spans = [(5, 12, 5), (0, 12, 5), (5, 12, 5)]
+    assert spans_to_tagged(text, spans, keep_duplicates=True) == (
+        "<drug_decision>stop <drug_decision><drug_decision>aspirin</drug_decision></drug_decision></drug_decision> now")
+    assert spans_to_tagged(text, spans) == (
+        "<drug_decision>stop <drug_decision>aspirin</drug_decision></drug_decision> now")
+    plain, back = tagged_to_spans(spans_to_tagged(text, spans, keep_duplicates=True))
+    assert plain == text and sorted(back) == sorted(Span(*s) for s in spans)  # the multiset comes back
+    kept, dropped = clean_spans(len(text), spans, keep_duplicates=True)
+    assert kept == [Span(*s) for s in spans] and dropped == []
 
 
 @pytest.mark.parametrize("command", [["utils/gt_to_tag.py"], ["-m", "utils.gt_to_tag"]])

@@ -128,3 +128,70 @@ def test_long_prompts_are_left_out_and_all_too_long_is_an_error(tiny, tmp_path: 
     code = train_grpo.main(tiny_args(tiny, tmp_path / "long", "--max_prompt_length", "10", "--max_steps", "1"))
     assert code == 2
     assert "every prompt is longer; nothing to train on" in capsys.readouterr().err
+
+
+def test_published_grpo_data_and_prompt_by_default_and_the_corrected_ones_by_flag(tiny, tmp_path: Path) -> None:
+    from utils.prompt import build_prompt
+
+    from utils.training.data import read_training_frame
+
+    rows = list(read_training_frame(tiny["csv"])["raw_text"])
+    published = grpo.build_trainer(*parse(tiny_args(tiny, tmp_path / "pub", "--max_steps", "1")),
+                                   reward_funcs=[length_reward])
+    prompts = [r["prompt"][0]["content"] for r in published.train_dataset]
+    assert prompts == ['"' + build_prompt(t) for t in rows]  # the stray quote, every note kept
+    assert published.chat_template_kwargs == {}  # no thinking switch: the template's own default
+    assert published.args.seed == 42 and published.generation_config.min_p is None
+    assert published.args.vllm_importance_sampling_correction is False
+    corrected = grpo.build_trainer(*parse(tiny_args(
+        tiny, tmp_path / "ours", "--max_steps", "1", "--prompt_stray_quote", "false", "--enable_thinking", "false",
+        "--seed", "3407", "--min_p", "0.1", "--vllm_importance_sampling_correction", "true",
+        "--max_prompt_length", "100000")), reward_funcs=[length_reward])
+    assert [r["prompt"][0]["content"] for r in corrected.train_dataset] == [build_prompt(t) for t in rows]
+    assert corrected.chat_template_kwargs == {"enable_thinking": False}
+    assert corrected.args.seed == 3407 and corrected.generation_config.min_p == 0.1
+    assert corrected.args.vllm_importance_sampling_correction is True
+
+
+def test_the_prompt_limit_counts_tokens_as_training_renders_them(tiny, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    records = grpo_records(read_training_frame(tiny["csv"]), stray_quote=True)
+    off = count_prompt_tokens(tokenizer, [r["prompt"] for r in records], {"enable_thinking": False})
+    on = count_prompt_tokens(tokenizer, [r["prompt"] for r in records], {"enable_thinking": True})
+    assert all(a > b for a, b in zip(off, on))  # "<think>\n\n</think>\n\n" vs "<think>\n"
+    limit = max(on)  # every prompt fits with thinking on, not with it off
+    assert len(grpo.drop_long_prompts(records, tokenizer, limit, {"enable_thinking": True})) == len(records)
+    assert len(grpo.drop_long_prompts(records, tokenizer, limit, {"enable_thinking": False})) < len(records)
+
+
+def test_without_a_thinking_switch_qwen35_4b_opens_a_think_block(tiny) -> None:
+    """What --enable_thinking template means for the real model: Qwen3.5-4B ships TRL's qwen3_5_think template."""
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import qwen3_5_think_chat_template
+
+    from utils.prompt import build_messages
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    tokenizer.chat_template = qwen3_5_think_chat_template
+    messages = build_messages("Start aspirin.", stray_quote=True)
+    published = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    off = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert '<|im_start|>user\n"You are an expert' in published
+    assert published.endswith("Start aspirin.<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    assert off.endswith("Start aspirin.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_the_seed_decides_which_notes_the_first_step_sees(tmp_path: Path) -> None:
+    """Published seed 42 (TRL's default) vs 3407: TRL's sampler orders the 350 synthetic train notes differently."""
+    from trl.trainer.grpo_trainer import RepeatSampler
+
+    def first_step(seed: int) -> list[int]:
+        sampler = RepeatSampler(list(range(350)), mini_repeat_count=8, batch_size=1, repeat_count=8, shuffle=True,
+                                seed=seed)
+        return list(dict.fromkeys(list(sampler)[:64]))  # one step: batch 2 x accumulation 4 x 8 generations = 1 note each
+
+    assert first_step(42) == first_step(42) and first_step(42) != first_step(3407)

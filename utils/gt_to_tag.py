@@ -7,7 +7,8 @@ writes ``train.csv`` and ``val.csv`` (and ``test.csv`` with ``--test_split``) wi
 ``file_id, raw_text, gold_span, gold_offsets``. Note text comes from the MedDec ``raw_text/`` folder or from a CSV
 with ``file_id`` and ``raw_text`` columns (``--raw_text_csv``, as published). Read the CSVs with
 ``utils.meddec.tables.read_tagged_table`` (or ``pandas.read_csv(path, dtype=str, keep_default_na=False)``): note
-text must stay exactly as is. The conversion itself is ``utils.tagging.splits``.
+text must stay exactly as is. The conversion itself is ``utils.tagging.splits``. As published, notes are sorted by
+file name and exact duplicate gold spans stay doubled; ``--keep_split_order`` and ``--dedupe_spans`` change that.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.test_split:
             split_files["test"] = args.test_split
         texts = RawTexts(None, args.raw_text_csv) if args.raw_text_csv else RawTexts(args.raw_text_dir)
-        summary = convert_splits(args.gold_dir, texts, split_files, args.out_dir, progress=True)
+        summary = convert_splits(args.gold_dir, texts, split_files, args.out_dir, progress=True,
+                                 keep_duplicates=not args.dedupe_spans, sort_notes=not args.keep_split_order)
         for name, (notes, spans, reasons) in summary.items():
             left_out = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common()) or "none"
             print(f"{name}: {notes} notes, {spans} gold spans -> {Path(args.out_dir) / (name + '.csv')} "

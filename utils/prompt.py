@@ -2,6 +2,9 @@
 
 The numbering inside the prompt differs from the category ids; that is how it was published. The chat
 template is applied with thinking switched off (``enable_thinking=False``).
+
+The published GRPO script (Model 2) wrote its copy of the instruction between four double quotes, so its prompt
+starts with one stray ``"`` (``GRPO_STRAY_QUOTE``); ``build_prompt(..., stray_quote=True)`` gives that prompt.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 RAW_TEXT_FIELD = "{raw_text}"
+GRPO_STRAY_QUOTE = '"'  # the first character of the published GRPO prompt
 
 # The chat template is applied with thinking off, as the released checkpoints were trained and are served.
 CHAT_TEMPLATE_KWARGS: dict[str, Any] = {"enable_thinking": False}
@@ -51,14 +55,15 @@ Return ONLY the fully annotated text. Ensure all tags are properly closed. Do no
 {raw_text}"""
 
 
-def build_prompt(raw_text: str) -> str:
-    """The user message for one note: the template with ``{raw_text}`` replaced by the note."""
-    return PROMPT_TEMPLATE.replace(RAW_TEXT_FIELD, raw_text, 1)
+def build_prompt(raw_text: str, stray_quote: bool = False) -> str:
+    """The user message for one note: the template with ``{raw_text}`` replaced by the note (``stray_quote``: with
+    the published GRPO prompt's leading ``"``)."""
+    return (GRPO_STRAY_QUOTE if stray_quote else "") + PROMPT_TEMPLATE.replace(RAW_TEXT_FIELD, raw_text, 1)
 
 
-def build_messages(raw_text: str, answer: str | None = None) -> list[dict[str, Any]]:
+def build_messages(raw_text: str, answer: str | None = None, stray_quote: bool = False) -> list[dict[str, Any]]:
     """Chat messages for one note; with ``answer`` the assistant turn is included (training)."""
-    messages: list[dict[str, Any]] = [{"role": "user", "content": build_prompt(raw_text)}]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": build_prompt(raw_text, stray_quote)}]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages

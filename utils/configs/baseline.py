@@ -9,6 +9,8 @@ from transformers import TrainingArguments
 from utils.configs import BASELINE_MODEL, MEDDEC, TAGGED_DIR
 
 WINDOW = 512
+OVERLAP_RULES = ("later_wins", "first_wins")
+ORPHAN_RULES = ("ignore", "new_span")
 
 @dataclass
 class BaselineArguments:
@@ -22,6 +24,18 @@ class BaselineArguments:
     raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ (for scoring)."})
     split_file: str | None = field(default=None, metadata={"help": "Split file restricting the scored notes."})
     stats_csv: str | None = field(default=None, metadata={"help": "stats.csv (adds worst/final to the score)."})
+    eval_csv: str | None = field(default=str(TAGGED_DIR / "val.csv"), metadata={
+        "help": "gt_to_tag CSV scored every --eval_steps with the published span F1 (exact token spans, micro); the "
+                "best checkpoint is kept and loaded at the end, as published. '' trains without selection (last "
+                "weights)."})
+    overlap_rule: str = field(default="later_wins", metadata={
+        "help": "Labels of overlapping gold spans. later_wins (published): spans in (start, end) order, a later span "
+                "relabels the tokens it shares with an earlier one unless it would cover an earlier span's B token; "
+                "first_wins: a token keeps the first gold span overlapping it (the official token score's rule).",
+        "choices": list(OVERLAP_RULES)})
+    orphan_inside: str = field(default="ignore", metadata={
+        "help": "Decoding of an I- label that continues no span of its category. ignore (published): it starts a span "
+                "only right after an O label; new_span: it always starts one.", "choices": list(ORPHAN_RULES)})
 
 
 @dataclass
@@ -32,7 +46,18 @@ class BaselineTrainingArguments(TrainingArguments):
     learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (published 2e-5)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (published cosine)."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (published AdamW)."})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs (not published; 10 here)."})
-    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch."})
+    weight_decay: float = field(default=0.001, metadata={"help": "AdamW weight decay (published 0.001)."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up: a ratio of total steps when < 1 (published 5%%)."})
+    seed: int = field(default=3407, metadata={"help": "Random seed (published 3407)."})
+    num_train_epochs: float = field(default=250.0, metadata={"help": "Epochs (published 250)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Notes (one random window each) per step "
+                                                                           "and device (published 32)."})
+    eval_strategy: str = field(default="steps", metadata={"help": "Score --eval_csv every --eval_steps (published)."})
+    eval_steps: float | None = field(default=500, metadata={"help": "Steps between validation scores (published 500)."})
+    save_strategy: str = field(default="best", metadata={"help": "Checkpoint when the validation F1 improves (published)."})
+    metric_for_best_model: str | None = field(default="f1", metadata={"help": "Validation metric to keep the best of."})
+    greater_is_better: bool | None = field(default=True, metadata={"help": "A higher --metric_for_best_model is better."})
+    load_best_model_at_end: bool = field(default=True, metadata={
+        "help": "Load the best validation checkpoint at the end; it is saved and predicts (published)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our dataset's fields."})

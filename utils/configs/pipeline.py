@@ -17,6 +17,8 @@ from utils.training.models import MODEL_CLASSES
 ANY_DESCRIPTION = "any"
 UNCLOSED_POLICIES = ("drop", "close_at_end")
 INFERENCE_BACKENDS = ("vllm", "transformers")
+PSEUDO_TARGETS = ("nan", "raw", "located")
+EMPTY_OUTPUT_ENTROPIES = ("zero", "none")
 
 
 # ------------------------------------------------------------------------------------------- data preparation
@@ -35,6 +37,12 @@ class GtToTagArguments:
     test_split: str | None = field(default=None, metadata={
         "help": "Optional test split file (notes without gold get empty gold columns)."})
     out_dir: str = field(default=str(TAGGED_DIR), metadata={"help": "Folder for train.csv, val.csv (and test.csv)."})
+    dedupe_spans: bool = field(default=False, metadata={
+        "help": "Collapse exact duplicate gold spans (same start, end, category) into one. Default: kept as doubled "
+                "tags and repeated offsets, as the published gt_to_tag.py did."})
+    keep_split_order: bool = field(default=False, metadata={
+        "help": "Write the notes in split-file order. Default: sorted by <ID>.json file name, as the published "
+                "gt_to_tag.py did (the order training sees before shuffling)."})
 
 
 @dataclass
@@ -131,6 +139,10 @@ class ExtractArguments:
         "help": f"DESCRIPTION to keep (exact match); '{ANY_DESCRIPTION}' keeps Report and Addendum alike."})
     exclude_patients: bool = field(default=False, metadata={
         "help": "Also drop every note of a patient (SUBJECT_ID) found in the splits."})
+    exclude_by_exact_id: bool = field(default=False, metadata={
+        "help": "Exclude split notes only where SUBJECT_HADM_ROW equals a split id exactly, as the published "
+                "extract_unlabel.py did: notes whose MedDec id has an annotator suffix (-name) then stay in the pool, "
+                "so evaluation notes can leak into pseudo-label training (warns). Default: exclude by ROW_ID."})
     chunksize: int = field(default=2_000, metadata={"help": "Rows of NOTEEVENTS read at a time (bounds memory)."})
 
 
@@ -201,6 +213,15 @@ class SelectArguments:
     output: str = field(default=str(MIXED_TRAIN_CSV), metadata={"help": "Mixed training CSV."})
     min_spans: int = field(default=0, metadata={"help": "Also drop selected rows with fewer located spans."})
     drop_truncated: bool = field(default=False, metadata={"help": "Also drop outputs that hit the token budget."})
+    pseudo_target: str = field(default="nan", metadata={
+        "help": "Answer a selected pool row trains on. nan: as the published mix, which left gold_span empty so that "
+                "the published train_dft.py read it as NaN and trained on the string 'nan' (warns); raw: Model 1's "
+                "output verbatim; located: the exact note re-tagged from the spans inference located in it.",
+        "choices": list(PSEUDO_TARGETS)})
+    empty_output_entropy: str = field(default="zero", metadata={
+        "help": "Entropy of an output without generated tokens. zero: 0.0 as the published inference.py, so it is "
+                "always selected and counts in the quantile; none: undefined, never selected.",
+        "choices": list(EMPTY_OUTPUT_ENTROPIES)})
 
 
 # ----------------------------------------------------------------------------------------------- scoring, ensemble

@@ -19,6 +19,7 @@ from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, reso
 
 DFT_LOSSES = ("dft", "nll")
 USE_VLLM_MODES = ("auto", "true", "false")
+THINKING_MODES = ("template", "false", "true")
 REWARD_NAMES = ("fidelity", "token_f1", "exact_f1", "official")
 def require_positive(config: Any, names: tuple[str, ...], allow_zero: tuple[str, ...] = ()) -> None:
     """Refuse settings that would silently train nothing or diverge (a negative learning rate, zero epochs)."""
@@ -140,7 +141,16 @@ class GRPOScriptArguments:
         "help": "DFT LoRA adapter to merge into --model_name_or_path first (e.g. your own Model 1)."})
     rewards: list[str] = field(default_factory=lambda: ["fidelity", "token_f1", "exact_f1"], metadata={
         "help": f"Reward functions, from {', '.join(REWARD_NAMES)}.", "choices": list(REWARD_NAMES)})
-    max_prompt_length: int = field(default=10029, metadata={"help": "Leave out notes with longer prompts (tokens)."})
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "Leave out notes whose prompt has more tokens (e.g. 10029, the limit the published script computed "
+                "but never passed). Default: every note is used, as published."})
+    prompt_stray_quote: bool = field(default=True, metadata={
+        "help": "Start the prompt with the stray '\"' of the published train_grpo.py (its instruction was written "
+                "between four quotes); --prompt_stray_quote false uses the prompt Model 1 was trained with."})
+    enable_thinking: str = field(default="template", metadata={
+        "help": "Thinking switch passed to the chat template: template passes none, as published (Qwen3.5-4B's "
+                "template then opens a think block); false or true pass enable_thinking. Overrides an "
+                "enable_thinking in --chat_template_kwargs.", "choices": list(THINKING_MODES)})
     use_vllm_mode: str = field(default="auto", metadata={
         "help": "auto: vLLM when a GPU and vLLM are present; true / false to force.", "choices": list(USE_VLLM_MODES)})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
@@ -167,22 +177,29 @@ class LamarGRPOConfig(GRPOConfig):
     gradient_accumulation_steps: int = 4
     num_generations: int | None = 8
     temperature: float = 1.0
-    min_p: float | None = 0.1
+    min_p: float | None = field(default=None, metadata={
+        "help": "Min-p sampling. Default none: the published 0.1 sat only in vLLM sampling params of a run that "
+                "generated without vLLM (Unsloth fast_inference=False), so it never applied; 0.1 applies it."})
     top_p: float = 1.0
     max_completion_length: int | None = 14547
     optim: str = "adamw_8bit"
-    seed: int = 3407
+    seed: int = field(default=42, metadata={
+        "help": "Random seed (published: TRL's default 42, the published script set none; Model 1 used 3407)."})
     save_strategy: str = "steps"
     save_steps: float = 10
     logging_steps: float = 1
     report_to: None | str | list[str] = "tensorboard"
     bf16: bool | None = None
-    chat_template_kwargs: dict | None = field(default_factory=lambda: {"enable_thinking": False})
+    chat_template_kwargs: dict | None = field(default=None, metadata={
+        "help": "Extra chat template arguments (YAML recipes; for the thinking switch use --enable_thinking)."})
     vllm_mode: str = "colocate"
     # Colocated vLLM's share of the GPU (TRL's default, stated): on the published single 80 GB GPU it holds the bf16
     # weights (~9 GB), KV cache for every rollout of a generation batch at full context (8 x 24,576 tokens x 32 KiB
     # for Qwen3.5-4B's 8 full-attention layers = 6 GiB) and the linear-attention states, leaving ~56 GB to training.
     vllm_gpu_memory_utilization: float = 0.3
+    vllm_importance_sampling_correction: bool = field(default=False, metadata={
+        "help": "Reweight the loss by the ratio of trainer to vLLM token probabilities (TRL's default). Off as "
+                "published: its completions came from the trained model itself (no vLLM), so there was none."})
     gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
 
     def __post_init__(self) -> None:

@@ -22,9 +22,11 @@ in-scope spans (0.08 %, 40 of 350 notes); how often MedDec gold has them is unkn
 
 Decisions (documented because downstream code depends on them):
 
-* Exact duplicates (same start, end and category) collapse to one span: a doubled tag would teach the
-  model to stutter, and neither official metric can tell one copy from two (span F1 uses a set; token
-  F1 takes the first overlapping span). Round trips therefore compare sets of spans.
+* Exact duplicates (same start, end and category) collapse to one span by default here: a doubled tag
+  would teach the model to stutter, and neither official metric can tell one copy from two (span F1 uses a
+  set; token F1 takes the first overlapping span). Round trips therefore compare sets of spans. The
+  published ``gt_to_tag.py`` kept them (``<a><a>x</a></a>``, each copy in ``gold_offsets``):
+  ``keep_duplicates=True`` writes that, and ``utils/gt_to_tag.py`` does so unless ``--dedupe_spans``.
 * Spans of a category outside 1-9, with ``start >= end``, non-integer offsets or offsets outside the
   text are dropped; ``clean_spans`` says why for each.
 * Only the nine exact tag strings are tags. A note that itself contains such a string (never seen in
@@ -74,8 +76,10 @@ def drop_reason(span: Sequence[object], text_length: int) -> str | None:
     return None
 
 
-def clean_spans(text_length: int, spans: Iterable[Sequence[object]]) -> tuple[list[Span], list[DroppedSpan]]:
-    """Valid, de-duplicated spans in input order, and the dropped ones with a reason each."""
+def clean_spans(text_length: int, spans: Iterable[Sequence[object]],
+                keep_duplicates: bool = False) -> tuple[list[Span], list[DroppedSpan]]:
+    """Valid spans in input order (exact duplicates dropped unless ``keep_duplicates``), and the dropped ones with a
+    reason each."""
     kept: list[Span] = []
     dropped: list[DroppedSpan] = []
     seen: set[Span] = set()
@@ -84,7 +88,7 @@ def clean_spans(text_length: int, spans: Iterable[Sequence[object]]) -> tuple[li
         reason = drop_reason(raw, text_length)
         if reason is None:
             span = Span(int(raw[0]), int(raw[1]), int(raw[2]))
-            if span in seen:
+            if span in seen and not keep_duplicates:
                 reason = "duplicate of an earlier span"
             else:
                 seen.add(span)
@@ -99,9 +103,10 @@ def writing_order_key(span: Span) -> tuple[int, int, int]:
     return (span.start, -span.end, -INNER_RANK[span.category])
 
 
-def spans_to_tagged(text: str, spans: Iterable[tuple[int, int, int]]) -> str:
-    """The note with inline tags for ``spans`` (invalid spans and duplicates are dropped, see clean_spans)."""
-    kept, _ = clean_spans(len(text), spans)
+def spans_to_tagged(text: str, spans: Iterable[tuple[int, int, int]], keep_duplicates: bool = False) -> str:
+    """The note with inline tags for ``spans`` (invalid spans, and duplicates unless ``keep_duplicates``, are
+    dropped, see clean_spans); a kept duplicate is a doubled tag, closed last-opened-first."""
+    kept, _ = clean_spans(len(text), spans, keep_duplicates)
     ordered = sorted(kept, key=writing_order_key)
     opens: dict[int, list[str]] = defaultdict(list)
     closes: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -169,14 +174,17 @@ def same_category_crossings(spans: Iterable[Sequence[int]]) -> list[tuple[Span, 
     return pairs
 
 
-def gold_row(file_id: str, text: str, spans: Iterable[Sequence[int]] | None) -> tuple[dict[str, str], Counter[str]]:
+def gold_row(file_id: str, text: str, spans: Iterable[Sequence[int]] | None,
+             keep_duplicates: bool = False) -> tuple[dict[str, str], Counter[str]]:
     """One tagged-split row for a note (``utils.meddec.tables``), and why spans were left out (reason -> count).
 
     ``spans`` are (start, end, category) triples in gold order; None means the note has no gold (test): both
-    gold columns are then empty strings.
+    gold columns are then empty strings. ``keep_duplicates``: exact duplicates stay, as doubled tags and repeated
+    offsets (the published gt_to_tag.py).
     """
     if spans is None:
         return {"file_id": file_id, "raw_text": text, "gold_span": "", "gold_offsets": ""}, Counter()
-    kept, dropped = clean_spans(len(text), spans)
-    row = {"file_id": file_id, "raw_text": text, "gold_span": spans_to_tagged(text, kept), "gold_offsets": spans_json(kept)}
+    kept, dropped = clean_spans(len(text), spans, keep_duplicates)
+    row = {"file_id": file_id, "raw_text": text, "gold_span": spans_to_tagged(text, kept, keep_duplicates),
+           "gold_offsets": spans_json(kept)}
     return row, Counter(d.reason for d in dropped)

@@ -1,9 +1,14 @@
 """Gold annotations of MedDec splits -> tagged split tables (the generative taggers' training data).
 
-Per split file, one table (``utils.meddec.tables``) in split-file order: the exact note text, the note with inline
-tags (``utils.tagging.convert.spans_to_tagged``) and the in-scope gold spans as JSON in gold-file order
-(out-of-scope, invalid and duplicate spans left out, as in the tagged text). Test notes without a gold file get
-empty gold columns; train and validation notes must have one. Nothing is written unless every split can be.
+Per split file, one table (``utils.meddec.tables``): the exact note text, the note with inline tags
+(``utils.tagging.convert.spans_to_tagged``) and the in-scope gold spans as JSON in gold-file order (out-of-scope
+and invalid spans left out, as in the tagged text). Test notes without a gold file get empty gold columns; train
+and validation notes must have one. Nothing is written unless every split can be.
+
+Two choices follow the published ``gt_to_tag.py`` when asked (``utils/gt_to_tag.py`` asks by default): notes
+sorted by file name (``sort_notes``; the published split files list ``<ID>.json`` names and it sorted those
+strings, so ``1_2_3-anna`` comes before ``1_2_3``) instead of split-file order, and exact duplicate gold spans
+kept as doubled tags (``keep_duplicates``) instead of collapsed.
 """
 
 from __future__ import annotations
@@ -45,16 +50,25 @@ def in_scope_spans(annotations: Sequence[Annotation]) -> list[tuple[int, int, in
     return [(a.start, a.end, a.category) for a in annotations if a.category]
 
 
+def published_note_order(ids: Sequence[str]) -> list[str]:
+    """The published row order: the ``<ID>.json`` file names sorted as strings (``-`` sorts before ``.``)."""
+    return sorted(ids, key=lambda note_id: note_id if note_id.endswith(".json") else note_id + ".json")
+
+
 def build_split_rows(ids: Sequence[str], texts: RawTexts, gold: Mapping[str, list[Annotation]],
-                     progress: bool = False, split_name: str = "split") -> tuple[list[dict[str, str]], Counter[str]]:
-    """Rows of one split in split-file order (notes without gold get empty gold columns)."""
+                     progress: bool = False, split_name: str = "split", keep_duplicates: bool = False,
+                     sort_notes: bool = False) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Rows of one split in split-file order, or the published sorted order (notes without gold get empty gold
+    columns)."""
     from tqdm.auto import tqdm
 
     rows: list[dict[str, str]] = []
     reasons: Counter[str] = Counter()
-    for note_id in tqdm(ids, desc=f"tagging {split_name}", unit="note", disable=not progress):
+    ordered = published_note_order(ids) if sort_notes else ids
+    for note_id in tqdm(ordered, desc=f"tagging {split_name}", unit="note", disable=not progress):
         annotations = gold.get(note_id)
-        row, dropped = gold_row(note_id, texts[note_id], None if annotations is None else in_scope_spans(annotations))
+        row, dropped = gold_row(note_id, texts[note_id], None if annotations is None else in_scope_spans(annotations),
+                                keep_duplicates)
         rows.append(row)
         reasons.update(dropped)
     return rows, reasons
@@ -66,6 +80,8 @@ def convert_splits(
     split_files: Mapping[str, str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     progress: bool = False,
+    keep_duplicates: bool = False,
+    sort_notes: bool = False,
 ) -> dict[str, tuple[int, int, Counter[str]]]:
     """Write ``<split>.csv`` per split file given; returns split -> (notes, spans written, dropped reasons)."""
     for name in split_files:
@@ -77,7 +93,8 @@ def convert_splits(
         missing = [i for i in ids if i not in gold]
         if missing and name not in UNLABELED_SPLITS:
             raise InputError(gold_dir, "", f"no gold file for {name} note(s) {', '.join(missing[:5])}")
-    built = {name: build_split_rows(ids, texts, gold, progress, name) for name, ids in ids_by_split.items()}
+    built = {name: build_split_rows(ids, texts, gold, progress, name, keep_duplicates, sort_notes)
+             for name, ids in ids_by_split.items()}
     write_all_or_nothing({Path(out_dir) / f"{name}.csv": rows for name, (rows, _) in built.items()})
     return {name: (len(rows), sum(len(json.loads(r["gold_offsets"])) for r in rows if r["gold_offsets"]), reasons)
             for name, (rows, reasons) in built.items()}

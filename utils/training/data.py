@@ -32,10 +32,12 @@ def sft_records(frame) -> list[dict[str, Any]]:
     return records
 
 
-def grpo_records(frame) -> list[dict[str, Any]]:
-    """Prompt-only conversations; the note and its gold answer travel as columns for the reward functions."""
+def grpo_records(frame, stray_quote: bool = False) -> list[dict[str, Any]]:
+    """Prompt-only conversations; the note and its gold answer travel as columns for the reward functions
+    (``stray_quote``: the published GRPO prompt, see ``utils.prompt``)."""
     return [
-        {"file_id": file_id, "prompt": build_messages(raw_text), "raw_text": raw_text, "gold_span": gold,
+        {"file_id": file_id, "prompt": build_messages(raw_text, stray_quote=stray_quote), "raw_text": raw_text,
+         "gold_span": gold,
          "gold_offsets": offsets}
         for file_id, raw_text, gold, offsets in zip(frame["file_id"], frame["raw_text"], frame["gold_span"],
                                                     frame["gold_offsets"])
@@ -49,12 +51,15 @@ def to_dataset(records: Sequence[dict[str, Any]]):
     return Dataset.from_list(list(records))
 
 
-def count_prompt_tokens(tokenizer, prompts: Iterable[list[dict[str, Any]]]) -> list[int]:
-    """Tokens of each chat prompt with the generation prompt, thinking off (the length GRPO limits)."""
+def count_prompt_tokens(tokenizer, prompts: Iterable[list[dict[str, Any]]],
+                        chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """Tokens of each chat prompt with the generation prompt (the length GRPO limits), rendered with
+    ``chat_template_kwargs`` (default: thinking off)."""
+    kwargs = CHAT_TEMPLATE_KWARGS if chat_template_kwargs is None else chat_template_kwargs
     lengths = []
     for messages in prompts:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                            **CHAT_TEMPLATE_KWARGS)["input_ids"]
+                                            **kwargs)["input_ids"]
         lengths.append(len(ids))
     return lengths
 

@@ -5,8 +5,13 @@ adapter (``--adapter``: merged once into ``output_dir/merged_start`` and loaded 
 see the same weights). Rewards (``utils/rewards.py``) are each normalised within their group of generations and then
 summed (TRL ``multi_objective_aggregation="normalize_then_sum"``, the GDPO scheme).
 
-Notes whose prompt exceeds ``--max_prompt_length`` tokens are left out with a warning instead of being truncated.
-Generation uses vLLM (colocated) when a GPU and vLLM are present (``--use_vllm_mode auto``), transformers otherwise.
+As published, every note is used (the published script computed a prompt limit of 10,029 tokens but never passed
+it); with ``--max_prompt_length`` notes whose prompt is longer are left out with a warning instead of being
+truncated. Also as published: the prompt starts with a stray ``"`` (``--prompt_stray_quote``), the chat template
+gets no thinking switch (``--enable_thinking template``; Qwen3.5-4B's template then opens a think block, which the
+rewards skip), and the seed is TRL's 42. Generation uses vLLM (colocated) when a GPU and vLLM are present
+(``--use_vllm_mode auto``), transformers otherwise; the published run generated with the trained model itself
+(no vLLM), hence no min-p and no vLLM importance-sampling correction by default.
 Qwen3.5's cached ``rope_deltas`` are cleared before every training forward, so a stale value from generation can
 never shift the positions of the loss pass.
 """
@@ -38,7 +43,7 @@ TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_d
                  "gradient_accumulation_steps", "optim", "seed", "bf16", "max_grad_norm", "loss_type", "epsilon",
                  "epsilon_high", "beta", "importance_sampling_level", "multi_objective_aggregation",
                  "mask_truncated_completions", "num_generations", "temperature", "min_p", "top_p",
-                 "max_completion_length")
+                 "max_completion_length", "chat_template_kwargs", "vllm_importance_sampling_correction")
 
 
 def vllm_available() -> bool:
@@ -73,9 +78,18 @@ class LamarGRPOTrainer(GRPOTrainer):
         return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
 
-def drop_long_prompts(records: list[dict[str, Any]], tokenizer, limit: int) -> list[dict[str, Any]]:
-    """Leave out notes whose chat prompt exceeds ``limit`` tokens (TRL cannot truncate prompts)."""
-    lengths = count_prompt_tokens(tokenizer, [r["prompt"] for r in records])
+def apply_thinking_switch(config: LamarGRPOConfig, mode: str) -> None:
+    """``template``: leave the chat template's own default (published); ``false``/``true``: pass enable_thinking."""
+    if mode == "template":
+        return
+    config.chat_template_kwargs = {**(config.chat_template_kwargs or {}), "enable_thinking": mode == "true"}
+
+
+def drop_long_prompts(records: list[dict[str, Any]], tokenizer, limit: int,
+                      chat_template_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Leave out notes whose chat prompt (rendered as training renders it) exceeds ``limit`` tokens (TRL cannot
+    truncate prompts)."""
+    lengths = count_prompt_tokens(tokenizer, [r["prompt"] for r in records], chat_template_kwargs or {})
     kept = [r for r, n in zip(records, lengths) if n <= limit]
     if len(kept) < len(records):
         dropped = [r["file_id"] for r, n in zip(records, lengths) if n > limit]
@@ -98,17 +112,28 @@ def start_model(script: GRPOScriptArguments, model_args: GRPOModelConfig, config
     return start
 
 
-def vllm_context_length(script: GRPOScriptArguments, config: LamarGRPOConfig) -> int:
-    """vLLM's ``max_model_len``: the longest prompt kept plus the completion budget (published 10,029 + 14,547 =
-    24,576), not the model's native 262,144-token context (whose KV budget vLLM would try to reserve)."""
-    needed = script.max_prompt_length + config.max_completion_length
+def vllm_context_length(prompt_tokens: int, config: LamarGRPOConfig, source: str) -> int:
+    """vLLM's ``max_model_len``: the longest prompt plus the completion budget (published 10,029 + 14,547 = 24,576),
+    not the model's native 262,144-token context (whose KV budget vLLM would try to reserve). ``source`` says where
+    ``prompt_tokens`` came from, for the error."""
+    needed = prompt_tokens + config.max_completion_length
     if config.vllm_max_model_length is None:
         return needed
     if config.vllm_max_model_length < needed:
         raise InputError("--vllm_max_model_length", str(config.vllm_max_model_length),
-                         f"below --max_prompt_length + --max_completion_length = {needed}: vLLM would refuse the "
-                         "longest prompts kept or cut their completions")
+                         f"below {source} = {needed}: vLLM would refuse the longest prompts kept or cut their "
+                         "completions")
     return config.vllm_max_model_length
+
+
+def longest_prompt(script: GRPOScriptArguments, records: list[dict[str, Any]], tokenizer,
+                   config: LamarGRPOConfig) -> tuple[int, str]:
+    """The prompt length vLLM must hold: ``--max_prompt_length`` when given, else the longest prompt of the data
+    (every note is kept, as published), counted as training renders it."""
+    if script.max_prompt_length is not None:
+        return script.max_prompt_length, "--max_prompt_length + --max_completion_length"
+    lengths = count_prompt_tokens(tokenizer, [r["prompt"] for r in records], config.chat_template_kwargs or {})
+    return max(lengths), f"the longest prompt of {script.train_csv} ({max(lengths)} tokens) + --max_completion_length"
 
 
 def check_vllm_weight_names(model, checkpoint: str) -> None:
@@ -134,7 +159,10 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
     config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
-    config.vllm_max_model_length = vllm_context_length(script, config)
+    if config.vllm_max_model_length is not None:  # refused before minutes of loading, with or without vLLM
+        vllm_context_length(script.max_prompt_length or 0, config, "--max_prompt_length + --max_completion_length"
+                            if script.max_prompt_length is not None else "--max_completion_length")
+    apply_thinking_switch(config, script.enable_thinking)
     start = start_model(script, model_args, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(start)
@@ -148,7 +176,12 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     if config.use_vllm:
         check_vllm_weight_names(model, start)
     tokenizer.padding_side = "left"
-    records = drop_long_prompts(grpo_records(frame), tokenizer, script.max_prompt_length)
+    records = grpo_records(frame, stray_quote=script.prompt_stray_quote)
+    if script.max_prompt_length is not None:
+        records = drop_long_prompts(records, tokenizer, script.max_prompt_length, config.chat_template_kwargs)
+    if config.use_vllm:
+        prompt_tokens, source = longest_prompt(script, records, tokenizer, config)
+        config.vllm_max_model_length = vllm_context_length(prompt_tokens, config, source)
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn
     funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards)
     return LamarGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=to_dataset(records),
@@ -160,7 +193,8 @@ def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: Lama
     """Train (resuming when a checkpoint exists), then save the adapter, tokenizer and resolved run config."""
     trainer = build_trainer(script, model_args, config, reward_funcs)
     run_settings = {"script": {k: getattr(script, k) for k in ("adapter", "rewards", "max_prompt_length",
-                                                               "max_train_samples")}, "model": model_args}
+                                                               "max_train_samples", "prompt_stray_quote",
+                                                               "enable_thinking")}, "model": model_args}
     with config.main_process_first(local=config.save_on_each_node, desc="claiming the output folder"):
         claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, script.auto_resume)
