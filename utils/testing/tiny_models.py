@@ -165,16 +165,26 @@ def build_tiny_qwen35(
     seed: int = 0,
 ) -> Path:
     """Save a randomly initialised text-only Qwen3_5ForCausalLM and its tokenizer to ``out_dir``."""
-    from transformers import GenerationConfig, Qwen3_5ForCausalLM
+    from transformers import Qwen3_5ForCausalLM
 
-    if num_layers < 1:
-        raise ValueError("num_layers must be at least 1 (one full-attention layer)")
-    out = Path(out_dir)
+    _check_num_layers(num_layers)
     torch.manual_seed(seed)
     model = Qwen3_5ForCausalLM(tiny_qwen35_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers))
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    return _save_with_tokenizer(model, tokenizer, out_dir)
+
+
+def _check_num_layers(num_layers: int) -> None:
+    if num_layers < 1:
+        raise ValueError("num_layers must be at least 1 (one full-attention layer)")
+
+
+def _save_with_tokenizer(model, tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
+    """Save ``model`` (generation stopping at the tokenizer's end of turn) and ``tokenizer`` side by side."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out = Path(out_dir)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
@@ -222,20 +232,14 @@ def build_tiny_qwen35_vl(
 ) -> Path:
     """Save a randomly initialised ``Qwen3_5ForConditionalGeneration`` (the layout Unsloth and vLLM load for the
     published base: weights ``model.language_model.layers.*``) and its tokenizer (plus the vision tokens)."""
-    from transformers import GenerationConfig, Qwen3_5ForConditionalGeneration
+    from transformers import Qwen3_5ForConditionalGeneration
 
-    if num_layers < 1:
-        raise ValueError("num_layers must be at least 1 (one full-attention layer)")
+    _check_num_layers(num_layers)
     tokenizer = with_vision_tokens(tokenizer)
     torch.manual_seed(seed)
     model = Qwen3_5ForConditionalGeneration(tiny_qwen35_vl_config(tokenizer, hidden_size=hidden_size,
                                                                   num_layers=num_layers))
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    out = Path(out_dir)
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    return out
+    return _save_with_tokenizer(model, tokenizer, out_dir)
 
 
 # --- the encoder baseline -------------------------------------------------------------------------------
