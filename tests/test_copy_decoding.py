@@ -34,6 +34,7 @@ from utils.generation.copy_decoding import (
     CopyConstraintError,
     CopyGuards,
     CopyVocabulary,
+    credit_text_mass,
     tag_strings,
 )
 from utils.generation.copy_decoding_hf import CopyConstraintLogitsProcessor
@@ -120,6 +121,15 @@ def check_output(note: str, output: str, guards: CopyGuards) -> list:
         if guards.word_boundaries:
             for edge in (span.start, span.end):
                 assert not (0 < edge < len(note) and note[edge - 1].isalnum() and note[edge].isalnum()), "a tag in a word"
+        if guards.max_span_chars is not None:
+            text = note[span.start : span.end]
+            visible = sum(not ch.isspace() for ch in text)
+            # with the word guard the span may finish the word it started while it had room
+            head = text.rstrip()
+            while head and head[-1].isalnum():
+                head = head[:-1]
+            assert visible <= guards.max_span_chars or (
+                guards.word_boundaries and sum(not ch.isspace() for ch in head) < guards.max_span_chars), "span too long"
     return spans
 
 
@@ -246,11 +256,25 @@ def test_allowed_set_equals_a_brute_force_check_of_every_token(hand_vocab):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(note=notes(max_pieces=4, long_max=12), seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3),
-       max_open=st.sampled_from([None, 1, 2]), words=st.booleans())
-def test_random_walks_over_the_hand_vocabulary_match_the_oracle(hand_vocab, note, seed, k, max_open, words):
-    guards = CopyGuards(k, max_open, words)
+       max_open=st.sampled_from([None, 1, 2]), words=st.booleans(), span_chars=st.sampled_from([None, 1, 3]))
+def test_random_walks_over_the_hand_vocabulary_match_the_oracle(hand_vocab, note, seed, k, max_open, words, span_chars):
+    guards = CopyGuards(k, max_open, words, max_span_chars=span_chars)
     ids = random_walk(hand_vocab, note, random.Random(seed), guards, oracle=True)
     check_output(note, hand_vocab.text(ids), guards)
+
+
+def test_max_span_chars_closes_a_span_once_it_holds_that_many_visible_characters(hand_vocab):
+    c = hand_vocab.start("ab cd", CopyGuards(max_span_chars=2))
+    write(c, "<drug_decision>")
+    write_bytes(c, "ab ")  # whitespace does not count
+    assert refused(c, "c") and refused(c, "<d")  # full: no more text, nothing opens
+    assert not refused(c, "</drug_decision>cd")
+    words = hand_vocab.start("abc d", CopyGuards(max_span_chars=2, word_boundaries=True))
+    write(words, "<drug_decision>")
+    write_bytes(words, "abc")  # the word that started with room is finished
+    assert refused(words, " d") and not refused(words, "</drug_decision> d")
+    with pytest.raises(ValueError, match="max_span_chars must be at least 1"):
+        CopyGuards(max_span_chars=0)
 
 
 def test_no_tag_inside_a_utf8_character(hand_vocab):
@@ -454,6 +478,51 @@ def test_processor_masks_each_row_and_leaves_finished_rows_alone(hand_vocab):
     assert [c.consumed for c in processor.constraints] == [3, 2]
     with pytest.raises(ValueError, match="batch of 1 rows, but 2 notes"):
         processor(step[:1], torch.zeros(1, vocab_size))
+
+
+def test_text_tokens_are_the_allowed_tokens_that_only_continue_the_note(hand_vocab):
+    c = hand_vocab.start("Give aspirin")
+    assert c.text_tokens() == sorted({ord("G"), tid("Give")})  # no tag starts (<, <d, <drug_decision>), no EOS
+    assert set(c.text_tokens()) < set(c.allowed()) and tid("<drug_decision>") in c.allowed()
+    write(c, "Give")
+    assert c.text_tokens() == sorted({ord(" "), tid(" aspirin")})  # " <" would open a tag: not text
+    write(c, "<drug_decision>")
+    write_bytes(c, " aspirin")
+    assert c.text_tokens() == [] and HAND_EOS not in c.allowed()  # the note is written; only the close is left
+    note = hand_vocab.start("a<b")  # a note "<" is text too
+    write_bytes(note, "a")
+    assert ord("<") in note.text_tokens() and tid("<<") not in note.text_tokens()
+
+
+def test_credit_text_mass_moves_forbidden_probability_to_the_notes_continuation():
+    # vocabulary: 0 = the note's next word, 1 = the word the model expected, 2 = an allowed tag, 3 = forbidden tag
+    probs = torch.tensor([[0.05, 0.80, 0.10, 0.05]])
+    keep = torch.tensor([[True, False, True, False]])
+    text = torch.tensor([[True, False, False, False]])
+    out = credit_text_mass(probs.log(), keep, text)
+    assert out.exp().tolist()[0] == pytest.approx([0.90, 0.0, 0.10, 0.0])  # the tag keeps its own 0.10
+    plain = probs.log().masked_fill(~keep, float("-inf")).softmax(-1)
+    assert plain.tolist()[0] == pytest.approx([1 / 3, 0.0, 2 / 3, 0.0])  # plain masking: the tag wins
+    assert out.softmax(-1).tolist()[0] == pytest.approx(out.exp().tolist()[0])  # normalised: entropy reads it as is
+    two = credit_text_mass(torch.tensor([[0.0, 0.0, 0.0, 0.0]]), torch.tensor([[True, True, True, False]]),
+                           torch.tensor([[True, True, False, False]]))
+    assert two.exp().tolist()[0] == pytest.approx([0.375, 0.375, 0.25, 0.0])  # text shares 0.75 in proportion
+    no_text = credit_text_mass(probs.log(), keep, torch.zeros_like(text))  # inside a tag: plain masking
+    assert no_text.exp().tolist()[0] == pytest.approx(plain.tolist()[0])
+
+
+def test_processor_with_text_mass_writes_the_note_where_plain_masking_escapes_into_a_tag(hand_vocab):
+    vocab_size = HAND_EOS + 3
+    scores = torch.full((1, vocab_size), -10.0)
+    scores[0, tid("Give")] = 0.0          # the note's next token: unlikely ...
+    scores[0, ord("X")] = 5.0             # ... the model expected other text
+    scores[0, tid("<drug_decision>")] = 1.0  # a tag is likelier than the note's token, not than text
+    prompt = torch.tensor([[7, 7]])
+    plain = CopyConstraintLogitsProcessor(hand_vocab, ["Give"])(prompt, scores.clone())
+    credited = CopyConstraintLogitsProcessor(hand_vocab, ["Give"], CopyGuards(text_mass=True))(prompt, scores.clone())
+    assert plain.argmax().item() == tid("<drug_decision>")
+    assert credited.argmax().item() == tid("Give")
+    assert torch.isinf(credited[0, ord("X")]) and credited.exp().sum().item() == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------- greedy with tiny models

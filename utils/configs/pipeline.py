@@ -100,6 +100,13 @@ class InferenceArguments:
     copy_word_boundaries: bool = field(default=False, metadata={
         "help": "--copy_constraint: no tag between two alphanumeric characters (the scorer widens such span edges "
                 "to the whole word anyway)."})
+    copy_text_mass: bool = field(default=False, metadata={
+        "help": "--copy_constraint: credit the probability of text the constraint forbids to the note's continuation, "
+                "so a tag is written only where the model prefers it to writing any text (not merely to the note's "
+                "exact next token; an unsure model otherwise escapes into tags)."})
+    copy_max_span_chars: int | None = field(default=None, metadata={
+        "help": "--copy_constraint: non-whitespace characters in one span at most; the span must close there "
+                "(default: no limit; the synthetic corpus's spans hold at most 130)."})
     overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
 
 

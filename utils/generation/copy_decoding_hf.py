@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor
 
-from utils.generation.copy_decoding import CopyConstraint, CopyGuards, CopyVocabulary
+from utils.generation.copy_decoding import CopyConstraint, CopyGuards, CopyVocabulary, credit_text_mass
 
 
 class CopyConstraintLogitsProcessor(LogitsProcessor):
@@ -33,6 +33,8 @@ class CopyConstraintLogitsProcessor(LogitsProcessor):
         self._seen = input_ids.shape[1]
         rows: list[int] = []
         columns: list[int] = []
+        text_rows: list[int] = []
+        text_columns: list[int] = []
         finished: list[int] = []
         for row, (constraint, tokens) in enumerate(zip(self.constraints, new)):
             for token in tokens:
@@ -45,6 +47,10 @@ class CopyConstraintLogitsProcessor(LogitsProcessor):
             allowed = constraint.allowed()
             rows.extend([row] * len(allowed))
             columns.extend(allowed)
+            if constraint.guards.text_mass:
+                text = constraint.text_tokens()
+                text_rows.extend([row] * len(text))
+                text_columns.extend(text)
         if columns and max(columns) >= scores.shape[-1]:
             raise ValueError(f"token id {max(columns)} is outside the model's {scores.shape[-1]} logits")
         mask = torch.full_like(scores, float("-inf"))
@@ -52,4 +58,16 @@ class CopyConstraintLogitsProcessor(LogitsProcessor):
         mask[torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(columns, dtype=torch.long, device=device)] = 0.0
         if finished:
             mask[finished] = 0.0
-        return scores + mask
+        if not text_rows:
+            return scores + mask
+        # text_mass rows: the forbidden text's probability goes to the note's continuation (finished rows untouched)
+        credit = sorted(set(text_rows))
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        keep[torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(columns, dtype=torch.long, device=device)] = True
+        text = torch.zeros_like(keep)
+        text[torch.tensor(text_rows, dtype=torch.long, device=device),
+             torch.tensor(text_columns, dtype=torch.long, device=device)] = True
+        out = scores + mask
+        index = torch.tensor(credit, dtype=torch.long, device=device)
+        out[index] = credit_text_mass(scores[index], keep[index], text[index])
+        return out

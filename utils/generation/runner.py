@@ -41,7 +41,7 @@ from utils.training.models import check_model_reference, loading_error
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
                "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
-               "copy_word_boundaries")
+               "copy_word_boundaries", "copy_text_mass", "copy_max_span_chars")
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,8 @@ def copy_guards(args: InferenceArguments) -> CopyGuards | None:
     """The copy constraint's guards from the flags; None when decoding is unconstrained."""
     if not args.copy_constraint:
         return None
-    return CopyGuards(args.copy_max_tags_per_position, args.copy_max_open, args.copy_word_boundaries)
+    return CopyGuards(args.copy_max_tags_per_position, args.copy_max_open, args.copy_word_boundaries,
+                      args.copy_text_mass, args.copy_max_span_chars)
 
 
 def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
