@@ -193,6 +193,10 @@ def cases() -> list[Case]:
                                                      "--copy_word_boundaries", "maybe"]),
         ("inference copy tags 0", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
                                              "--copy_max_tags_per_position", "0"]),
+        ("inference copy span chars 0", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
+                                                   "--copy_max_span_chars", "0"]),
+        ("inference copy text mass not bool", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
+                                                         "--copy_text_mass", "maybe"]),
         ("inference recipe bad choice", lambda w: ["--input", str(w["pool.csv"]), "--config", str(w["bad_choice.yaml"])]),
     ])
     # scripts/train_dft.py and scripts/train_grpo.py

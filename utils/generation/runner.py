@@ -306,9 +306,10 @@ def validate(args: InferenceArguments) -> list[Job]:
     for name in ("max_new_tokens", "max_model_len", "batch_size", "copy_max_tags_per_position"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
-    if args.copy_max_open is not None and args.copy_max_open < 1:
-        raise InputError("--copy_max_open", "", f"expected a positive number (or nothing for no limit), "
-                                                f"got {args.copy_max_open}")
+    for name in ("copy_max_open", "copy_max_span_chars"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise InputError(f"--{name}", "", f"expected a positive number (or nothing for no limit), "
+                                              f"got {getattr(args, name)}")
     if args.vllm_kwargs:
         try:
             if not isinstance(json.loads(args.vllm_kwargs), dict):
