@@ -197,6 +197,8 @@ def cases() -> list[Case]:
                                                    "--copy_max_span_chars", "0"]),
         ("inference copy text mass not bool", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
                                                          "--copy_text_mass", "maybe"]),
+        ("inference copy unclosed not bool", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
+                                                        "--copy_allow_unclosed", "2"]),
         ("inference recipe bad choice", lambda w: ["--input", str(w["pool.csv"]), "--config", str(w["bad_choice.yaml"])]),
     ])
     # scripts/train_dft.py and scripts/train_grpo.py

@@ -69,13 +69,15 @@ def budget(note: str, guards: CopyGuards) -> int:
 def test_request_arguments_round_trip_and_malformed_ones_are_refused():
     args = copy_request_args("Stop é.", [7, 3, 7], CopyGuards(3, 2))
     assert args == {EXTRA_ARGS_KEY: {"note": "Stop é.", "eos_ids": [3, 7], "max_tags_per_position": 3, "max_open": 2,
-                                     "word_boundaries": False, "text_mass": False, "max_span_chars": None}}
+                                     "word_boundaries": False, "text_mass": False, "max_span_chars": None,
+                                     "allow_unclosed": False}}
     assert json.loads(json.dumps(args)) == args  # plain values: they cross the engine's process boundary
     assert parse_copy_request_args(args) == ("Stop é.", (3, 7), CopyGuards(3, 2))
     words = copy_request_args("x", [1], CopyGuards(1, None, True))
     assert parse_copy_request_args(words) == ("x", (1,), CopyGuards(1, None, True))
-    credit = copy_request_args("x", [1], CopyGuards(text_mass=True, max_span_chars=40))
-    assert parse_copy_request_args(credit) == ("x", (1,), CopyGuards(text_mass=True, max_span_chars=40))
+    credit = copy_request_args("x", [1], CopyGuards(text_mass=True, max_span_chars=40, allow_unclosed=True))
+    assert parse_copy_request_args(credit) == ("x", (1,), CopyGuards(text_mass=True, max_span_chars=40,
+                                                                     allow_unclosed=True))
     assert parse_copy_request_args(None) is None and parse_copy_request_args({"other": 1}) is None
     bad = [
         ({EXTRA_ARGS_KEY: "note"}, "must be a mapping, got str"),
@@ -85,8 +87,9 @@ def test_request_arguments_round_trip_and_malformed_ones_are_refused():
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "k": 1}}, r"unknown keys \['k'\]"),
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_tags_per_position": 0}}, "must be at least 1, got 0"),
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_open": "2"}}, "max_open and max_span_chars ints or None"),
-        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "word_boundaries": 1}}, "word_boundaries and text_mass bools"),
-        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "text_mass": "yes"}}, "word_boundaries and text_mass bools"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "word_boundaries": 1}}, "word_boundaries, text_mass and allow_unclosed bools"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "text_mass": "yes"}}, "word_boundaries, text_mass and allow_unclosed bools"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "allow_unclosed": None}}, "and allow_unclosed bools"),
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_span_chars": 2.5}}, "max_span_chars ints or None"),
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_span_chars": 0}}, "max_span_chars must be at least 1"),
     ]

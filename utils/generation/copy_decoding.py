@@ -3,7 +3,8 @@
 At every step the allowed next tokens are those whose bytes continue "the note interleaved with tags":
 the remaining note text exactly (any tokenisation of it, down to single bytes), an opening tag, a
 closing tag of a span still open, or a mix of these inside one token (``>\\n``, `` <``, ``></``).
-End of sequence is allowed only when the whole note has been written and no span is open. The
+End of sequence is allowed only when the whole note has been written and no span is open (with
+``allow_unclosed``: once the whole note is written, open spans or not; see the guards). The
 output with its tags removed is then the note byte for byte, so ``utils.pred_to_offset`` places every
 span by plain alignment ("aligned") and offsets are exact by construction.
 
@@ -44,6 +45,11 @@ tags forever at one position):
   that while the span is open, so it must close (an unsure model otherwise leaves a wrong span open to the
   end of the note, where it is closed by force and costs every token on the way); nothing opens once the
   oldest open span is full, so every span still open holds a visible character and can close;
+* optionally (``allow_unclosed``) the end of sequence once the note is written even with spans open: the
+  closing tags after the last character are then the model's choice, not forced, and a span it leaves
+  open is an unclosed tag, which ``--unclosed`` handles as in any output (dropped by default, as
+  ``utils/pred_to_offset.py`` drops them). Without it every span an unsure model opened and never closed
+  is closed by force at the end of the note and covers the rest of it;
 * optionally (``text_mass``) a tag must beat the model's wish to write TEXT, not its belief in the note's exact
   next token: the probability of every text the constraint forbids (a word the model expected instead of
   the note's, an early end) is credited to the note's continuation, tags and the end of sequence keep their
@@ -92,6 +98,7 @@ class CopyGuards:
     word_boundaries: bool = False
     text_mass: bool = False
     max_span_chars: int | None = None
+    allow_unclosed: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tags_per_position < 1:
@@ -266,8 +273,9 @@ class CopyConstraint:
 
     @property
     def complete(self) -> bool:
-        """The whole note is written and no span is open: EOS is allowed."""
-        return any(s[0] == self._n and s[1] == 0 and not s[3] for s in self._states)
+        """The whole note is written and no span is open (or ``allow_unclosed``): EOS is allowed."""
+        unclosed = self.guards.allow_unclosed
+        return any(s[0] == self._n and s[1] == 0 and (unclosed or not s[3]) for s in self._states)
 
     @property
     def position(self) -> int:

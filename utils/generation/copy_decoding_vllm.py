@@ -49,7 +49,7 @@ def copy_request_args(note: str, eos_ids: Sequence[int], guards: CopyGuards = Co
     return {EXTRA_ARGS_KEY: {"note": note, "eos_ids": sorted({int(i) for i in eos_ids}),
                              "max_tags_per_position": guards.max_tags_per_position, "max_open": guards.max_open,
                              "word_boundaries": guards.word_boundaries, "text_mass": guards.text_mass,
-                             "max_span_chars": guards.max_span_chars}}
+                             "max_span_chars": guards.max_span_chars, "allow_unclosed": guards.allow_unclosed}}
 
 
 def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, tuple[int, ...], CopyGuards] | None:
@@ -61,7 +61,7 @@ def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, 
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} must be a mapping, got {type(entry).__name__}")
     unknown = set(entry) - {"note", "eos_ids", "max_tags_per_position", "max_open", "word_boundaries", "text_mass",
-                            "max_span_chars"}
+                            "max_span_chars", "allow_unclosed"}
     if unknown:
         raise ValueError(f"{where} has unknown keys {sorted(unknown)}")
     note = entry.get("note")
@@ -71,13 +71,14 @@ def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, 
     if not isinstance(eos, (list, tuple)) or not eos or not all(_is_int(i) and i >= 0 for i in eos):
         raise ValueError(f"{where}['eos_ids'] must be a non-empty list of token ids, got {eos!r}")
     tags, max_open = entry.get("max_tags_per_position", CopyGuards().max_tags_per_position), entry.get("max_open")
-    words, text_mass = entry.get("word_boundaries", False), entry.get("text_mass", False)
+    flags = [entry.get(key, False) for key in ("word_boundaries", "text_mass", "allow_unclosed")]
     span_chars = entry.get("max_span_chars")
     if (not _is_int(tags) or any(v is not None and not _is_int(v) for v in (max_open, span_chars))
-            or not isinstance(words, bool) or not isinstance(text_mass, bool)):
+            or not all(isinstance(flag, bool) for flag in flags)):
         raise ValueError(f"{where}: max_tags_per_position must be an int, max_open and max_span_chars ints or None "
-                         "and word_boundaries and text_mass bools")
-    return note, tuple(sorted(set(eos))), CopyGuards(tags, max_open, words, text_mass, span_chars)  # CopyGuards raises on values below 1
+                         "and word_boundaries, text_mass and allow_unclosed bools")
+    words, text_mass, unclosed = flags
+    return note, tuple(sorted(set(eos))), CopyGuards(tags, max_open, words, text_mass, span_chars, unclosed)  # CopyGuards raises on values below 1
 
 
 def _is_int(value: Any) -> bool:

@@ -41,7 +41,8 @@ from utils.training.models import check_model_reference, loading_error
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
                "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
-               "copy_word_boundaries", "copy_text_mass", "copy_max_span_chars")
+               "copy_word_boundaries", "copy_text_mass", "copy_max_span_chars",
+               "copy_allow_unclosed")
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ def copy_guards(args: InferenceArguments) -> CopyGuards | None:
     if not args.copy_constraint:
         return None
     return CopyGuards(args.copy_max_tags_per_position, args.copy_max_open, args.copy_word_boundaries,
-                      args.copy_text_mass, args.copy_max_span_chars)
+                      args.copy_text_mass, args.copy_max_span_chars, args.copy_allow_unclosed)
 
 
 def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
