@@ -518,18 +518,19 @@ def test_text_tokens_are_the_allowed_tokens_that_only_continue_the_note(hand_voc
 def test_credit_text_mass_moves_forbidden_probability_to_the_notes_continuation():
     # vocabulary: 0 = the note's next word, 1 = the word the model expected, 2 = an allowed tag, 3 = forbidden tag
     probs = torch.tensor([[0.05, 0.80, 0.10, 0.05]])
-    keep = torch.tensor([[True, False, True, False]])
-    text = torch.tensor([[True, False, False, False]])
-    out = credit_text_mass(probs.log(), keep, text)
+    out = credit_text_mass(probs.log(), [[0, 2]], [[0]])
     assert out.exp().tolist()[0] == pytest.approx([0.90, 0.0, 0.10, 0.0])  # the tag keeps its own 0.10
-    plain = probs.log().masked_fill(~keep, float("-inf")).softmax(-1)
+    plain = probs.log().masked_fill(torch.tensor([[False, True, False, True]]), float("-inf")).softmax(-1)
     assert plain.tolist()[0] == pytest.approx([1 / 3, 0.0, 2 / 3, 0.0])  # plain masking: the tag wins
     assert out.softmax(-1).tolist()[0] == pytest.approx(out.exp().tolist()[0])  # normalised: entropy reads it as is
-    two = credit_text_mass(torch.tensor([[0.0, 0.0, 0.0, 0.0]]), torch.tensor([[True, True, True, False]]),
-                           torch.tensor([[True, True, False, False]]))
+    two = credit_text_mass(torch.zeros(2, 4), [[0, 1, 2], [3]], [[0, 1], []])
     assert two.exp().tolist()[0] == pytest.approx([0.375, 0.375, 0.25, 0.0])  # text shares 0.75 in proportion
-    no_text = credit_text_mass(probs.log(), keep, torch.zeros_like(text))  # inside a tag: plain masking
+    assert two.exp().tolist()[1] == pytest.approx([0.0, 0.0, 0.0, 1.0])  # a row of its own
+    no_text = credit_text_mass(probs.log(), [[0, 2]], [[]])  # inside a tag: plain masking
     assert no_text.exp().tolist()[0] == pytest.approx(plain.tolist()[0])
+    tiny = credit_text_mass(torch.tensor([[-200.0, 0.0, -1.0]]), [[0, 2]], [[0]])  # the note's token at ~e-87
+    assert tiny.exp().tolist()[0] == pytest.approx([1 - math.exp(-1) / (1 + math.exp(-1)), 0.0,
+                                                   math.exp(-1) / (1 + math.exp(-1))])
 
 
 def test_processor_with_text_mass_writes_the_note_where_plain_masking_escapes_into_a_tag(hand_vocab):

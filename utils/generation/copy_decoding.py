@@ -457,22 +457,53 @@ class CopyConstraint:
         return found
 
 
-def credit_text_mass(logits, keep, text):
-    """Log-probabilities over the allowed tokens, the forbidden tokens' probability moved to the text ones.
+def credit_text_mass(logits, allowed: Sequence[Sequence[int]], text: Sequence[Sequence[int]]):
+    """Log-probabilities over each row's allowed tokens, the forbidden tokens' probability moved to its text ones.
 
-    ``logits`` (rows x vocabulary, any tensor library with torch's methods), ``keep`` the allowed tokens and
-    ``text`` the allowed tokens that only write note text (boolean, same shape). Each row: allowed tags and
-    EOS keep their unconstrained probability p; the text tokens share ``1 - p(allowed tags and EOS)`` in
-    proportion to their own probabilities; everything else is ``-inf``. A row without text tokens (inside a
-    partly written tag, at the end of the note) is plain masking. Rows sum to 1 (softmax of the result
-    leaves it unchanged), so the entropy read from it is of this distribution.
+    ``logits``: a rows x vocabulary torch tensor; ``allowed[r]``: row r's allowed token ids; ``text[r]``: those
+    of them that only write note text. Each row: allowed tags and EOS keep their unconstrained probability p;
+    the text tokens share ``1 - p(allowed tags and EOS)`` in proportion to their own probabilities; every
+    other token is ``-inf``. A row without text tokens (inside a partly written tag, at the end of the note)
+    is plain masking, renormalised. Rows sum to 1 (softmax leaves them unchanged), so the entropy read from
+    them is of this distribution. Cost: one log-sum-exp over the rows; the rest is arithmetic on the few
+    allowed tokens (in Python: cheaper than a dozen tensor operations at a decoding step).
     """
-    logp = logits.float().log_softmax(-1)
-    other = keep & ~text
-    other_mass = logp.masked_fill(~other, float("-inf")).logsumexp(-1, keepdim=True).exp()
-    rest = (1.0 - other_mass).clamp_min(1e-30).log()
-    text_lse = logp.masked_fill(~text, float("-inf")).logsumexp(-1, keepdim=True)
-    credited = (logp - text_lse + rest).where(text, logp.masked_fill(~other, float("-inf")))
-    plain = logp.masked_fill(~keep, float("-inf")).log_softmax(-1)
-    has_text = text.any(-1, keepdim=True)
-    return credited.where(has_text, plain).to(logits.dtype)
+    import math
+
+    import torch
+
+    device = logits.device
+    rows = [r for r, ids in enumerate(allowed) for _ in ids]
+    cols = [t for ids in allowed for t in ids]
+    out = torch.full_like(logits, float("-inf"))
+    if not cols:
+        return out
+    index = (torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device))
+    log_z = logits.logsumexp(-1).tolist()
+    picked = logits[index].tolist()
+    values: list[float] = []
+    start = 0
+    for r, ids in enumerate(allowed):
+        logp = [v - log_z[r] for v in picked[start : start + len(ids)]]
+        start += len(ids)
+        chosen = set(text[r])
+        is_text = [t in chosen for t in ids]
+        if any(is_text):
+            text_lse = _log_sum_exp([l for l, x in zip(logp, is_text) if x])
+            other = sum(math.exp(l) for l, x in zip(logp, is_text) if not x)
+            rest = math.log(max(1.0 - other, 1e-300))
+            values.extend(l - text_lse + rest if x else l for l, x in zip(logp, is_text))
+        elif logp:
+            total = _log_sum_exp(logp)
+            values.extend(l - total for l in logp)
+    out[index] = torch.tensor(values, dtype=logits.dtype, device=device)
+    return out
+
+
+def _log_sum_exp(values: Sequence[float]) -> float:
+    import math
+
+    top = max(values)
+    if top == float("-inf"):
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))

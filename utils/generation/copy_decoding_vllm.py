@@ -215,18 +215,16 @@ class CopyConstraintProcessorCore:
         keep[torch.tensor(mask_rows, dtype=torch.long, device=device),
              torch.tensor(mask_cols, dtype=torch.long, device=device)] = True
         index = torch.tensor(masked, dtype=torch.long, device=device)
-        credited = [(k, text) for k, row in enumerate(masked)
+        credited = [(k, row, text) for k, row in enumerate(masked)
                     if (text := self.slots.text_tokens(row_slots[row]))]
         if not credited:
             logits[index] = logits[index].masked_fill(~keep, float("-inf"))
             return logits
-        text_mask = torch.zeros_like(keep)
-        text_mask[torch.tensor([k for k, text in credited for _ in text], dtype=torch.long, device=device),
-                  torch.tensor([t for _, text in credited for t in text], dtype=torch.long, device=device)] = True
         rows_logits = logits[index]
         plain = rows_logits.masked_fill(~keep, float("-inf"))
-        which = torch.tensor([k for k, _ in credited], dtype=torch.long, device=device)
-        plain[which] = credit_text_mass(rows_logits[which], keep[which], text_mask[which])
+        which = torch.tensor([k for k, _, _ in credited], dtype=torch.long, device=device)
+        plain[which] = credit_text_mass(rows_logits[which], [allowed[row] for _, row, _ in credited],
+                                        [text for _, _, text in credited])
         logits[index] = plain
         return logits
 
