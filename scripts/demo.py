@@ -5,9 +5,9 @@ settings and a tiny random-initialised Qwen3.5 instead of Qwen/Qwen3.5-4B. All a
 folder; a step whose outputs exist is skipped, so re-running resumes. The exact commands are appended to
 ``<work_dir>/commands.sh`` as they run.
 
-Inference decodes with the copy constraint (``--copy_constraint --copy_text_mass --copy_allow_unclosed``:
-the output is the note with tags in between, so a tiny model's only job is where tags go); Model 1 is also
-decoded unconstrained, as published, for comparison. THE SCORES ARE MEANINGLESS: tiny models trained for
+Inference decodes with the copy constraint (``--copy_constraint --copy_text_mass --copy_allow_unclosed
+--copy_word_boundaries``: the output is the note with tags in between, so a tiny model's only job is where
+tags go); Model 1 is also decoded unconstrained, as published, for comparison. THE SCORES ARE MEANINGLESS: tiny models trained for
 minutes on synthetic notes. Real numbers need the MedDec data (PhysioNet) and a GPU.
 
     python scripts/demo.py --work_dir work/demo            # full demo (~9 minutes on 2 CPU cores)
@@ -71,7 +71,8 @@ PROFILES: dict[str, Profile] = {
 }
 MODELS = ("model1", "model2", "model3")
 UNCONSTRAINED = "model1_unconstrained"  # Model 1 decoded as published (no copy constraint), for comparison
-COPY_FLAGS = ("--copy_constraint", "true", "--copy_text_mass", "true", "--copy_allow_unclosed", "true")
+COPY_FLAGS = ("--copy_constraint", "true", "--copy_text_mass", "true", "--copy_allow_unclosed", "true",
+              "--copy_word_boundaries", "true")
 
 
 @dataclass
@@ -294,8 +295,8 @@ def evaluation_steps(args: DemoArguments, work: Path) -> list[Step]:
 
 
 def _infer_flags(base: Path, adapter: Path, profile: Profile, copy: bool = True) -> list[str]:
-    """Greedy on CPU; with ``copy`` constrained to the note: a tag must beat the model's wish to write text, and
-    spans the model never closes are dropped (not closed by force at the end of the note)."""
+    """Greedy on CPU; with ``copy`` constrained to the note: a tag must beat the model's wish to write text, spans
+    the model never closes are dropped (not closed by force at the end of the note), no tag inside a word."""
     flags = ["--backend", "transformers", "--model", str(base), "--adapter", str(adapter),
              "--max_new_tokens", str(profile.max_new_tokens), "--dtype", "float32", "--device", "cpu"]
     return flags + (list(COPY_FLAGS) if copy else [])

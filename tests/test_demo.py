@@ -84,7 +84,7 @@ def test_stage_checks_are_reported_and_the_grpo_rewards_plotted(demo_run):
     results_md = (work / "results.md").read_text()
     assert "grpo_rewards.png" in results_md and f"{stages['pseudo_labels_selected']} selected pseudo-labelled" in out
     commands = (work / "commands.sh").read_text()
-    assert "--copy_constraint true --copy_text_mass true --copy_allow_unclosed true" in commands
+    assert "--copy_constraint true --copy_text_mass true --copy_allow_unclosed true --copy_word_boundaries true" in commands
 
 
 def test_rerun_skips_every_finished_step(demo_run):
