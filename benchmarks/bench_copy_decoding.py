@@ -89,7 +89,7 @@ def build(workdir: str, vocab_size: int, atomic: bool, hidden_size: int, seed: i
     return generator, min(seconds)
 
 
-def timed_processor(vocabulary, notes):
+def timed_processor(vocabulary, notes, guards=None):
     """The LogitsProcessor, with its own time summed up."""
     from utils.generation.copy_decoding_hf import CopyConstraintLogitsProcessor
 
@@ -103,10 +103,10 @@ def timed_processor(vocabulary, notes):
             return out
 
     Timed.seconds = 0.0
-    return Timed(vocabulary, notes), Timed
+    return (Timed(vocabulary, notes, guards) if guards is not None else Timed(vocabulary, notes)), Timed
 
 
-def run_steps(generator, prompts: list[str], notes: list[str] | None, steps: int) -> tuple[float, int, float]:
+def run_steps(generator, prompts: list[str], notes: list[str] | None, steps: int, guards=None) -> tuple[float, int, float]:
     """(wall seconds, steps run, processor seconds) of one greedy generate call."""
     import torch
     from transformers import LogitsProcessorList
@@ -114,7 +114,7 @@ def run_steps(generator, prompts: list[str], notes: list[str] | None, steps: int
     encoded = generator.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     extra, timer = {}, None
     if notes is not None:
-        processor, timer = timed_processor(generator.copy_vocabulary, notes)
+        processor, timer = timed_processor(generator.copy_vocabulary, notes, guards)
         extra["logits_processor"] = LogitsProcessorList([processor])
     started = time.perf_counter()
     with torch.no_grad():
@@ -125,7 +125,7 @@ def run_steps(generator, prompts: list[str], notes: list[str] | None, steps: int
     return wall, out.shape[1] - encoded["input_ids"].shape[1], timer.seconds if timer else 0.0
 
 
-def measure(generator, notes: list[str], batch: int, steps: int, repeats: int) -> tuple[float, float, float]:
+def measure(generator, notes: list[str], batch: int, steps: int, repeats: int, guards=None) -> tuple[float, float, float]:
     """Median ms per step: unconstrained, constrained, the processor alone."""
     from utils.prompt import render_chat_prompt
 
@@ -136,7 +136,7 @@ def measure(generator, notes: list[str], batch: int, steps: int, repeats: int) -
     for _ in range(repeats):
         wall, n, _ = run_steps(generator, prompts, None, steps)
         plain.append(1000 * wall / n)
-        wall, n, own = run_steps(generator, prompts, chosen, steps)
+        wall, n, own = run_steps(generator, prompts, chosen, steps, guards)
         constrained.append(1000 * wall / n)
         processor.append(1000 * own / n)
     return statistics.median(plain), statistics.median(constrained), statistics.median(processor)
@@ -172,11 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument("--text_mass", action="store_true",
+                        help="constrain with --copy_text_mass --copy_allow_unclosed (the demo's settings)")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    guards = None
+    if args.text_mass:
+        from utils.generation.copy_decoding import CopyGuards
+
+        guards = CopyGuards(text_mass=True, allow_unclosed=True)
     rows: list[Row] = []
     replays: list[dict] = []
     print(f"{'tokenizer':<14} {'vocab':>6} {'batch':>5} {'plain ms/step':>14} {'constrained':>12} "
@@ -189,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name = "tags as tokens" if atomic else "spelled tags"
                 generator, build_s = build(workdir, vocab_size, atomic, args.hidden_size, args.seed, texts)
                 for batch in args.batch_sizes:
-                    plain, constrained, processor = measure(generator, notes, batch, args.steps, args.repeats)
+                    plain, constrained, processor = measure(generator, notes, batch, args.steps, args.repeats, guards)
                     row = Row(name, len(generator.tokenizer), batch, args.steps, plain, constrained, processor, build_s)
                     rows.append(row)
                     print(f"{name:<14} {row.vocab:>6} {batch:>5} {plain:>14.2f} {constrained:>12.2f} "

@@ -34,6 +34,7 @@ from utils.generation.copy_decoding import (
     CopyConstraintError,
     CopyGuards,
     CopyVocabulary,
+    credit_text_mass,
     tag_strings,
 )
 from utils.generation.copy_decoding_hf import CopyConstraintLogitsProcessor
@@ -94,11 +95,17 @@ def notes(max_pieces: int, long_max: int) -> st.SearchStrategy[str]:
 def check_output(note: str, output: str, guards: CopyGuards) -> list:
     """Everything a constrained output must satisfy; returns its spans."""
     assert strip_tags(output) == note  # the note, byte for byte
+    located = locate_spans(note, output)
+    if guards.allow_unclosed:  # spans left open are unclosed tags, dropped as in any output
+        closed = output + "".join(f"</{d.tag}>" for d in reversed(located.dropped))
+        assert all(d.reason == "unclosed tag" for d in located.dropped)
+        output = closed
     plain, spans = tagged_to_spans(output)  # raises on a stray or unclosed tag
     assert plain == note
-    located = locate_spans(note, output)
-    assert located.spans == spans
-    assert located.matches == ["aligned"] * len(spans) and not located.dropped  # no alignment fallback
+    kept = {(s.start, s.end, s.category) for s in located.spans}
+    assert located.spans == [s for s in spans if (s.start, s.end, s.category) in kept]
+    assert located.matches == ["aligned"] * len(located.spans)  # no alignment fallback
+    assert guards.allow_unclosed or not located.dropped
     # guards, read off the text independently of the state machine
     opened_at: dict[int, list[str]] = defaultdict(list)
     position = previous = 0
@@ -120,6 +127,15 @@ def check_output(note: str, output: str, guards: CopyGuards) -> list:
         if guards.word_boundaries:
             for edge in (span.start, span.end):
                 assert not (0 < edge < len(note) and note[edge - 1].isalnum() and note[edge].isalnum()), "a tag in a word"
+        if guards.max_span_chars is not None:
+            text = note[span.start : span.end]
+            visible = sum(not ch.isspace() for ch in text)
+            # with the word guard the span may finish the word it started while it had room
+            head = text.rstrip()
+            while head and head[-1].isalnum():
+                head = head[:-1]
+            assert visible <= guards.max_span_chars or (
+                guards.word_boundaries and sum(not ch.isspace() for ch in head) < guards.max_span_chars), "span too long"
     return spans
 
 
@@ -134,7 +150,7 @@ def random_walk(vocabulary: CopyVocabulary, note: str, rng: random.Random, guard
             assert allowed == brute_force_allowed(constraint)
         text = vocabulary.text(ids)
         eos_allowed = bool(set(vocabulary.eos_ids) & set(allowed))
-        assert eos_allowed == (strip_tags(text) == note and _well_formed(text))
+        assert eos_allowed == (strip_tags(text) == note and (guards.allow_unclosed or _well_formed(text)))
         token = rng.choice(allowed)
         constraint.advance(token)
         ids.append(token)
@@ -246,11 +262,40 @@ def test_allowed_set_equals_a_brute_force_check_of_every_token(hand_vocab):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(note=notes(max_pieces=4, long_max=12), seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3),
-       max_open=st.sampled_from([None, 1, 2]), words=st.booleans())
-def test_random_walks_over_the_hand_vocabulary_match_the_oracle(hand_vocab, note, seed, k, max_open, words):
-    guards = CopyGuards(k, max_open, words)
+       max_open=st.sampled_from([None, 1, 2]), words=st.booleans(), span_chars=st.sampled_from([None, 1, 3]),
+       unclosed=st.booleans())
+def test_random_walks_over_the_hand_vocabulary_match_the_oracle(hand_vocab, note, seed, k, max_open, words, span_chars,
+                                                                unclosed):
+    guards = CopyGuards(k, max_open, words, max_span_chars=span_chars, allow_unclosed=unclosed)
     ids = random_walk(hand_vocab, note, random.Random(seed), guards, oracle=True)
     check_output(note, hand_vocab.text(ids), guards)
+
+
+def test_max_span_chars_closes_a_span_once_it_holds_that_many_visible_characters(hand_vocab):
+    c = hand_vocab.start("ab cd", CopyGuards(max_span_chars=2))
+    write(c, "<drug_decision>")
+    write_bytes(c, "ab ")  # whitespace does not count
+    assert refused(c, "c") and refused(c, "<d")  # full: no more text, nothing opens
+    assert not refused(c, "</drug_decision>cd")
+    words = hand_vocab.start("abc d", CopyGuards(max_span_chars=2, word_boundaries=True))
+    write(words, "<drug_decision>")
+    write_bytes(words, "abc")  # the word that started with room is finished
+    assert refused(words, " d") and not refused(words, "</drug_decision> d")
+    with pytest.raises(ValueError, match="max_span_chars must be at least 1"):
+        CopyGuards(max_span_chars=0)
+
+
+def test_allow_unclosed_lets_the_model_end_with_spans_open(hand_vocab):
+    strict = hand_vocab.start("ab")
+    loose = hand_vocab.start("ab", CopyGuards(allow_unclosed=True))
+    for c in (strict, loose):
+        write(c, "<drug_decision>")
+        write_bytes(c, "ab")
+    assert HAND_EOS not in strict.allowed() and HAND_EOS in loose.allowed()
+    assert tid("</") in loose.allowed()  # closing stays the model's choice
+    loose.advance(HAND_EOS)
+    located = locate_spans("ab", hand_vocab.text([tid("<drug_decision>"), ord("a"), ord("b")]))
+    assert located.spans == [] and [d.reason for d in located.dropped] == ["unclosed tag"]
 
 
 def test_no_tag_inside_a_utf8_character(hand_vocab):
@@ -454,6 +499,52 @@ def test_processor_masks_each_row_and_leaves_finished_rows_alone(hand_vocab):
     assert [c.consumed for c in processor.constraints] == [3, 2]
     with pytest.raises(ValueError, match="batch of 1 rows, but 2 notes"):
         processor(step[:1], torch.zeros(1, vocab_size))
+
+
+def test_text_tokens_are_the_allowed_tokens_that_only_continue_the_note(hand_vocab):
+    c = hand_vocab.start("Give aspirin")
+    assert c.text_tokens() == sorted({ord("G"), tid("Give")})  # no tag starts (<, <d, <drug_decision>), no EOS
+    assert set(c.text_tokens()) < set(c.allowed()) and tid("<drug_decision>") in c.allowed()
+    write(c, "Give")
+    assert c.text_tokens() == sorted({ord(" "), tid(" aspirin")})  # " <" would open a tag: not text
+    write(c, "<drug_decision>")
+    write_bytes(c, " aspirin")
+    assert c.text_tokens() == [] and HAND_EOS not in c.allowed()  # the note is written; only the close is left
+    note = hand_vocab.start("a<b")  # a note "<" is text too
+    write_bytes(note, "a")
+    assert ord("<") in note.text_tokens() and tid("<<") not in note.text_tokens()
+
+
+def test_credit_text_mass_moves_forbidden_probability_to_the_notes_continuation():
+    # vocabulary: 0 = the note's next word, 1 = the word the model expected, 2 = an allowed tag, 3 = forbidden tag
+    probs = torch.tensor([[0.05, 0.80, 0.10, 0.05]])
+    out = credit_text_mass(probs.log(), [[0, 2]], [[0]])
+    assert out.exp().tolist()[0] == pytest.approx([0.90, 0.0, 0.10, 0.0])  # the tag keeps its own 0.10
+    plain = probs.log().masked_fill(torch.tensor([[False, True, False, True]]), float("-inf")).softmax(-1)
+    assert plain.tolist()[0] == pytest.approx([1 / 3, 0.0, 2 / 3, 0.0])  # plain masking: the tag wins
+    assert out.softmax(-1).tolist()[0] == pytest.approx(out.exp().tolist()[0])  # normalised: entropy reads it as is
+    two = credit_text_mass(torch.zeros(2, 4), [[0, 1, 2], [3]], [[0, 1], []])
+    assert two.exp().tolist()[0] == pytest.approx([0.375, 0.375, 0.25, 0.0])  # text shares 0.75 in proportion
+    assert two.exp().tolist()[1] == pytest.approx([0.0, 0.0, 0.0, 1.0])  # a row of its own
+    no_text = credit_text_mass(probs.log(), [[0, 2]], [[]])  # inside a tag: plain masking
+    assert no_text.exp().tolist()[0] == pytest.approx(plain.tolist()[0])
+    tiny = credit_text_mass(torch.tensor([[-200.0, 0.0, -1.0]]), [[0, 2]], [[0]])  # the note's token at ~e-87
+    assert tiny.exp().tolist()[0] == pytest.approx([1 - math.exp(-1) / (1 + math.exp(-1)), 0.0,
+                                                   math.exp(-1) / (1 + math.exp(-1))])
+
+
+def test_processor_with_text_mass_writes_the_note_where_plain_masking_escapes_into_a_tag(hand_vocab):
+    vocab_size = HAND_EOS + 3
+    scores = torch.full((1, vocab_size), -10.0)
+    scores[0, tid("Give")] = 0.0          # the note's next token: unlikely ...
+    scores[0, ord("X")] = 5.0             # ... the model expected other text
+    scores[0, tid("<drug_decision>")] = 1.0  # a tag is likelier than the note's token, not than text
+    prompt = torch.tensor([[7, 7]])
+    plain = CopyConstraintLogitsProcessor(hand_vocab, ["Give"])(prompt, scores.clone())
+    credited = CopyConstraintLogitsProcessor(hand_vocab, ["Give"], CopyGuards(text_mass=True))(prompt, scores.clone())
+    assert plain.argmax().item() == tid("<drug_decision>")
+    assert credited.argmax().item() == tid("Give")
+    assert torch.isinf(credited[0, ord("X")]) and credited.exp().sum().item() == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------- greedy with tiny models

@@ -69,11 +69,15 @@ def budget(note: str, guards: CopyGuards) -> int:
 def test_request_arguments_round_trip_and_malformed_ones_are_refused():
     args = copy_request_args("Stop é.", [7, 3, 7], CopyGuards(3, 2))
     assert args == {EXTRA_ARGS_KEY: {"note": "Stop é.", "eos_ids": [3, 7], "max_tags_per_position": 3, "max_open": 2,
-                                     "word_boundaries": False}}
+                                     "word_boundaries": False, "text_mass": False, "max_span_chars": None,
+                                     "allow_unclosed": False}}
     assert json.loads(json.dumps(args)) == args  # plain values: they cross the engine's process boundary
     assert parse_copy_request_args(args) == ("Stop é.", (3, 7), CopyGuards(3, 2))
     words = copy_request_args("x", [1], CopyGuards(1, None, True))
     assert parse_copy_request_args(words) == ("x", (1,), CopyGuards(1, None, True))
+    credit = copy_request_args("x", [1], CopyGuards(text_mass=True, max_span_chars=40, allow_unclosed=True))
+    assert parse_copy_request_args(credit) == ("x", (1,), CopyGuards(text_mass=True, max_span_chars=40,
+                                                                     allow_unclosed=True))
     assert parse_copy_request_args(None) is None and parse_copy_request_args({"other": 1}) is None
     bad = [
         ({EXTRA_ARGS_KEY: "note"}, "must be a mapping, got str"),
@@ -82,8 +86,12 @@ def test_request_arguments_round_trip_and_malformed_ones_are_refused():
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [True]}}, r"\['eos_ids'\] must be a non-empty list"),
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "k": 1}}, r"unknown keys \['k'\]"),
         ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_tags_per_position": 0}}, "must be at least 1, got 0"),
-        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_open": "2"}}, "max_open an int or None"),
-        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "word_boundaries": 1}}, "word_boundaries a bool"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_open": "2"}}, "max_open and max_span_chars ints or None"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "word_boundaries": 1}}, "word_boundaries, text_mass and allow_unclosed bools"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "text_mass": "yes"}}, "word_boundaries, text_mass and allow_unclosed bools"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "allow_unclosed": None}}, "and allow_unclosed bools"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_span_chars": 2.5}}, "max_span_chars ints or None"),
+        ({EXTRA_ARGS_KEY: {"note": "x", "eos_ids": [1], "max_span_chars": 0}}, "max_span_chars must be at least 1"),
     ]
     for extra, message in bad:
         with pytest.raises(ValueError, match=message):
@@ -196,8 +204,9 @@ def _transformers_reference(model_dir: Path, notes: list[str], guards: CopyGuard
 
 
 @pytest.mark.slow
-def test_vllm_path_equals_the_transformers_path_through_every_scheduling_quirk(vllm, model_dir, monkeypatch):
-    guards = CopyGuards(2, 1)  # at most one span open: short outputs from a random model
+@pytest.mark.parametrize("text_mass", [False, True])
+def test_vllm_path_equals_the_transformers_path_through_every_scheduling_quirk(vllm, model_dir, monkeypatch, text_mass):
+    guards = CopyGuards(2, 1, text_mass=text_mass)  # at most one span open: short outputs from a random model
     expected = _transformers_reference(model_dir, NOTES, guards)
     engine = vllm_engine_kwargs(str(model_dir), max_num_seqs=2, max_model_len=4096, copy_constraint=True)
     generator = VllmGenerator(engine, None, 0.0, True, 3407, copy_guards=guards)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.demo import MODELS, PROFILES, DemoArguments, build_steps, format_table
+from scripts.demo import MODELS, PROFILES, UNCONSTRAINED, DemoArguments, build_steps, format_table
 from utils.paths import REPO_ROOT
 from utils.meddec.predictions import read_predictions
 
@@ -50,7 +50,8 @@ def test_final_table_matches_the_official_cli_and_states_the_caveat(demo_run):
     work, out = demo_run
     results = json.loads((work / "results.json").read_text())
     rows = results["results"]
-    assert [r["system"] for r in rows] == [*MODELS, "ensemble"]
+    assert [r["system"] for r in rows] == [*MODELS, "ensemble", UNCONSTRAINED]
+    assert [r["decoding"] for r in rows] == ["copy"] * 4 + ["unconstrained"]
     for row in rows:
         for key in ("span_f1", "token_f1", "worst_group", "final"):
             assert 0.0 <= row[key] <= 1.0
@@ -58,14 +59,32 @@ def test_final_table_matches_the_official_cli_and_states_the_caveat(demo_run):
     assert format_table(rows) in out
     assert "MEANINGLESS" in out
     official = json.loads((work / "eval" / "ensemble_test.json").read_text())
-    assert official["shared_task"]["final_score"] == rows[-1]["final"]
-    assert official["span_f1"]["f1"] == rows[-1]["span_f1"]
+    ensemble = rows[len(MODELS)]
+    assert official["shared_task"]["final_score"] == ensemble["final"]
+    assert official["span_f1"]["f1"] == ensemble["span_f1"]
     submission = read_predictions(work / "ensemble" / "test_submission.json")
     test_ids = (work / "MedDec" / "splits" / "test.txt").read_text().split()
     assert set(submission) <= set(test_ids)
     best = json.loads((work / "ensemble" / "best.json").read_text())
     assert set(best["thresholds"]) >= {"t_cluster", "t_pair", "t_support", "t_dedup"}
     assert (work / "ensemble" / "history.png").stat().st_size > 0
+
+
+def test_stage_checks_are_reported_and_the_grpo_rewards_plotted(demo_run):
+    work, out = demo_run
+    stages = json.loads((work / "results.json").read_text())["stages"]
+    mixed = (work / "data" / "tagged" / "train_mixed.csv")
+    assert stages["pseudo_labels_selected"] >= 0 and mixed.stat().st_size > 0
+    assert stages["test_notes"] == PROFILES["ci"].n_test
+    assert 0 <= stages["model2_test_outputs_differing_from_model1"] <= stages["test_notes"]
+    assert len(stages["grpo_rewards"]) == PROFILES["ci"].grpo_steps
+    assert stages["tuning_trials"] == PROFILES["ci"].n_trials
+    assert stages["tuning_min"] <= stages["tuning_max"]
+    assert (work / "grpo_rewards.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results_md = (work / "results.md").read_text()
+    assert "grpo_rewards.png" in results_md and f"{stages['pseudo_labels_selected']} selected pseudo-labelled" in out
+    commands = (work / "commands.sh").read_text()
+    assert "--copy_constraint true --copy_text_mass true --copy_allow_unclosed true --copy_word_boundaries true" in commands
 
 
 def test_rerun_skips_every_finished_step(demo_run):

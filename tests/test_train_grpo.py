@@ -101,6 +101,8 @@ def test_cli_saves_adapter_and_config_and_resumes(tiny, tmp_path: Path) -> None:
     assert train_grpo.main([*base, "--max_steps", "2"]) == 0
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2]
+    final = json.loads((out / "trainer_state.json").read_text())  # beside the adapter: rewards per step for plots
+    assert [e["step"] for e in final["log_history"] if "rewards/fidelity_reward/mean" in e] == [1, 2]
 
 
 def test_adapter_is_merged_once_into_the_start_model(tiny, tmp_path: Path) -> None:

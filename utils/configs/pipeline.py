@@ -108,6 +108,17 @@ class InferenceArguments:
     copy_word_boundaries: bool = field(default=False, metadata={
         "help": "--copy_constraint: no tag between two alphanumeric characters (the scorer widens such span edges "
                 "to the whole word anyway)."})
+    copy_text_mass: bool = field(default=False, metadata={
+        "help": "--copy_constraint: credit the probability of text the constraint forbids to the note's continuation, "
+                "so a tag is written only where the model prefers it to writing any text (not merely to the note's "
+                "exact next token; an unsure model otherwise escapes into tags)."})
+    copy_max_span_chars: int | None = field(default=None, metadata={
+        "help": "--copy_constraint: non-whitespace characters in one span at most; the span must close there "
+                "(default: no limit; the synthetic corpus's spans hold at most 130)."})
+    copy_allow_unclosed: bool = field(default=False, metadata={
+        "help": "--copy_constraint: allow the end of sequence once the note is written even with spans open; those "
+                "are then unclosed tags, handled by --unclosed (default: dropped) as in an unconstrained output, "
+                "instead of being closed by force at the end of the note."})
     overwrite: bool = field(default=False, metadata={"help": "Ignore earlier partial results and start afresh."})
     # Data parallelism (utils.generation.data_parallel); the defaults are one process, as published.
     data_parallel_size: int = field(default=1, metadata={
@@ -348,7 +359,7 @@ class DemoArguments:
     """``scripts/demo.py``: the whole pipeline on synthetic data with tiny models."""
 
     work_dir: str = field(default="work/demo", metadata={"help": "Folder for every artefact (re-running resumes)."})
-    profile: str = field(default="full", metadata={"help": "Sizes: full (~4 min on 2 cores) or ci (reduced).",
+    profile: str = field(default="full", metadata={"help": "Sizes: full (~9 min on 2 cores) or ci (reduced).",
                                                    "choices": ["full", "ci"]})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic corpus and tiny models."})
     force: bool = field(default=False, metadata={"help": "Run every step again even if its outputs exist."})

@@ -3,7 +3,8 @@
 At every step the allowed next tokens are those whose bytes continue "the note interleaved with tags":
 the remaining note text exactly (any tokenisation of it, down to single bytes), an opening tag, a
 closing tag of a span still open, or a mix of these inside one token (``>\\n``, `` <``, ``></``).
-End of sequence is allowed only when the whole note has been written and no span is open. The
+End of sequence is allowed only when the whole note has been written and no span is open (with
+``allow_unclosed``: once the whole note is written, open spans or not; see the guards). The
 output with its tags removed is then the note byte for byte, so ``utils.pred_to_offset`` places every
 span by plain alignment ("aligned") and offsets are exact by construction.
 
@@ -39,7 +40,23 @@ tags forever at one position):
 * optionally at most ``max_open`` spans open at once;
 * optionally (``word_boundaries``) no tag between two alphanumeric characters: the official scorer widens a
   span edge that falls inside a word to the whole word, so such a tag can never score better than one at
-  the word's edge, while a model unsure of the text escapes into tags mid-word and loses its context.
+  the word's edge, while a model unsure of the text escapes into tags mid-word and loses its context;
+* optionally at most ``max_span_chars`` non-whitespace characters in a span: the note cannot go on past
+  that while the span is open, so it must close (an unsure model otherwise leaves a wrong span open to the
+  end of the note, where it is closed by force and costs every token on the way); nothing opens once the
+  oldest open span is full, so every span still open holds a visible character and can close;
+* optionally (``allow_unclosed``) the end of sequence once the note is written even with spans open: the
+  closing tags after the last character are then the model's choice, not forced, and a span it leaves
+  open is an unclosed tag, which ``--unclosed`` handles as in any output (dropped by default, as
+  ``utils/pred_to_offset.py`` drops them). Without it every span an unsure model opened and never closed
+  is closed by force at the end of the note and covers the rest of it;
+* optionally (``text_mass``) a tag must beat the model's wish to write TEXT, not its belief in the note's exact
+  next token: the probability of every text the constraint forbids (a word the model expected instead of
+  the note's, an early end) is credited to the note's continuation, tags and the end of sequence keep their
+  own (:func:`credit_text_mass`). Plain masking renormalises over the allowed tokens, so wherever a model
+  is unsure of the next word (a drug name it could not guess) a tag of small probability wins: the escape
+  above. With the credit, a tag is written where the model puts more probability on that tag than on
+  writing any text at all.
 
 Every state the machine allows can be completed (the note can always go on; every open span can close
 once its visible character is written; opening needs one ahead), so with a tokenizer that has all 256
@@ -79,12 +96,17 @@ class CopyGuards:
     max_tags_per_position: int = DEFAULT_MAX_TAGS_PER_POSITION
     max_open: int | None = None
     word_boundaries: bool = False
+    text_mass: bool = False
+    max_span_chars: int | None = None
+    allow_unclosed: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tags_per_position < 1:
             raise ValueError(f"max_tags_per_position must be at least 1, got {self.max_tags_per_position}")
         if self.max_open is not None and self.max_open < 1:
             raise ValueError(f"max_open must be at least 1 (or None for no limit), got {self.max_open}")
+        if self.max_span_chars is not None and self.max_span_chars < 1:
+            raise ValueError(f"max_span_chars must be at least 1 (or None for no limit), got {self.max_span_chars}")
 
 
 def tag_strings(tags: Sequence[str] = TAGS) -> list[bytes]:
@@ -229,6 +251,7 @@ class CopyConstraint:
         # starting before byte p (read at boundaries only).
         self._boundary = bytearray(self._n + 1)
         self._visible = [0] * (self._n + 1)
+        self._counts = bytearray(self._n + 1)  # 1 where a non-whitespace character starts (max_span_chars)
         position = count = 0
         previous = ""
         for char in note:
@@ -236,6 +259,7 @@ class CopyConstraint:
             previous = char
             self._visible[position] = count
             count += not char.isspace()
+            self._counts[position] = not char.isspace()
             code = ord(char)
             position += 1 if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
         self._boundary[self._n] = 1
@@ -249,8 +273,9 @@ class CopyConstraint:
 
     @property
     def complete(self) -> bool:
-        """The whole note is written and no span is open: EOS is allowed."""
-        return any(s[0] == self._n and s[1] == 0 and not s[3] for s in self._states)
+        """The whole note is written and no span is open (or ``allow_unclosed``): EOS is allowed."""
+        unclosed = self.guards.allow_unclosed
+        return any(s[0] == self._n and s[1] == 0 and (unclosed or not s[3]) for s in self._states)
 
     @property
     def position(self) -> int:
@@ -269,6 +294,31 @@ class CopyConstraint:
                 raise RuntimeError(f"copy constraint reached a dead end at note byte {self.position}")
             self._allowed = sorted(found)
         return self._allowed
+
+    def text_tokens(self) -> list[int]:
+        """The allowed tokens that only write note text (no tag, no EOS): the continuation ``text_mass`` credits."""
+        if self.finished:
+            return []
+        vocabulary, note, n = self.vocabulary, self.note, self._n
+        found: set[int] = set()
+        for pos, opens in {(s[0], s[3]) for s in self._states if s[1] == 0}:
+            node = vocabulary.root
+            while pos < n and not self._span_full(pos, opens):
+                node = node.get(note[pos])
+                if node is None:
+                    break
+                found.update(node.get(_IDS, ()))
+                pos += 1
+        return sorted(found)
+
+    def _span_full(self, pos: int, opens: tuple[tuple[int, int], ...]) -> bool:
+        """max_span_chars: the note byte at ``pos`` starts a visible character that the oldest open span has no room for.
+
+        Only where a tag may sit (a word the word guard keeps whole is finished first), so the span can close here.
+        """
+        limit = self.guards.max_span_chars
+        return (limit is not None and bool(opens) and bool(self._counts[pos]) and bool(self._boundary[pos])
+                and self._visible[pos] - self._visible[opens[0][1]] >= limit)
 
     # ----------------------------------------------------------------------------------- advancing
 
@@ -321,7 +371,9 @@ class CopyConstraint:
         mask = 0
         if (vocabulary._popcount[here] < guards.max_tags_per_position
                 and (guards.max_open is None or len(opens) < guards.max_open)
-                and visible[pos] < visible[self._n]):
+                and visible[pos] < visible[self._n]
+                and not (guards.max_span_chars is not None and opens
+                         and visible[pos] - visible[opens[0][1]] >= guards.max_span_chars)):
             mask = vocabulary._open_all & ~vocabulary._open_bits[here]
         seen = 0
         for category, opened in reversed(opens):  # the most recent open span of each category closes
@@ -353,7 +405,7 @@ class CopyConstraint:
             tag = vocabulary._tag_at[child]
             return [self._after_tag(tag, pos, opens, here) if tag >= 0 else (pos, child, tag_mask, opens, here)]
         out: list[State] = []
-        if pos < self._n and self.note[pos] == byte:
+        if pos < self._n and self.note[pos] == byte and not self._span_full(pos, opens):
             out.append((pos + 1, 0, 0, opens, 0))
         if byte == _LT and not vocabulary.atomic_tags:
             mask = self._tag_mask(pos, opens, here)
@@ -387,7 +439,7 @@ class CopyConstraint:
                     nxt = self._after_tag(tag, pos, opens, here) if tag >= 0 else (pos, tchild, tag_mask, opens, here)
                     stack.append((child, nxt))
                 continue
-            if pos < n:
+            if pos < n and not self._span_full(pos, opens):
                 child = node.get(note[pos])
                 if child is not None:
                     ids = child.get(_IDS)
@@ -403,3 +455,55 @@ class CopyConstraint:
                         found.update(ids)
                     stack.append((child, (pos, 1, mask, opens, here)))
         return found
+
+
+def credit_text_mass(logits, allowed: Sequence[Sequence[int]], text: Sequence[Sequence[int]]):
+    """Log-probabilities over each row's allowed tokens, the forbidden tokens' probability moved to its text ones.
+
+    ``logits``: a rows x vocabulary torch tensor; ``allowed[r]``: row r's allowed token ids; ``text[r]``: those
+    of them that only write note text. Each row: allowed tags and EOS keep their unconstrained probability p;
+    the text tokens share ``1 - p(allowed tags and EOS)`` in proportion to their own probabilities; every
+    other token is ``-inf``. A row without text tokens (inside a partly written tag, at the end of the note)
+    is plain masking, renormalised. Rows sum to 1 (softmax leaves them unchanged), so the entropy read from
+    them is of this distribution. Cost: one log-sum-exp over the rows; the rest is arithmetic on the few
+    allowed tokens (in Python: cheaper than a dozen tensor operations at a decoding step).
+    """
+    import math
+
+    import torch
+
+    device = logits.device
+    rows = [r for r, ids in enumerate(allowed) for _ in ids]
+    cols = [t for ids in allowed for t in ids]
+    out = torch.full_like(logits, float("-inf"))
+    if not cols:
+        return out
+    index = (torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device))
+    log_z = logits.logsumexp(-1).tolist()
+    picked = logits[index].tolist()
+    values: list[float] = []
+    start = 0
+    for r, ids in enumerate(allowed):
+        logp = [v - log_z[r] for v in picked[start : start + len(ids)]]
+        start += len(ids)
+        chosen = set(text[r])
+        is_text = [t in chosen for t in ids]
+        if any(is_text):
+            text_lse = _log_sum_exp([l for l, x in zip(logp, is_text) if x])
+            other = sum(math.exp(l) for l, x in zip(logp, is_text) if not x)
+            rest = math.log(max(1.0 - other, 1e-300))
+            values.extend(l - text_lse + rest if x else l for l, x in zip(logp, is_text))
+        elif logp:
+            total = _log_sum_exp(logp)
+            values.extend(l - total for l in logp)
+    out[index] = torch.tensor(values, dtype=logits.dtype, device=device)
+    return out
+
+
+def _log_sum_exp(values: Sequence[float]) -> float:
+    import math
+
+    top = max(values)
+    if top == float("-inf"):
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor
 
-from utils.generation.copy_decoding import CopyConstraint, CopyGuards, CopyVocabulary
+from utils.generation.copy_decoding import CopyConstraint, CopyGuards, CopyVocabulary, credit_text_mass
 
 
 class CopyConstraintLogitsProcessor(LogitsProcessor):
@@ -31,8 +31,8 @@ class CopyConstraintLogitsProcessor(LogitsProcessor):
             self._seen = input_ids.shape[1]
         new = input_ids[:, self._seen :].tolist()
         self._seen = input_ids.shape[1]
-        rows: list[int] = []
-        columns: list[int] = []
+        allowed: list[list[int]] = []  # per row; empty for a finished row
+        text: list[list[int]] = []  # per row, under text_mass: the allowed tokens that only write note text
         finished: list[int] = []
         for row, (constraint, tokens) in enumerate(zip(self.constraints, new)):
             for token in tokens:
@@ -41,15 +41,20 @@ class CopyConstraintLogitsProcessor(LogitsProcessor):
                 constraint.advance(token)
             if constraint.finished:
                 finished.append(row)
-                continue
-            allowed = constraint.allowed()
-            rows.extend([row] * len(allowed))
-            columns.extend(allowed)
-        if columns and max(columns) >= scores.shape[-1]:
-            raise ValueError(f"token id {max(columns)} is outside the model's {scores.shape[-1]} logits")
-        mask = torch.full_like(scores, float("-inf"))
-        device = scores.device
-        mask[torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(columns, dtype=torch.long, device=device)] = 0.0
+            allowed.append(constraint.allowed())  # [] once finished
+            text.append(constraint.text_tokens() if constraint.guards.text_mass else [])
+        top = max((max(ids) for ids in allowed if ids), default=-1)
+        if top >= scores.shape[-1]:
+            raise ValueError(f"token id {top} is outside the model's {scores.shape[-1]} logits")
+        if any(c.guards.text_mass for c in self.constraints):
+            # the forbidden text's probability goes to the note's continuation
+            out = credit_text_mass(scores, allowed, text)
+        else:
+            device = scores.device
+            rows = torch.tensor([r for r, ids in enumerate(allowed) for _ in ids], dtype=torch.long, device=device)
+            columns = torch.tensor([t for ids in allowed for t in ids], dtype=torch.long, device=device)
+            out = torch.full_like(scores, float("-inf"))
+            out[rows, columns] = scores[rows, columns]
         if finished:
-            mask[finished] = 0.0
-        return scores + mask
+            out[finished] = scores[finished]  # left untouched: generate pads them from now on
+        return out

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from utils.generation.copy_decoding import CopyConstraint, CopyGuards, CopyVocabulary
+from utils.generation.copy_decoding import CopyConstraint, CopyGuards, CopyVocabulary, credit_text_mass
 
 EXTRA_ARGS_KEY = "lamar_copy_constraint"
 PROCESSOR_FQCN = "utils.generation.copy_decoding_vllm_v2:CopyConstraintLogitsProcessor"  # what LLM(logits_processors=) loads
@@ -48,7 +48,8 @@ def copy_request_args(note: str, eos_ids: Sequence[int], guards: CopyGuards = Co
     """The ``extra_args`` entry of one constrained request (plain JSON values: msgspec-serialisable)."""
     return {EXTRA_ARGS_KEY: {"note": note, "eos_ids": sorted({int(i) for i in eos_ids}),
                              "max_tags_per_position": guards.max_tags_per_position, "max_open": guards.max_open,
-                             "word_boundaries": guards.word_boundaries}}
+                             "word_boundaries": guards.word_boundaries, "text_mass": guards.text_mass,
+                             "max_span_chars": guards.max_span_chars, "allow_unclosed": guards.allow_unclosed}}
 
 
 def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, tuple[int, ...], CopyGuards] | None:
@@ -59,7 +60,8 @@ def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, 
     where = f"extra_args[{EXTRA_ARGS_KEY!r}]"
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} must be a mapping, got {type(entry).__name__}")
-    unknown = set(entry) - {"note", "eos_ids", "max_tags_per_position", "max_open", "word_boundaries"}
+    unknown = set(entry) - {"note", "eos_ids", "max_tags_per_position", "max_open", "word_boundaries", "text_mass",
+                            "max_span_chars", "allow_unclosed"}
     if unknown:
         raise ValueError(f"{where} has unknown keys {sorted(unknown)}")
     note = entry.get("note")
@@ -69,11 +71,14 @@ def parse_copy_request_args(extra_args: Mapping[str, Any] | None) -> tuple[str, 
     if not isinstance(eos, (list, tuple)) or not eos or not all(_is_int(i) and i >= 0 for i in eos):
         raise ValueError(f"{where}['eos_ids'] must be a non-empty list of token ids, got {eos!r}")
     tags, max_open = entry.get("max_tags_per_position", CopyGuards().max_tags_per_position), entry.get("max_open")
-    words = entry.get("word_boundaries", False)
-    if not _is_int(tags) or (max_open is not None and not _is_int(max_open)) or not isinstance(words, bool):
-        raise ValueError(f"{where}: max_tags_per_position must be an int, max_open an int or None and "
-                         "word_boundaries a bool")
-    return note, tuple(sorted(set(eos))), CopyGuards(tags, max_open, words)  # CopyGuards raises on values below 1
+    flags = [entry.get(key, False) for key in ("word_boundaries", "text_mass", "allow_unclosed")]
+    span_chars = entry.get("max_span_chars")
+    if (not _is_int(tags) or any(v is not None and not _is_int(v) for v in (max_open, span_chars))
+            or not all(isinstance(flag, bool) for flag in flags)):
+        raise ValueError(f"{where}: max_tags_per_position must be an int, max_open and max_span_chars ints or None "
+                         "and word_boundaries, text_mass and allow_unclosed bools")
+    words, text_mass, unclosed = flags
+    return note, tuple(sorted(set(eos))), CopyGuards(tags, max_open, words, text_mass, span_chars, unclosed)  # CopyGuards raises on values below 1
 
 
 def _is_int(value: Any) -> bool:
@@ -122,6 +127,12 @@ class SlotConstraints:
             if constraint.finished:
                 break
             constraint.advance(int(token))
+
+    def text_tokens(self, slot: int) -> list[int] | None:
+        """The slot's allowed tokens that only write note text when its guards credit text mass, else None."""
+        constraint = self.constraints[slot]
+        assert constraint is not None
+        return constraint.text_tokens() if constraint.guards.text_mass and not constraint.finished else None
 
     def allowed(self, slot: int) -> list[int] | None:
         """The slot's allowed token ids; None when its request has ended (leave its row alone)."""
@@ -204,7 +215,17 @@ class CopyConstraintProcessorCore:
         keep[torch.tensor(mask_rows, dtype=torch.long, device=device),
              torch.tensor(mask_cols, dtype=torch.long, device=device)] = True
         index = torch.tensor(masked, dtype=torch.long, device=device)
-        logits[index] = logits[index].masked_fill(~keep, float("-inf"))
+        credited = [(k, row, text) for k, row in enumerate(masked)
+                    if (text := self.slots.text_tokens(row_slots[row]))]
+        if not credited:
+            logits[index] = logits[index].masked_fill(~keep, float("-inf"))
+            return logits
+        rows_logits = logits[index]
+        plain = rows_logits.masked_fill(~keep, float("-inf"))
+        which = torch.tensor([k for k, _, _ in credited], dtype=torch.long, device=device)
+        plain[which] = credit_text_mass(rows_logits[which], [allowed[row] for _, row, _ in credited],
+                                        [text for _, _, text in credited])
+        logits[index] = plain
         return logits
 
     def _read_new_tokens(self, slots: list[int]) -> list[list[int]]:

@@ -43,7 +43,8 @@ from utils.training.models import check_model_reference, loading_error
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
                "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
-               "copy_word_boundaries")
+               "copy_word_boundaries", "copy_text_mass", "copy_max_span_chars",
+               "copy_allow_unclosed")
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,8 @@ def copy_guards(args: InferenceArguments) -> CopyGuards | None:
     """The copy constraint's guards from the flags; None when decoding is unconstrained."""
     if not args.copy_constraint:
         return None
-    return CopyGuards(args.copy_max_tags_per_position, args.copy_max_open, args.copy_word_boundaries)
+    return CopyGuards(args.copy_max_tags_per_position, args.copy_max_open, args.copy_word_boundaries,
+                      args.copy_text_mass, args.copy_max_span_chars, args.copy_allow_unclosed)
 
 
 def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
@@ -335,9 +337,10 @@ def validate(args: InferenceArguments) -> list[Job]:
     for name in ("max_new_tokens", "max_model_len", "batch_size", "copy_max_tags_per_position"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
-    if args.copy_max_open is not None and args.copy_max_open < 1:
-        raise InputError("--copy_max_open", "", f"expected a positive number (or nothing for no limit), "
-                                                f"got {args.copy_max_open}")
+    for name in ("copy_max_open", "copy_max_span_chars"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise InputError(f"--{name}", "", f"expected a positive number (or nothing for no limit), "
+                                              f"got {getattr(args, name)}")
     check_sharding(args)
     if args.vllm_kwargs:
         try:

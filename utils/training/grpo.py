@@ -205,5 +205,7 @@ def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: Lama
     if not trainer.args.should_save:  # another process of a multi-process run writes the files
         return trainer
     trainer.processing_class.save_pretrained(config.output_dir)
+    # the log history (rewards per step) also when no checkpoint was saved: runs are compared and plotted from it
+    trainer.state.save_to_json(str(Path(config.output_dir) / "trainer_state.json"))
     save_run_config(config.output_dir, {"script": script, "model": model_args, "training": config})
     return trainer
