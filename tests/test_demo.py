@@ -60,7 +60,8 @@ def test_final_table_matches_the_official_cli_and_states_the_caveat(demo_run):
     assert "MEANINGLESS" in out
     official = json.loads((work / "eval" / "ensemble_test.json").read_text())
     ensemble = rows[len(MODELS)]
-    assert official["shared_task"]["final_score"] == ensemble["final"]
+    # Another process: the official token F1 sums in set-iteration order, so its last bit follows PYTHONHASHSEED.
+    assert official["shared_task"]["final_score"] == pytest.approx(ensemble["final"], rel=1e-12)
     assert official["span_f1"]["f1"] == ensemble["span_f1"]
     submission = read_predictions(work / "ensemble" / "test_submission.json")
     test_ids = (work / "MedDec" / "splits" / "test.txt").read_text().split()
