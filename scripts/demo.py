@@ -253,7 +253,7 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
         steps.append(Step(f"10. inference of {model} on val and test", [infer / model / "val_predictions.json", infer / model / "test_predictions.json"], argv=py(
             "scripts/inference.py", *_infer_flags(bases[model], models / model, profile),
             "--val_csv", tagged / "val.csv", "--test_csv", tagged / "test.csv", "--output_dir", infer / model)))
-    steps.append(Step(f"10. inference of model1 on test without the copy constraint (the published decoding)",
+    steps.append(Step("10. inference of model1 on test without the copy constraint (the published decoding)",
                       [infer / UNCONSTRAINED / "test_predictions.json"], argv=py(
         "scripts/inference.py", *_infer_flags(bases["model1"], models / "model1", profile, copy=False),
         "--test_csv", tagged / "test.csv", "--output_dir", infer / UNCONSTRAINED)))
