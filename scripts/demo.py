@@ -231,7 +231,8 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
             "--input", pseudo / "candidates.csv", "--output", pseudo / "candidates_model1.csv")),
         Step("6e. pseudo-labels: keep the 10% lowest-entropy outputs, mix with train", [tagged / "train_mixed.csv"], argv=py(
             "-m", "pseudolabels.dynamic_threshold", "select", "--pool_predictions", pseudo / "candidates_model1.csv",
-            "--train_csv", tagged / "train.csv", "--threshold", "0.10", "--output", tagged / "train_mixed.csv")),
+            "--train_csv", tagged / "train.csv", "--threshold", "0.10", "--pseudo_target", "located",
+            "--output", tagged / "train_mixed.csv")),
         Step("7. Model 3: DFT + LoRA on train + pseudo-labels", [models / "model3" / "adapter_config.json"], argv=py(
             "scripts/train_dft.py", "--config", "recipes/model3_dft_pseudo.yaml", "--model_name_or_path", models / "pretrained",
             "--train_csv", tagged / "train_mixed.csv", "--output_dir", models / "model3",
@@ -392,7 +393,9 @@ def tuning_values(study_db: Path) -> list[float]:
 def stage_sentences(checks: dict[str, object], work: Path) -> str:
     return "\n".join([
         "",
-        f"- Model 3 trained on train + {checks['pseudo_labels_selected']} selected pseudo-labelled notes.",
+        f"- Model 3 trained on train + {checks['pseudo_labels_selected']} selected pseudo-labelled notes (their targets: "
+        "the spans located in Model 1's outputs, --pseudo_target located; the published mix trained on 'nan', see "
+        "the README's differences).",
         f"- Model 2 (GRPO from Model 1): {checks['model2_test_outputs_differing_from_model1']} of "
         f"{checks['test_notes']} test outputs differ from Model 1's; mean reward per GRPO step "
         f"{checks['grpo_rewards']} (plot: {work / 'grpo_rewards.png'}).",

@@ -13,6 +13,7 @@ import pytest
 from scripts.demo import MODELS, PROFILES, UNCONSTRAINED, DemoArguments, build_steps, format_table
 from utils.paths import REPO_ROOT
 from utils.meddec.predictions import read_predictions
+from utils.meddec.tables import read_tagged_table
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,13 @@ def test_stage_checks_are_reported_and_the_grpo_rewards_plotted(demo_run):
     work, out = demo_run
     stages = json.loads((work / "results.json").read_text())["stages"]
     mixed = (work / "data" / "tagged" / "train_mixed.csv")
-    assert stages["pseudo_labels_selected"] >= 0 and mixed.stat().st_size > 0
+    train = read_tagged_table(work / "data" / "tagged" / "train.csv")
+    mixed_rows = read_tagged_table(mixed)
+    assert len(mixed_rows) == len(train) + stages["pseudo_labels_selected"]
+    pseudo = mixed_rows[~mixed_rows["file_id"].isin(set(train["file_id"]))]
+    assert len(pseudo) == stages["pseudo_labels_selected"]
+    # --pseudo_target located: each selected note trains on its located spans, never on the published 'nan'.
+    assert not (pseudo["gold_span"].str.strip() == "nan").any()
     assert stages["test_notes"] == PROFILES["ci"].n_test
     assert 0 <= stages["model2_test_outputs_differing_from_model1"] <= stages["test_notes"]
     assert len(stages["grpo_rewards"]) == PROFILES["ci"].grpo_steps
