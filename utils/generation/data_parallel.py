@@ -37,6 +37,7 @@ from utils.generation.runner import (
     Job, Shard, load_partial, resume_settings, run, text_digest, validate, write_outputs,
 )
 
+
 class ShardFailedError(RuntimeError):
     """A shard process of ``--data_parallel_size`` ended with an error (its own output says why)."""
 
