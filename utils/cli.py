@@ -14,7 +14,7 @@ import difflib
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
-from utils.fileio import InputError, report_input_error
+from utils.fileio import InputError, reading_errors, report_input_error
 
 COMMAND_LINE = "<command line>"
 CONFIG_HELP = ("--config FILE  a YAML recipe (e.g. recipes/*.yaml) setting any of the options above by name; "
@@ -37,14 +37,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as handle:
+        with reading_errors(path, "YAML", prefix="--config: "), open(path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise InputError(path, "", "--config: file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "", "--config: expected a YAML file, got a folder") from None
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"byte {err.start}", "--config: not UTF-8 text") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""

@@ -83,17 +83,25 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def reading_errors(path: str | os.PathLike[str], kind: str, prefix: str = "", utf8_hint: str = "") -> Iterator[None]:
+    """Opening and decoding a ``kind`` text file (JSON, CSV, YAML): a missing file, a folder or bytes that are not
+    UTF-8 become one-line InputErrors (``prefix`` names the flag, ``utf8_hint`` ends the decoding message)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(path, "", f"{prefix}file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "", f"{prefix}expected a {kind} file, got a folder") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"byte {err.start}", f"{prefix}not UTF-8 text{utf8_hint}") from None
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Load a JSON file, turning a syntax error into an InputError with line and column."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with reading_errors(path, "JSON", utf8_hint=" (expected a JSON file)"), open(path, encoding="utf-8") as handle:
             return json.load(handle)
-    except FileNotFoundError:
-        raise InputError(path, "", "file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "", "expected a JSON file, got a folder") from None
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"byte {err.start}", "not UTF-8 text (expected a JSON file)") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"line {err.lineno} column {err.colno}", f"invalid JSON ({err.msg})") from None
 

@@ -22,7 +22,7 @@ import math
 import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from utils.fileio import InputError, atomic_open, checked_chunks, first_line
+from utils.fileio import InputError, atomic_open, checked_chunks, first_line, reading_errors
 from utils.meddec.predictions import Span
 
 NOTE_COLUMNS = ("file_id", "raw_text")
@@ -35,13 +35,8 @@ def read_csv_strings(path: str | os.PathLike[str], required: Sequence[str]) -> "
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise InputError(path, "", "file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "", "expected a CSV file, got a folder") from None
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"byte {err.start}", "not UTF-8 text") from None
+        with reading_errors(path, "CSV"):
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(path, "", f"not a readable CSV ({first_line(err)})") from None
     missing = [c for c in required if c not in frame.columns]
