@@ -166,7 +166,7 @@ def bench_embedding(root: Path, notes: int) -> Result:
     import numpy as np
 
     from dataset.synthetic import generate_notes
-    from pseudolabels.embedding import load_embeddings
+    from utils.pseudolabels.embedding import load_embeddings
 
     with open(root / "pool.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)

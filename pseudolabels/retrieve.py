@@ -37,7 +37,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from pseudolabels.embedding import load_embeddings, meddec_ids
+from utils.pseudolabels.embedding import load_embeddings, meddec_ids
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import RetrieveArguments
 from utils.fileio import InputError, atomic_open, check_output_path

@@ -34,7 +34,7 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     """A small, valid workspace: a synthetic MedDec, its tagged CSVs, predictions, an inference output, caches, and
     the bad files the cases point at."""
     from dataset.synthetic import generate_corpus
-    from pseudolabels.embedding import embed_batches, prepare_cache
+    from utils.pseudolabels.embedding import embed_batches, prepare_cache
     from utils.meddec.predictions import Span, write_predictions
     from utils.meddec.tables import inference_output_frame, iter_notes_table, read_tagged_table, write_csv
     from utils.tagging.locate import locate_spans

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from dataset.synthetic import generate_corpus
-from pseudolabels import embedding
-from pseudolabels.embedding import (
+from pseudolabels import embedding as embedding_command
+from utils.pseudolabels import embedding
+from utils.pseudolabels.embedding import (
+    embed_sources,
     embed_batches,
     load_embeddings,
     load_sentence_encoder,
     prepare_cache,
-    run,
 )
 from utils.configs.pipeline import EmbeddingArguments
 from utils.fileio import InputError
@@ -68,7 +69,7 @@ def _args(tmp_path, model_path, corpus, pool_csv, **overrides) -> EmbeddingArgum
 @pytest.mark.slow
 def test_embeddings_are_normalised_sharded_and_match_the_model(tmp_path, model_path, encoder, corpus, pool_csv, monkeypatch):
     monkeypatch.setattr(embedding, "load_sentence_encoder", lambda *a, **k: encoder)
-    done = run(_args(tmp_path, model_path, corpus, pool_csv), progress=False)
+    done = embed_sources(_args(tmp_path, model_path, corpus, pool_csv), progress=False)
     assert done == {"meddec": 3, "pool": 3}  # 7 notes in shards of 3
     ids, vectors = load_embeddings(tmp_path / "emb_pool")
     assert ids == [f"1_2_{i}" for i in range(7)]
@@ -81,7 +82,7 @@ def test_embeddings_are_normalised_sharded_and_match_the_model(tmp_path, model_p
     assert meddec.shape == (7, 384)
     # A finished cache is not recomputed and the model is not even loaded.
     monkeypatch.setattr(embedding, "load_sentence_encoder", lambda *a, **k: pytest.fail("model loaded"))
-    assert run(_args(tmp_path, model_path, corpus, pool_csv), progress=False) == {"meddec": 0, "pool": 0}
+    assert embed_sources(_args(tmp_path, model_path, corpus, pool_csv), progress=False) == {"meddec": 0, "pool": 0}
 
 
 @pytest.mark.slow
@@ -135,9 +136,9 @@ def test_a_cache_from_other_settings_or_other_notes_is_refused(tmp_path, pool_cs
 def test_cli_flags_and_one_line_errors(tmp_path, capsys, pool_csv):
     bad = tmp_path / "bad.csv"
     bad.write_text("id,text\n1,x\n", encoding="utf-8")
-    code = embedding.main(["--sources", "pool", "--pool_csv", str(bad), "--pool_out", str(tmp_path / "o")])
+    code = embedding_command.main(["--sources", "pool", "--pool_csv", str(bad), "--pool_out", str(tmp_path / "o")])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"error: {bad}: line 1: missing column(s) file_id, raw_text; expected file_id, raw_text"
     assert not (tmp_path / "o").exists()
-    code = embedding.main(["--sources", "pool", "notes", "--pool_csv", str(pool_csv)])
+    code = embedding_command.main(["--sources", "pool", "notes", "--pool_csv", str(pool_csv)])
     assert code == 2 and "unknown source(s) notes" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from pseudolabels.embedding import embed_batches, prepare_cache
+from utils.pseudolabels.embedding import embed_batches, prepare_cache
 from pseudolabels.retrieve import Assignment, assign_candidates, run, top_k_per_row
 from utils.configs.pipeline import RetrieveArguments
 

