@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from utils.pseudolabels.embedding import embed_batches, prepare_cache
-from pseudolabels.retrieve import Assignment, assign_candidates, run, top_k_per_row
+from utils.pseudolabels.retrieval import Assignment, assign_candidates, retrieve_candidates, top_k_per_row
 from utils.configs.pipeline import RetrieveArguments
 
 
@@ -76,7 +76,7 @@ def _cache(path, ids, vectors):
     embed_batches(batches, path, lambda texts: next(rows), progress=False)
 
 
-def test_run_writes_candidates_with_text_and_query_splits_are_a_flag(tmp_path):
+def test_retrieve_candidates_writes_candidates_with_text_and_query_splits_are_a_flag(tmp_path):
     pool_ids = [f"9_9_{i}" for i in range(10)]
     pool_csv = tmp_path / "pool.csv"
     with open(pool_csv, "w", encoding="utf-8", newline="") as handle:
@@ -94,7 +94,7 @@ def test_run_writes_candidates_with_text_and_query_splits_are_a_flag(tmp_path):
         query_splits=[str(tmp_path / "train.txt"), str(tmp_path / "test.txt")], output=str(tmp_path / "cand.csv"),
         top_k=3, per_note=2,
     )
-    run(args)
+    retrieve_candidates(args)
     with open(tmp_path / "cand.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["query_id"], r["file_id"], r["assign_rank"]) for r in rows] == [
@@ -104,6 +104,6 @@ def test_run_writes_candidates_with_text_and_query_splits_are_a_flag(tmp_path):
     ]
     assert rows[0]["raw_text"] == 'note 9_9_1\r\nline, "two"'
     args.query_splits = [str(tmp_path / "train.txt")]  # test notes left out of the queries
-    run(args)
+    retrieve_candidates(args)
     with open(tmp_path / "cand.csv", encoding="utf-8", newline="") as handle:
         assert {r["query_id"] for r in csv.DictReader(handle)} == {"1_1_1", "2_2_2"}
