@@ -48,7 +48,7 @@ PUBLISHED_TRAIN_NOTES = 350
 
 
 def measure_pool(corpus, work: Path) -> dict[str, Any]:
-    from pseudolabels.extract_unlabel import extract_unlabeled
+    from utils.pseudolabels.extraction import extract_unlabeled
 
     splits = [corpus.paths.split(name) for name in ("train", "val", "test")]
     by_row = extract_unlabeled(corpus.paths.noteevents_csv, work / "pool_row.csv", splits, progress=False)

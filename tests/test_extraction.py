@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from dataset.synthetic import generate_corpus
-from pseudolabels import extract_unlabel
-from pseudolabels.extract_unlabel import extract_unlabeled, read_exclusions
+from utils.pseudolabels import extraction
+from utils.pseudolabels.extraction import extract_unlabeled, read_exclusions
 from utils.meddec.corpus import parse_note_id
 from utils.fileio import InputError
 from utils.paths import REPO_ROOT
@@ -42,18 +42,18 @@ def _noteevents(corpus) -> pd.DataFrame:
 def test_pool_is_exactly_the_unlabeled_reports_in_file_order(corpus, tmp_path):
     out = tmp_path / "pool.csv"
     chunk_lengths: list[int] = []
-    original = extract_unlabel.iter_noteevents
+    original = extraction.iter_noteevents
 
     def recording(*args, **kwargs):
         for chunk in original(*args, **kwargs):
             chunk_lengths.append(len(chunk))
             yield chunk
 
-    extract_unlabel.iter_noteevents = recording
+    extraction.iter_noteevents = recording
     try:
         counts = extract_unlabeled(corpus.paths.noteevents_csv, out, _splits(corpus), chunksize=7, progress=False)
     finally:
-        extract_unlabel.iter_noteevents = original
+        extraction.iter_noteevents = original
     assert len(chunk_lengths) > 1 and max(chunk_lengths) <= 7  # streamed, never the whole file
 
     events = _noteevents(corpus)
