@@ -28,13 +28,12 @@ def readme_commands() -> list[list[str]]:
 
 
 def script_of(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the part that runs the script, the rest) e.g. ['-m', 'ensemble.optimize'] / [..]."""
-    if argv[1] == "-m":
-        module, rest = argv[2], argv[3:]
-        if module == "pseudolabels.dynamic_threshold":
-            return ["-m", module, rest[0]], rest[1:]
-        return ["-m", module], rest
-    return [argv[1]], argv[2:]
+    """(the part that runs the script, the rest) e.g. ['-m', 'ensemble.optimize'] / [..]; a first word that is not
+    a flag is a command of ``utils.cli.parse_command`` (e.g. ``dynamic_threshold select``)."""
+    target, rest = (argv[1:3], argv[3:]) if argv[1] == "-m" else (argv[1:2], argv[2:])
+    if rest and not rest[0].startswith("-"):
+        return [*target, rest[0]], rest[1:]
+    return target, rest
 
 
 @lru_cache(maxsize=None)

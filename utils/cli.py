@@ -127,6 +127,26 @@ def parse_args(*dataclass_types: type, argv: Sequence[str] | None = None, prog: 
     return LamarParser(list(dataclass_types), prog=prog, description=description, epilog=CONFIG_HELP).parse(argv)
 
 
+def parse_command(commands: dict[str, type], argv: Sequence[str] | None = None,
+                  prog: str | None = None) -> tuple[str, Any]:
+    """``command [flags]``: the first word picks one of ``commands`` (name -> dataclass), whose flags follow as
+    everywhere else; ``--help`` alone lists the commands (exit 0, as argparse's own help)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        lines = [f"usage: {prog or 'command'} {{{','.join(commands)}}} [flags]  (add --help after a command)", ""]
+        for name, dtype in commands.items():
+            summary = (dtype.__doc__ or "").strip().splitlines()[0]
+            lines.append(f"  {name:<10} {summary.split('``: ', 1)[-1]}")  # the docstring's "``command``: " cut off
+        print("\n".join(lines))
+        raise SystemExit(0)
+    if not args or args[0] not in commands:
+        raise InputError(COMMAND_LINE, args[0] if args else "",
+                         f"expected a command, one of {', '.join(commands)} (add --help after it)")
+    command = args[0]
+    (options,) = parse_args(commands[command], argv=args[1:], prog=f"{prog} {command}" if prog else command)
+    return command, options
+
+
 def run_cli(body: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's body; input problems print the project's one-line error and return exit code 2."""
     try:

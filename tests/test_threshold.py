@@ -11,9 +11,9 @@ from scipy.stats import spearmanr
 
 from dataset.synthetic import generate_corpus
 from pseudolabels import dynamic_threshold
-from pseudolabels.dynamic_threshold import (
-    ExploreArguments,
-    SelectArguments,
+from utils.pseudolabels import threshold
+from utils.configs.pipeline import ExploreArguments, SelectArguments
+from utils.pseudolabels.threshold import (
     entropy_threshold,
     explore,
     keep_mask,
@@ -131,7 +131,7 @@ def test_published_pseudo_rows_train_on_the_string_nan_and_warn(tagged, tmp_path
     # Provenance of the constant: the published mix left gold_span empty, train_dft.py read it with pandas' defaults
     # and formatted the answer with str().
     published_cell = pd.read_csv(io.StringIO('file_id,raw_text,gold_span\n1_2_3,a note,\n'))["gold_span"][0]
-    assert str(published_cell) == dynamic_threshold.PUBLISHED_PSEUDO_ANSWER == "nan"
+    assert str(published_cell) == threshold.PUBLISHED_PSEUDO_ANSWER == "nan"
     _, folder = tagged
     val, _ = _pool_with_an_empty_output(tagged, tmp_path)
     summary = select(SelectArguments(pool_predictions=str(tmp_path / "pool.csv"), train_csv=str(folder / "train.csv"),
