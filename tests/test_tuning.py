@@ -1,4 +1,4 @@
-"""Threshold tuning (ensemble/optimize.py): known optimum, resuming, CV, plots and the command line."""
+"""Threshold tuning (ensemble.tuning, ensemble.study, ensemble.storage; the command ensemble/optimize.py): known optimum, resuming, CV, plots and the command line."""
 
 from __future__ import annotations
 
