@@ -1,4 +1,4 @@
-"""scripts/check_gpu_resolve.py: the pip command it builds, the marker swap, the verdict (all offline)."""
+"""utils/pip_resolve.py (scripts/check_gpu_resolve.py): the pip command it builds, the marker swap, the verdict (all offline)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import check_gpu_resolve as resolve
+from scripts import check_gpu_resolve
+from utils import pip_resolve as resolve
 
 
 def test_linux_tags_cover_every_older_glibc_and_the_legacy_aliases():
@@ -73,6 +74,6 @@ def test_failure_shows_pips_conflict_explanation():
 
 def test_bad_version_argument_is_refused(capsys):
     with pytest.raises(SystemExit) as stop:
-        resolve.main(["--glibc", "2"])
+        check_gpu_resolve.main(["--glibc", "2"])
     assert stop.value.code == 2
     assert "--glibc: expected X.Y, got '2'" in capsys.readouterr().err
