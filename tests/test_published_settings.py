@@ -13,7 +13,7 @@ from ensemble.consensus import Thresholds
 from utils.cli import parse_args
 from utils.configs import BASE_MODEL, RELEASED_MODEL_1, split_files
 from utils.configs.pipeline import EmbeddingArguments, InferenceArguments, OptimizeArguments, RetrieveArguments
-from utils.training.models import LANGUAGE_MODEL_PROJECTIONS
+from utils.configs import LANGUAGE_MODEL_PROJECTIONS
 
 ON_GPU = torch.cuda.is_available()
 

@@ -36,3 +36,20 @@ WORK_DIR = Path("work")
 def split_files(names: tuple[str, ...] = ALL_SPLITS) -> list[str]:
     """The MedDec split files of the default layout (train, val and test: the published pool exclusion)."""
     return [str(MEDDEC.split(name)) for name in names]
+
+
+# Choices of model and backend flags (the code that acts on them: ``utils.training.models``, ``.backend``).
+# Attention (full attention and Qwen3.5's gated-delta linear attention) and MLP projections of the language model.
+LANGUAGE_MODEL_PROJECTIONS: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj",  # full attention
+    "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj",  # gated-delta (linear) attention
+    "gate_proj", "up_proj", "down_proj",  # MLP
+)
+DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
+MODEL_CLASSES = ("auto", "causal_lm", "image_text_to_text")  # auto: the class the checkpoint names
+DFT_BACKENDS = ("unsloth", "hf")
+DEFAULT_DFT_BACKEND = "unsloth"  # published
+# fused: the loss each pinned library computes itself on TRL's fused LM head (no full logits); kernel: our Triton DFT
+# cross-entropy through Unsloth's full-logits path (the published artefact, memory-hungry).
+DFT_ROUTES = ("fused", "kernel")
+DEFAULT_DFT_ROUTE = "fused"

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from utils.configs import (
-    EMBEDDING_MODEL, MEDDEC, MIXED_TRAIN_CSV, OPTUNA_STORAGE, OPTUNA_STUDY, RELEASED_MODEL_1, TAGGED_DIR, WORK_DIR,
+    EMBEDDING_MODEL, MEDDEC, MIXED_TRAIN_CSV, MODEL_CLASSES, OPTUNA_STORAGE, OPTUNA_STUDY, RELEASED_MODEL_1, TAGGED_DIR,
+    WORK_DIR,
     split_files,
 )
-from utils.training.models import MODEL_CLASSES
 
 ANY_DESCRIPTION = "any"
 UNCLOSED_POLICIES = ("drop", "close_at_end")

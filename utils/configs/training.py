@@ -13,9 +13,17 @@ from typing import Any
 
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
-from utils.configs import BASE_MODEL, RELEASED_MODEL_1, TAGGED_DIR
-from utils.training.backend import DEFAULT_DFT_BACKEND, DEFAULT_DFT_ROUTE, DFT_BACKENDS, DFT_ROUTES
-from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, resolve_optim
+from utils.configs import (
+    BASE_MODEL,
+    DEFAULT_DFT_BACKEND,
+    DEFAULT_DFT_ROUTE,
+    DFT_BACKENDS,
+    DFT_ROUTES,
+    LANGUAGE_MODEL_PROJECTIONS,
+    RELEASED_MODEL_1,
+    TAGGED_DIR,
+)
+from utils.configs.device import resolve_bf16, resolve_optim
 
 DFT_LOSSES = ("dft", "nll")
 USE_VLLM_MODES = ("auto", "true", "false")

@@ -16,12 +16,8 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
-DFT_BACKENDS = ("unsloth", "hf")
-DEFAULT_DFT_BACKEND = "unsloth"  # published
-# fused: the loss each pinned library computes itself on TRL's fused LM head (no full logits); kernel: our Triton DFT
-# cross-entropy through Unsloth's full-logits path (the published artefact, memory-hungry).
-DFT_ROUTES = ("fused", "kernel")
-DEFAULT_DFT_ROUTE = "fused"
+from utils.configs import DEFAULT_DFT_BACKEND
+
 CRITICAL_MODULES = ("trl", "transformers", "peft")
 
 

@@ -25,13 +25,12 @@ from typing import Any, Callable, Sequence
 
 from trl import GRPOTrainer
 
+from utils.configs.device import cuda_available
 from utils.configs.training import GRPOModelConfig, GRPOScriptArguments, LamarGRPOConfig
 from utils.fileio import InputError
-from utils.rewards import reward_functions
 from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame, to_dataset
-from utils.training.models import (
-    check_model_reference, cuda_available, loading_error, merge_adapter, peft_config, resolve_dtype,
-)
+from utils.training.models import check_model_reference, loading_error, merge_adapter, peft_config, resolve_dtype
+from utils.rewards import reward_functions
 from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
 from utils.training.trl_cpu import install_cpu_fused_head
 

@@ -14,18 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from utils.configs import DTYPE_NAMES, MODEL_CLASSES
+from utils.configs.device import cuda_available
 from utils.fileio import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
-# Attention (full attention and Qwen3.5's gated-delta linear attention) and MLP projections of the language model.
-LANGUAGE_MODEL_PROJECTIONS: tuple[str, ...] = (
-    "q_proj", "k_proj", "v_proj", "o_proj",  # full attention
-    "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj",  # gated-delta (linear) attention
-    "gate_proj", "up_proj", "down_proj",  # MLP
-)
-DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
-MODEL_CLASSES = ("auto", "causal_lm", "image_text_to_text")  # auto: the class the checkpoint names
 
 
 def check_model_reference(flag: str, value: str | None) -> None:
@@ -45,13 +39,6 @@ def loading_error(flag: str, value: str, err: BaseException) -> InputError:
     return InputError(flag, value, f"cannot be loaded ({first_line(err)})")
 
 
-def cuda_available() -> bool:
-    """True on a machine with a usable CUDA device."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def resolve_dtype(name: str | None, flag: str = "--dtype"):
     """The torch dtype of a ``--dtype`` value: auto = bfloat16 on a GPU (published), float32 on CPU."""
     import torch
@@ -61,25 +48,6 @@ def resolve_dtype(name: str | None, flag: str = "--dtype"):
     if name not in DTYPE_NAMES:
         raise InputError(flag, "", f"expected one of {', '.join(DTYPE_NAMES)}, got {name!r}")
     return getattr(torch, name)
-
-
-def resolve_optim(optim: str, on_gpu: bool | None = None) -> str:
-    """The published 8-bit AdamW needs bitsandbytes and a GPU; on CPU fall back to plain AdamW (with a warning)."""
-    on_gpu = cuda_available() if on_gpu is None else on_gpu
-    if "8bit" in str(optim) and not on_gpu:
-        logger.warning("optim %s needs a GPU (bitsandbytes): using adamw_torch on this CPU machine", optim)
-        return "adamw_torch"
-    return str(optim)
-
-
-def resolve_bf16(bf16: bool | None, on_gpu: bool | None = None) -> bool:
-    """bf16 by default where the GPU supports it; full precision on CPU (bf16 CPU training is slow)."""
-    import torch
-
-    if bf16 is not None:
-        return bool(bf16)
-    on_gpu = cuda_available() if on_gpu is None else on_gpu
-    return bool(on_gpu and torch.cuda.is_bf16_supported())
 
 
 def language_model_targets(names: Sequence[str]) -> str:

@@ -30,6 +30,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from utils.configs.device import cuda_available
 from utils.configs.training import DFTConfig, DFTModelConfig, DFTScriptArguments
 from utils.fileio import InputError
 from utils.paths import load_module_from_path
@@ -38,7 +39,7 @@ from utils.training.data import read_training_frame, sft_records, to_dataset
 from utils.training.dft import (
     TokenSums, check_kernel_ran, check_loss_in_effect, expected_step_losses, token_sums,
 )
-from utils.training.models import cuda_available, load_causal_lm, peft_config, resolve_dtype
+from utils.training.models import load_causal_lm, peft_config, resolve_dtype
 from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
 from utils.training.trl_cpu import install_cpu_fused_head
 
