@@ -19,14 +19,14 @@ from ensemble.consensus import Thresholds, merge_predictions, note_ids_of, prepa
 from ensemble.merging import read_model_predictions
 from ensemble.tuning import cross_validate, default_trial_value, make_objective, save_plots, scorer_factory, tune
 from utils.configs.pipeline import OptimizeArguments
-from utils.fileio import InputError, check_output_path, file_sha256, write_json_atomic
+from utils.fileio import COMMAND_LINE, InputError, check_output_path, file_sha256, write_json_atomic
 from utils.meddec.predictions import Predictions, write_predictions
 
 
 def check_arguments(args: OptimizeArguments) -> None:
     """Flag combinations that cannot work, refused before any input is read."""
     def refuse(flag: str, message: str) -> None:
-        raise InputError("<command line>", flag, message)
+        raise InputError(COMMAND_LINE, flag, message)
 
     if args.n_trials < 1:
         refuse("--n_trials", f"expected at least 1, got {args.n_trials}")
@@ -81,7 +81,7 @@ def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[s
     if not ids:
         raise InputError(args.predictions[0], "", "no predicted note is in the gold/split set: check --split_file")
     if args.cv > len(ids):  # refused before any trial is run, not after tuning
-        raise InputError("<command line>", "--cv", f"K = {args.cv} folds need at least {args.cv} notes, got {len(ids)}")
+        raise InputError(COMMAND_LINE, "--cv", f"K = {args.cv} folds need at least {args.cv} notes, got {len(ids)}")
     return models, scorer, ids
 
 

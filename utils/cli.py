@@ -14,9 +14,8 @@ import difflib
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
-from utils.fileio import InputError, reading_errors, report_input_error
+from utils.fileio import COMMAND_LINE, InputError, reading_errors, report_input_error
 
-COMMAND_LINE = "<command line>"
 CONFIG_HELP = ("--config FILE  a YAML recipe (e.g. recipes/*.yaml) setting any of the options above by name; "
                "flags given on the command line win over it")
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 
+COMMAND_LINE = "<command line>"  # the source an InputError names for a flag value or combination
+
+
 class InputError(ValueError):
     """Bad user input. ``str()`` is one line naming the file, the record or line, the field and what was expected."""
 

@@ -215,8 +215,7 @@ def percentile_interval(values: np.ndarray, estimate: float, confidence: float) 
 
 def check_bootstrap_options(n_resamples: int, confidence: float, flag: str = "--bootstrap") -> None:
     """One-line errors for resample counts and confidence levels that cannot give an interval."""
-    from utils.cli import COMMAND_LINE
-    from utils.fileio import InputError
+    from utils.fileio import COMMAND_LINE, InputError
 
     if n_resamples < 0:
         raise InputError(COMMAND_LINE, flag, f"expected a number of resamples >= 0, got {n_resamples}")

@@ -8,9 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.fileio import InputError
-
-COMMAND_LINE = "<command line>"
+from utils.fileio import COMMAND_LINE, InputError
 
 
 def system_names(paths: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
