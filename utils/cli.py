@@ -52,6 +52,14 @@ def read_config_file(path: str) -> dict[str, Any]:
 class LamarParser(_trl_parser_class()):
     """TrlParser whose recipe and flag problems are one-line :class:`InputError` s."""
 
+    @staticmethod
+    def _parse_dataclass_field(parser: Any, field: Any) -> None:
+        """Every dataclass field is a flag, except one marked ``{"flag": False}``: a value another flag sets (e.g.
+        ``DFTConfig.loss_type``, from ``--loss``), which a second flag could only contradict."""
+        if field.metadata.get("flag") is False:
+            return
+        _trl_parser_class()._parse_dataclass_field(parser, field)
+
     def known_options(self) -> dict[str, Any]:
         return {action.dest: action for action in self._actions if action.dest not in ("help",)}
 

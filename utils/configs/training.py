@@ -107,28 +107,36 @@ class DFTConfig(SFTConfig):
     """TRL's SFTConfig with the published Model 1 settings as defaults (every TrainingArguments flag still works)."""
 
     output_dir: str = field(default="outputs/model1_dft", metadata={"help": "Where checkpoints and the adapter go."})
-    learning_rate: float = 2e-4
-    lr_scheduler_type: str = "cosine"
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after the warm-up."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up: a ratio of total steps when < 1."})
-    weight_decay: float = 0.001
-    num_train_epochs: float = 2.0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 8
+    weight_decay: float = field(default=0.001, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Passes over the training notes."})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Notes per device per micro-batch."})
+    gradient_accumulation_steps: int = field(default=8, metadata={
+        "help": "Micro-batches per optimiser step (effective batch: this x batch size x devices)."})
     optim: str = field(default="adamw_8bit", metadata={"help": "Optimizer (adamw_8bit falls back to adamw_torch on CPU)."})
     max_length: int | None = field(default=24576, metadata={
         "help": "Max tokens of prompt + answer (set explicitly: TRL's default would silently truncate notes)."})
-    seed: int = 3407
-    gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
+    seed: int = field(default=3407, metadata={"help": "Random seed (data order, LoRA initialisation)."})
+    gradient_checkpointing: bool = field(default=True, metadata={
+        "help": "Recompute activations in the backward pass (saves memory on 24k-token sequences)."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on where the GPU supports it)."})
-    logging_steps: float = 1
-    save_strategy: str = "steps"
-    save_steps: float = 20
-    save_total_limit: int | None = 3
-    report_to: None | str | list[str] = "tensorboard"
-    packing: bool = False  # packing fails on Qwen3.5 without causal_conv1d
-    completion_only_loss: bool | None = True
-    assistant_only_loss: bool = False
-    loss_type: str = field(default="dft", metadata={"help": "Set by --loss; do not set directly."})
+    logging_steps: float = field(default=1, metadata={"help": "Log the loss every N optimiser steps."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints (every --save_steps)."})
+    save_steps: float = field(default=20, metadata={"help": "Save a checkpoint every N optimiser steps."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep only the newest N checkpoints."})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={
+        "help": "Where logs go (tensorboard, wandb, none, ...)."})
+    packing: bool = field(default=False, metadata={
+        "help": "Pack several notes into one sequence (off: fails on Qwen3.5 without causal_conv1d)."})
+    completion_only_loss: bool | None = field(default=True, metadata={
+        "help": "Train on the answer tokens only (the prompt and note are context)."})
+    assistant_only_loss: bool = field(default=False, metadata={
+        "help": "Train on assistant turns only (needs a chat template with generation marks; the completion mask "
+                "already does this)."})
+    loss_type: str = field(default="dft", metadata={
+        "flag": False, "help": "TRL's loss switch, set from --loss when the trainer is built (not a flag of its own)."})
 
     def __post_init__(self) -> None:
         require_positive(self, ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -170,45 +178,56 @@ class LamarGRPOConfig(GRPOConfig):
     """TRL's GRPOConfig with the published Model 2 settings as defaults (DAPO loss, GDPO aggregation)."""
 
     output_dir: str = field(default="outputs/model2_grpo", metadata={"help": "Checkpoints and the adapter."})
-    loss_type: str = "dapo"
-    epsilon: float = 0.2
-    epsilon_high: float | None = 0.28
-    beta: float = 0.0
-    importance_sampling_level: str = "token"
-    multi_objective_aggregation: str = "normalize_then_sum"  # GDPO: each reward normalised in its group, then summed
-    mask_truncated_completions: bool = True
-    max_grad_norm: float = 0.2
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "constant"
-    num_train_epochs: float = 1.0
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 4
-    num_generations: int | None = 8
-    temperature: float = 1.0
+    loss_type: str = field(default="dapo", metadata={
+        "help": "Policy loss: dapo normalises token losses by the active tokens of the accumulated batch (TRL's "
+                "choices: grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo, vespo)."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clipping range of the importance ratio."})
+    epsilon_high: float | None = field(default=0.28, metadata={"help": "Upper clipping range (DAPO's clip-higher)."})
+    beta: float = field(default=0.0, metadata={"help": "KL penalty coefficient (0: no reference model)."})
+    importance_sampling_level: str = field(default="token", metadata={
+        "help": "Importance ratios per token or per sequence."})
+    multi_objective_aggregation: str = field(default="normalize_then_sum", metadata={
+        "help": "How the rewards combine: normalize_then_sum (GDPO: each reward normalised in its group, then "
+                "summed) or sum_then_normalize."})
+    mask_truncated_completions: bool = field(default=True, metadata={
+        "help": "Leave completions that hit --max_completion_length out of the loss."})
+    max_grad_norm: float = field(default=0.2, metadata={"help": "Gradient clipping norm."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of AdamW."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training notes."})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Completions per device per micro-batch."})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimiser step."})
+    num_generations: int | None = field(default=8, metadata={"help": "Completions per prompt (one GRPO group)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the completions."})
     min_p: float | None = field(default=None, metadata={
         "help": "Min-p sampling. Default none: the published 0.1 sat only in vLLM sampling params of a run that "
                 "generated without vLLM (Unsloth fast_inference=False), so it never applied; 0.1 applies it."})
-    top_p: float = 1.0
-    max_completion_length: int | None = 14547
-    optim: str = "adamw_8bit"
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the completions (1.0: off)."})
+    max_completion_length: int | None = field(default=14547, metadata={"help": "Token budget of a completion."})
+    optim: str = field(default="adamw_8bit", metadata={
+        "help": "Optimizer (adamw_8bit falls back to adamw_torch on CPU)."})
     seed: int = field(default=42, metadata={
         "help": "Random seed (published: TRL's default 42, the published script set none; Model 1 used 3407)."})
-    save_strategy: str = "steps"
-    save_steps: float = 10
-    logging_steps: float = 1
-    report_to: None | str | list[str] = "tensorboard"
-    bf16: bool | None = None
+    save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints (every --save_steps)."})
+    save_steps: float = field(default=10, metadata={"help": "Save a checkpoint every N optimiser steps."})
+    logging_steps: float = field(default=1, metadata={"help": "Log losses and rewards every N optimiser steps."})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={
+        "help": "Where logs go (tensorboard, wandb, none, ...)."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on where the GPU supports it)."})
     chat_template_kwargs: dict | None = field(default=None, metadata={
         "help": "Extra chat template arguments (YAML recipes; for the thinking switch use --enable_thinking)."})
-    vllm_mode: str = "colocate"
+    vllm_mode: str = field(default="colocate", metadata={
+        "help": "colocate: vLLM shares the training GPU(s); server: a separate trl vllm-serve process."})
     # Colocated vLLM's share of the GPU (TRL's default, stated): on the published single 80 GB GPU it holds the bf16
     # weights (~9 GB), KV cache for every rollout of a generation batch at full context (8 x 24,576 tokens x 32 KiB
     # for Qwen3.5-4B's 8 full-attention layers = 6 GiB) and the linear-attention states, leaving ~56 GB to training.
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
+        "help": "Share of GPU memory colocated vLLM takes (weights, KV cache of a generation batch)."})
     vllm_importance_sampling_correction: bool = field(default=False, metadata={
         "help": "Reweight the loss by the ratio of trainer to vLLM token probabilities (TRL's default). Off as "
                 "published: its completions came from the trained model itself (no vLLM), so there was none."})
-    gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
+    gradient_checkpointing: bool = field(default=True, metadata={
+        "help": "Recompute activations in the backward pass (saves memory on 24k-token sequences)."})
 
     def __post_init__(self) -> None:
         require_positive(self, ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",

@@ -1,0 +1,98 @@
+"""utils/cli.py and the argument dataclasses of utils/configs: every flag of every command says what it does and
+shows its published default in --help; ``command [flags]`` commands list their commands and refuse others."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+
+import pytest
+
+from utils.cli import LamarParser, parse_command
+from utils.configs.pipeline import ExploreArguments, SelectArguments
+from utils.fileio import InputError
+from utils.paths import REPO_ROOT
+
+CONFIG_MODULES = ("utils.configs.pipeline", "utils.configs.training", "utils.configs.evaluation",
+                  "utils.configs.baseline")
+ENTRY_FOLDERS = ("scripts", "evaluate", "pseudolabels", "ensemble", "baselines", "dataset", "utils")
+
+
+def argument_classes() -> list[type]:
+    return [cls for name in CONFIG_MODULES for cls in vars(importlib.import_module(name)).values()
+            if inspect.isclass(cls) and dataclasses.is_dataclass(cls) and cls.__module__ == name]
+
+
+def parsed_classes(path) -> set[str]:
+    """Class names a command hands to parse_args / parse_command (directly or through a COMMANDS table)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("parse_args", "parse_command"):
+            names.update(a.id for a in node.args if isinstance(a, ast.Name) and a.id[:1].isupper() and a.id != "COMMANDS")
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMMANDS" for t in node.targets):
+            names.update(v.id for v in node.value.values if isinstance(v, ast.Name))
+    return names
+
+
+@pytest.mark.parametrize("cls", argument_classes(), ids=lambda c: c.__name__)
+def test_every_flag_has_help_and_shows_its_default(cls):
+    parser = LamarParser([cls])
+    formatter = parser._get_formatter()
+    silent = [action.dest for action in parser._actions
+              if action.dest != "help" and not (action.help or "").strip()]
+    assert silent == [], f"{cls.__name__}: flags without help text"
+    no_default = [action.dest for action in parser._actions
+                  if action.dest != "help" and "%(default)" not in formatter._get_help_string(action)]
+    assert no_default == [], f"{cls.__name__}: flags whose --help does not show the default"
+
+
+def test_every_command_parses_argument_classes_of_utils_configs():
+    known = {cls.__name__ for cls in argument_classes()}
+    commands = {}
+    for folder in ENTRY_FOLDERS:
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            found = parsed_classes(path)
+            if found:
+                commands[str(path.relative_to(REPO_ROOT))] = found
+    assert len(commands) >= 18, sorted(commands)
+    foreign = {path: sorted(found - known) for path, found in commands.items() if found - known}
+    assert foreign == {}
+
+
+def test_dft_loss_is_one_flag():
+    """--loss picks the loss; TRL's loss_type is set from it, never a second flag that could disagree."""
+    from utils.configs.training import DFTConfig, DFTScriptArguments
+
+    options = LamarParser([DFTScriptArguments, DFTConfig]).known_options()
+    assert "loss" in options and "loss_type" not in options
+    with pytest.raises(InputError, match=r"<command line>: --loss_type: unknown option"):
+        LamarParser([DFTScriptArguments, DFTConfig]).parse(["--loss_type", "nll"])
+
+
+COMMANDS = {"explore": ExploreArguments, "select": SelectArguments}
+
+
+def test_parse_command_picks_the_dataclass_of_the_first_word():
+    command, args = parse_command(COMMANDS, ["select", "--threshold", "0.2"], prog="dynamic_threshold.py")
+    assert command == "select" and isinstance(args, SelectArguments) and args.threshold == 0.2
+
+
+@pytest.mark.parametrize("argv, where", [([], ""), (["frobnicate"], "frobnicate: "), (["--threshold", "1"], "--threshold: ")])
+def test_parse_command_refuses_a_missing_or_unknown_command(argv, where):
+    with pytest.raises(InputError) as err:
+        parse_command(COMMANDS, argv, prog="dynamic_threshold.py")
+    assert str(err.value) == (f"<command line>: {where}expected a command, one of explore, select "
+                              "(add --help after it)")
+
+
+def test_parse_command_help_lists_each_command_with_its_summary(capsys):
+    with pytest.raises(SystemExit) as done:
+        parse_command(COMMANDS, ["--help"], prog="dynamic_threshold.py")
+    assert done.value.code == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "usage: dynamic_threshold.py {explore,select} [flags]  (add --help after a command)", "",
+        "  explore    does low entropy mean good output, and what would each quantile keep?",
+        "  select     keep the low-entropy pool outputs and mix them into the train CSV."]
