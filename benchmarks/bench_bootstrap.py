@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from benchmarks.smoke import parse_with_smoke
 from utils.meddec.corpus import MedDecPaths, read_gold_dir, read_split, read_stats
 from utils.paths import REPO_ROOT, load_module_from_path
 
@@ -115,6 +116,9 @@ def run_benchmark(paths: MedDecPaths, n_resamples: int, n_naive: int, n_scratch:
           f"(float summation order only)")
 
 
+SMOKE_SIZES = {"resamples": 20, "naive": 5, "scratch": 1, "repeats": 1}  # --smoke
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_root",
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--naive", type=int, default=300, help="resamples timed with aggregate(select)")
     parser.add_argument("--scratch", type=int, default=3, help="resamples re-scored from scratch")
     parser.add_argument("--repeats", type=int, default=3, help="runs of the vectorised bootstrap (median)")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, SMOKE_SIZES)
     if args.data_root:
         run_benchmark(MedDecPaths(Path(args.data_root)), args.resamples, args.naive, args.scratch, args.repeats)
         return 0

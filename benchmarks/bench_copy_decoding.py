@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from benchmarks.smoke import parse_with_smoke
+
 
 @dataclass
 class Row:
@@ -162,6 +164,9 @@ def replay_gold(generator, pairs: list[tuple[str, str]], limit_tokens: int) -> t
     return 1e6 * total / tokens, tokens
 
 
+SMOKE_SIZES = {"steps": 4, "batch_sizes": [1], "vocab_sizes": [2048], "hidden_size": 32, "repeats": 1}  # --smoke
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=192, help="greedy tokens generated per run")
@@ -174,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument("--text_mass", action="store_true",
                         help="constrain with --copy_text_mass --copy_allow_unclosed (the demo's settings)")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, SMOKE_SIZES)
 
     import torch
 

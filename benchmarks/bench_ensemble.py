@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.smoke import parse_with_smoke
 from dataset.synthetic import generate_corpus
 from ensemble import reference, tuning
 from ensemble.batch import BatchMerger
@@ -98,6 +99,9 @@ def official_script_score(script: str, predictions: Predictions, paths: Any, wor
         return json.load(handle)["shared_task"]["final_score"]
 
 
+SMOKE_SIZES = {"n_notes": 6, "timing_trials": 2, "reference_trials": 1, "study_trials": 3, "cv": 2, "cv_trials": 2}  # --smoke
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n_notes", type=int, default=53)
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv_trials", type=int, default=300, help="TPE trials per CV fold")
     parser.add_argument("--official", help="path of the official evaluate.py to time instead of a fresh Scorer")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, SMOKE_SIZES)
     from utils.fileio import report_input_error
     from utils.metric.punkt import PunktMissingError, require_punkt
 
@@ -158,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         results.update(merge_median_s=statistics.median(merge_times), score_median_s=statistics.median(score_times),
                        ours_trial_s=ours_trial)
 
-        # -- per-note path (cached merge + Scorer), and a check that both give the same numbers ----------
-        merge_prepared(prepared, Thresholds(), cache=True)
+        # -- per-note path (merge_prepared + Scorer), and a check that both give the same numbers ----------
+        merge_prepared(prepared, Thresholds())
         per_note_times = []
         for thresholds in samples:
             t0 = time.perf_counter()
-            value = scorer.final_score(merge_prepared(prepared, thresholds, cache=True))
+            value = scorer.final_score(merge_prepared(prepared, thresholds))
             per_note_times.append(time.perf_counter() - t0)
             assert value == table.final_score(merger.kept_rows(thresholds)), "array trial differs from the per-note path"
         results["per_note_trial_s"] = statistics.median(per_note_times)
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
               f"array layout {results['layout_s']:.2f} s")
         print(f"ours      one trial (median of {len(samples)} random thresholds): {ours_trial * 1000:7.1f} ms "
               f"(merge {results['merge_median_s'] * 1000:.1f} ms + score {results['score_median_s'] * 1000:.1f} ms)")
-        print(f"per-note  one trial (cached merge_prepared + Scorer.final_score): "
+        print(f"per-note  one trial (merge_prepared + Scorer.final_score): "
               f"{results['per_note_trial_s'] * 1000:7.1f} ms (same numbers, checked)")
         print(f"reference one trial (median of {len(ref_samples)}): {reference_trial * 1000:7.1f} ms "
               f"(all-pairs merge {results['reference_merge_median_s'] * 1000:.1f} ms + "

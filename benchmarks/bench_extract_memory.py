@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.smoke import parse_with_smoke
 from utils.paths import REPO_ROOT
 
 HEADER = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME", "CATEGORY", "DESCRIPTION",
@@ -73,11 +74,14 @@ def run_extraction(noteevents: Path, split: Path, output: Path, chunksize: int) 
     return wall, peak_kib / 1024, done.stdout.splitlines()[0]
 
 
+SMOKE_SIZES = {"size_mb": 1.0, "chunksize": [1_000]}  # --smoke
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size_mb", type=float, default=200.0, help="size of the synthetic NOTEEVENTS.csv")
     parser.add_argument("--chunksize", type=int, nargs="+", default=[1_000, 2_000, 10_000], help="rows per chunk (one run each)")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, SMOKE_SIZES)
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         tmp_path = Path(tmp)
         noteevents = tmp_path / "NOTEEVENTS.csv"

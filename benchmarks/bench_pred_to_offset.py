@@ -45,6 +45,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from benchmarks.smoke import parse_with_smoke
 from utils.categories import ID_TO_TAG, TAG_TO_ID, TAGS
 from utils.fileio import write_json_atomic
 from utils.tagging.locate import locate_spans
@@ -332,13 +333,16 @@ def recovery(n_notes: int, seed: int = 0, mix: Mix = Mix()) -> dict[str, Any]:
     }
 
 
+SMOKE_SIZES = {"notes": 3, "fuzz": 50}  # --smoke
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notes", type=int, default=100, help="synthetic notes for the recovery benchmark")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fuzz", type=int, default=10_000, help="garbage outputs for the crash test")
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, SMOKE_SIZES)
     result = {"recovery": recovery(args.notes, args.seed), "fuzz": fuzz(args.fuzz, args.seed)}
     print(json.dumps(result, indent=2))
     if args.out:

@@ -39,7 +39,9 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+from benchmarks.smoke import parse_with_smoke
 
 PROMPT_LIMIT = 10029  # what the published train_grpo.py computed (and never passed)
 CONTEXT = 32768  # the published inference context
@@ -243,20 +245,23 @@ def measure_nan_training(work: Path) -> dict[str, Any]:
     return {"train_rows": len(train), "pseudo_rows": len(pseudo), **result}
 
 
-def main() -> None:
+SMOKE_CORPUS = {"n_train": 12, "n_val": 4, "n_test": 4, "n_unlabeled": 20, "mean_chars": 1500, "mean_spans": 20}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     from dataset.synthetic import generate_corpus
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic corpus.")
     parser.add_argument("--out", default=None, help="Write the numbers as JSON here too.")
     parser.add_argument("--nan_experiment", action="store_true", help="Also run the tiny DFT 'nan' experiment.")
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, argv, {"corpus_sizes": SMOKE_CORPUS})
     from utils.metric.punkt import require_punkt
 
     require_punkt()  # the official scores of the baseline oracles need NLTK's punkt_tab
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        corpus = generate_corpus(work / "MedDec", seed=args.seed)
+        corpus = generate_corpus(work / "MedDec", seed=args.seed, **getattr(args, "corpus_sizes", {}))
         result: dict[str, Any] = {"pool": measure_pool(corpus, work), "gt_to_tag": measure_gt_to_tag(corpus, work)}
         texts = [(corpus.paths.raw_text_dir / f"{i}.txt").read_text(encoding="utf-8") for i in corpus.all_ids]
         tokenizer = proxy_tokenizer(texts)

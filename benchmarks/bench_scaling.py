@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from benchmarks.smoke import parse_with_smoke
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = (("1 proc x 1 thread", 1, 1), ("1 proc x 2 threads", 1, 2), ("2 procs x 1 thread", 2, 1))
 
@@ -218,6 +220,9 @@ def report(results: list[Result], load_before: float, load_after: float) -> str:
     return "\n".join(lines)
 
 
+SMOKE_SIZES = {"steps": ["embed"], "embed_notes": 8}  # --smoke
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", nargs="+", default=["train", "infer", "embed"], choices=["train", "infer", "embed"],
@@ -227,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--new_tokens", type=int, default=64, help="New tokens per note (inference).")
     parser.add_argument("--embed_notes", type=int, default=512, help="Notes embedded by the embedding runs.")
     parser.add_argument("--json", help="Also write the measurements here.")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, SMOKE_SIZES)
     for name in ("train_steps", "infer_notes", "new_tokens", "embed_notes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive number, got {getattr(args, name)}")

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from benchmarks.smoke import parse_with_smoke
 from utils.meddec.corpus import Annotation, MedDecPaths, read_gold_dir, read_split
 from utils.paths import load_module_from_path
 from utils.meddec.predictions import Predictions, Span, write_predictions
@@ -191,13 +192,16 @@ def run_benchmark(paths: MedDecPaths, official_path: str | None, repeats: int, w
     return 0
 
 
+SMOKE_SIZES = {"repeats": 1}  # --smoke
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", help="path to a local copy of the official evaluate.py (compares and times it)")
     parser.add_argument("--data_root",
                         help="a MedDec-layout folder with splits/val.txt (default: generate the synthetic val set)")
     parser.add_argument("--repeats", type=int, default=20, help="re-scoring repeats for the medians")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, SMOKE_SIZES)
     with tempfile.TemporaryDirectory(prefix="bench_scorer.") as tmp:
         work = Path(tmp)
         paths = MedDecPaths(Path(args.data_root)) if args.data_root else generate_synthetic_val(work / "corpus")
