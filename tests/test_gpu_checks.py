@@ -17,7 +17,7 @@ from utils.paths import REPO_ROOT
 from utils.testing import gpu_checks as G
 from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
 from utils.training import layout as L
-from utils.training.dft import dft_loss
+from utils.testing.references import dft_loss
 
 
 def test_full_logits_cost_of_the_published_length() -> None:

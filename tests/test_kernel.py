@@ -21,7 +21,7 @@ import torch
 pytest.importorskip("triton", reason="Triton is not installed (it has Linux wheels only): the DFT kernel cannot be "
                                      "compiled or interpreted here")
 
-from utils.training.dft import dft_loss, per_token_cross_entropy
+from utils.testing.references import dft_loss, per_token_cross_entropy
 from utils.paths import REPO_ROOT, load_module_from_path
 
 MODULE_NAME = "lamar_dft_cross_entropy_interpreted"

@@ -16,7 +16,8 @@ from utils import gt_to_tag
 from utils.paths import REPO_ROOT
 from utils.meddec.predictions import Span
 from utils.meddec.tables import TAGGED_COLUMNS, read_tagged_table, write_tagged_table
-from utils.tagging.convert import TagError, clean_spans, same_category_crossings, spans_to_tagged, tagged_to_spans
+from utils.tagging.convert import TagError, clean_spans, spans_to_tagged, tagged_to_spans
+from utils.testing.references import same_category_crossings
 from utils.tagging.tags import strip_tags
 
 # ------------------------------------------------------------------------------- writing rules

@@ -22,16 +22,14 @@ from utils.training.dft import (
     TokenSums,
     check_kernel_ran,
     check_loss_in_effect,
-    dft_loss,
     expected_step_losses,
-    per_token_cross_entropy,
-    per_token_dft_loss,
     token_sums,
 )
 from utils.testing.tiny_models import (
     build_tiny_qwen35, build_tiny_qwen35_vl, build_tiny_tokenizer, write_tiny_tagged_csv,
 )
-from utils.training.data import answer_token_stats, read_training_frame, sft_records, to_dataset
+from utils.testing.references import answer_token_stats, dft_loss, per_token_cross_entropy, per_token_dft_loss
+from utils.training.data import read_training_frame, sft_records, to_dataset
 
 FAST = ["--backend", "hf", "--lora_r", "8", "--lora_alpha", "16", "--max_length", "2048", "--report_to", "none",
         "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false", "--logging_steps", "1",

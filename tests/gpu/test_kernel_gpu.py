@@ -9,7 +9,7 @@ from utils.paths import load_module_from_path
 from utils.testing.gpu_checks import (
     KERNEL_TOLERANCES, PUBLISHED_TOKENS, QWEN35_VOCAB, compare_to_reference, full_logits_bytes, kernel_case, measure, record, report,
 )
-from utils.training.dft import dft_loss
+from utils.testing.references import dft_loss
 
 pytestmark = pytest.mark.gpu
 ROWS = 4096  # the reference builds float32 copies of the logits: 4 GiB per copy at this size

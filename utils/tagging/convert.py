@@ -16,7 +16,7 @@ back exactly. Spans are returned in the order of their opening tags, which is th
 Known, unavoidable loss: two spans of the SAME category that cross (``s1 < s2 < e1 < e2``) produce
 the same text as the nested pair ``(s1, e2), (s2, e1)``: ``<a>x <a>y</a> z</a>``. Reading always
 chooses nesting, so such a pair comes back as the nested pair: per category the multisets of start and
-end offsets are preserved, the pairing is not. ``same_category_crossings`` finds these pairs. On the
+end offsets are preserved, the pairing is not (``utils.testing.references.same_category_crossings`` finds these pairs). On the
 synthetic corpus (``dataset.synthetic.generate_notes(350, seed=0)``) 42 such pairs occur among 55,376
 in-scope spans (0.08 %, 40 of 350 notes); how often MedDec gold has them is unknown here.
 
@@ -155,23 +155,6 @@ def tagged_to_spans(tagged: str) -> tuple[str, list[Span]]:
             raise TagError(f"unclosed tag <{ID_TO_TAG[category]}> opened at plain-text offset {found[stack[0]][0]}")
     spans = [Span(start, end, category) for start, end, category in found if end > start]
     return "".join(pieces), spans
-
-
-def same_category_crossings(spans: Iterable[Sequence[int]]) -> list[tuple[Span, Span]]:
-    """Pairs of same-category spans that cross (s1 < s2 < e1 < e2): the ones a round trip re-pairs."""
-    by_category: dict[int, list[Span]] = defaultdict(list)
-    for span in set(Span(*s) for s in spans):
-        by_category[span.category].append(span)
-    pairs: list[tuple[Span, Span]] = []
-    for group in by_category.values():
-        group.sort()
-        for i, first in enumerate(group):
-            for second in group[i + 1 :]:
-                if second.start >= first.end:
-                    break
-                if first.start < second.start and first.end < second.end:
-                    pairs.append((first, second))
-    return pairs
 
 
 def gold_row(file_id: str, text: str, spans: Iterable[Sequence[int]] | None,

@@ -100,8 +100,8 @@ class Comparison:
 
 def compare_to_reference(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], logits: torch.Tensor,
                          labels: torch.Tensor, dft: bool = True) -> Comparison:
-    """Forward and backward of ``loss_fn(logits, labels)`` vs ``utils.training.dft.dft_loss`` (same dtype inputs)."""
-    from utils.training.dft import dft_loss
+    """Forward and backward of ``loss_fn(logits, labels)`` vs ``utils.testing.references.dft_loss`` (same dtype inputs)."""
+    from utils.testing.references import dft_loss
 
     ours = logits.detach().clone().requires_grad_()
     ref = logits.detach().clone().requires_grad_()

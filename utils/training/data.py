@@ -62,26 +62,3 @@ def count_prompt_tokens(tokenizer, prompts: Iterable[list[dict[str, Any]]],
                                             **kwargs)["input_ids"]
         lengths.append(len(ids))
     return lengths
-
-
-def answer_token_stats(model, tokenizer, raw_text: str, answer: str) -> tuple[float, float]:
-    """Mean NLL and top-1 accuracy of the answer tokens (and end of turn) given the prompt, as SFT sees them.
-
-    What DFT training should improve; the DFT loss value itself (-p log p) can rise while the model learns.
-    """
-    import torch
-
-    prompt_messages, answer_message = build_messages(raw_text, answer)
-    prompt_ids = tokenizer.apply_chat_template([prompt_messages], add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, **CHAT_TEMPLATE_KWARGS)["input_ids"]
-    full_ids = tokenizer.apply_chat_template([prompt_messages, answer_message], tokenize=True, return_dict=True,
-                                             **CHAT_TEMPLATE_KWARGS)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("the chat template does not render the prompt as a prefix of prompt + answer")
-    ids = torch.tensor([full_ids], device=next(model.parameters()).device)
-    with torch.no_grad():
-        logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1 : -1].float()
-    targets = ids[0, len(prompt_ids) :]
-    nll = torch.nn.functional.cross_entropy(logits, targets)
-    accuracy = (logits.argmax(-1) == targets).float().mean()
-    return float(nll), float(accuracy)

@@ -1,8 +1,8 @@
 """Dynamic Fine-Tuning (DFT) loss in plain PyTorch, and the run-time guard that proves it is in effect.
 
 DFT (Wu et al., arXiv 2508.05629): per answer token ``loss = -sg(p) * log p``, p the model's probability of
-the gold token, sg = stop-gradient; its gradient is p times the cross-entropy gradient. The logits-based functions
-here are the reference our Triton kernel (``unsloth/kernels/cross_entropy_loss.py``) is tested against.
+the gold token, sg = stop-gradient; its gradient is p times the cross-entropy gradient. The logits-based reference
+our Triton kernel (``unsloth/kernels/cross_entropy_loss.py``) is tested against: ``utils.testing.references``.
 
 The training guard never builds full-vocabulary logits (24,576 tokens x 248,320 entries would be 12 GB in bf16): it
 takes the per-token label log-probabilities of TRL's fused LM head (:func:`token_sums`), normalises them as the
@@ -14,65 +14,12 @@ the same batch, so a reported loss equal to cross-entropy means DFT silently nev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-IGNORE_INDEX = -100
-
-
 class DFTNotInEffectError(RuntimeError):
     """The training loss is not the DFT loss (a patched kernel never ran, or the wrong loss type is set)."""
-
-
-def transform_logits(logits: torch.Tensor, logit_softcapping: float = 0, logit_scaling: float = 0) -> torch.Tensor:
-    """Float32 logits after optional scaling (``s * x``) and then soft-capping (``t * tanh(x / t)``)."""
-    x = logits.float()
-    if logit_scaling:
-        x = x * logit_scaling
-    if logit_softcapping:
-        x = logit_softcapping * torch.tanh(x / logit_softcapping)
-    return x
-
-
-def per_token_cross_entropy(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    logit_softcapping: float = 0,
-    logit_scaling: float = 0,
-    ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
-    """Cross-entropy of each position (labels already aligned with logits), 0 where the label is ignored."""
-    x = transform_logits(logits, logit_softcapping, logit_scaling).reshape(-1, logits.shape[-1])
-    flat = labels.reshape(-1)
-    ce = torch.nn.functional.cross_entropy(x, flat, ignore_index=ignore_index, reduction="none")
-    return ce.reshape(labels.shape)
-
-
-def per_token_dft_loss(logits: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """``CE * sg(exp(-CE))`` per position: the value is p * (-log p), the gradient p * grad CE."""
-    ce = per_token_cross_entropy(logits, labels, **kwargs)
-    return ce * torch.exp(-ce).detach()
-
-
-def dft_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    n_items: int | torch.Tensor | None = None,
-    dft: bool = True,
-    ignore_index: int = IGNORE_INDEX,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """Sum of per-token (DFT or plain CE) losses over ``n_items`` (default: positions not ignored).
-
-    Same reduction as Unsloth's fast_cross_entropy_loss and TRL's SFTTrainer (sum / token count).
-    """
-    per_token = (per_token_dft_loss if dft else per_token_cross_entropy)(
-        logits, labels, ignore_index=ignore_index, **kwargs
-    )
-    if n_items is None:
-        n_items = torch.count_nonzero(labels != ignore_index).clamp(min=1)
-    return per_token.sum() / n_items
 
 
 @dataclass(frozen=True)
