@@ -385,7 +385,7 @@ def score_predictions(args: BaselineArguments, predictions: dict[str, list[Span]
     return scorer.score(predictions)
 
 
-def run(args: BaselineArguments, training: BaselineTrainingArguments, progress: bool = True) -> dict[str, Path]:
+def train_and_predict(args: BaselineArguments, training: BaselineTrainingArguments, progress: bool = True) -> dict[str, Path]:
     """Train (if a train CSV is given), then predict every --predict_csv; returns {csv: prediction JSON}."""
     if args.window < 8:
         raise InputError("--window", "", f"expected at least 8 tokens, got {args.window}")

@@ -25,12 +25,12 @@ from utils.cli import parse_args, run_cli
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
-        from baselines.bio_tagger import run
+        from baselines.bio_tagger import train_and_predict
         from utils.configs.baseline import BaselineArguments, BaselineTrainingArguments
 
         args, training = parse_args(BaselineArguments, BaselineTrainingArguments, argv=argv,
                                     description=__doc__.split("\n\n")[0])
-        for source, out in run(args, training).items():
+        for source, out in train_and_predict(args, training).items():
             print(f"{source} -> {out}")
 
     return run_cli(body)

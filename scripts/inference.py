@@ -33,7 +33,7 @@ from typing import Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import InferenceArguments
-from utils.generation.data_parallel import run_data_parallel
+from utils.generation.data_parallel import run_inference_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         (args,) = parse_args(InferenceArguments, argv=argv, description=__doc__.split("\n\n")[0])
-        return run_data_parallel(args, command, script=Path(__file__).resolve())
+        return run_inference_command(args, command, script=Path(__file__).resolve())
 
     return run_cli(body)
 

@@ -15,7 +15,7 @@ from baselines.bio_tagger import (
     encode_note,
     predict_note,
     published_span_f1,
-    run,
+    train_and_predict,
     special_wrapping,
     token_labels,
     token_snapped_gold,
@@ -158,7 +158,7 @@ def test_a_few_training_steps_write_valid_scored_predictions(setup, capsys):
     )
     training = BaselineTrainingArguments(output_dir=str(root / "out"), max_steps=4, per_device_train_batch_size=2,
                                          learning_rate=1e-3, logging_steps=1, use_cpu=True, disable_tqdm=True)
-    written = run(args, training, progress=False)
+    written = train_and_predict(args, training, progress=False)
     out = written[str(root / "tagged" / "val.csv")]
     predictions = read_predictions(out)
     assert list(predictions) == corpus.val_ids and out.name == "val_predictions.json"
@@ -188,7 +188,7 @@ def test_the_best_validation_checkpoint_is_kept_and_loaded(setup, tmp_path, monk
     training = BaselineTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, eval_steps=2,
                                          per_device_train_batch_size=2, learning_rate=5e-3, use_cpu=True,
                                          disable_tqdm=True, report_to="none")
-    assert run(args, training, progress=False) == {}
+    assert train_and_predict(args, training, progress=False) == {}
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
     assert (state["best_global_step"], state["best_metric"]) == (4, 30.0)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from dataset.synthetic import generate_notes
 from utils.configs.pipeline import InferenceArguments
-from utils.generation.runner import resume_settings, run
+from utils.generation.runner import generate_outputs, resume_settings
 from utils.prompt import render_chat_prompt
 from utils.categories import TAG_TO_ID
 from utils.generation.copy_decoding import (
@@ -627,7 +627,7 @@ def test_inference_with_copy_constraint_writes_exact_copies_and_offsets(tmp_path
     out = tmp_path / "out.csv"
     args = InferenceArguments(backend="transformers", model="unused", input=[str(source)], output=[str(out)],
                               max_new_tokens=4000, batch_size=2, copy_constraint=True)
-    run(args, lambda: (generator, generator.tokenizer), progress=False)
+    generate_outputs(args, lambda: (generator, generator.tokenizer), progress=False)
     frame = pd.read_csv(out, dtype=str, keep_default_na=False)
     predictions = {p["file_name"]: p["predictions"] for p in json.loads(out.with_suffix(".json").read_text())}
     for (file_id, note), predicted, truncated, entropy in zip(CSV_NOTES, frame.predicted, frame.truncated, frame.entropy):
@@ -647,9 +647,9 @@ def test_copy_settings_are_resume_keys(tmp_path):
     out.with_name("o.csv.partial.jsonl").write_text(json.dumps({"settings": resume_settings(
         InferenceArguments(backend="transformers", model="m"))}) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="partial results made with other settings"):
-        run(InferenceArguments(backend="transformers", model="m", input=[str(source)], output=[str(out)],
+        generate_outputs(InferenceArguments(backend="transformers", model="m", input=[str(source)], output=[str(out)],
                                copy_constraint=True), lambda: pytest.fail("model loaded"), progress=False)
     assert resume_settings(InferenceArguments(copy_word_boundaries=True))["copy_word_boundaries"] is True
     with pytest.raises(InputError, match="--copy_max_tags_per_position: expected a positive number, got 0"):
-        run(InferenceArguments(backend="transformers", input=[str(source)], output=[str(out)], copy_constraint=True,
+        generate_outputs(InferenceArguments(backend="transformers", input=[str(source)], output=[str(out)], copy_constraint=True,
                                copy_max_tags_per_position=0), lambda: pytest.fail("loaded"))

@@ -25,7 +25,7 @@ from utils.generation.copy_decoding import CopyGuards, CopyVocabulary
 from utils.generation.copy_decoding_vllm import (
     EXTRA_ARGS_KEY, PROCESSOR_FQCN, SlotConstraints, copy_request_args, parse_copy_request_args,
 )
-from utils.generation.runner import run
+from utils.generation.runner import generate_outputs
 from utils.prompt import render_chat_prompt
 from utils.tagging.convert import spans_to_tagged
 from utils.tagging.tags import strip_tags
@@ -262,8 +262,8 @@ def test_inference_cli_on_vllm_with_copy_constraint_matches_the_transformers_bac
         csv.writer(handle).writerows([("file_id", "raw_text"), *((f"1_1_{k}", n) for k, n in enumerate(NOTES))])
     common = dict(model=str(model_dir), input=[str(source)], max_new_tokens=2000, copy_constraint=True,
                   copy_max_open=1, batch_size=1)
-    run(InferenceArguments(backend="transformers", output=[str(tmp_path / "hf.csv")], **common), progress=False)
-    run(InferenceArguments(backend="vllm", output=[str(tmp_path / "vllm.csv")], flush_every=3,
+    generate_outputs(InferenceArguments(backend="transformers", output=[str(tmp_path / "hf.csv")], **common), progress=False)
+    generate_outputs(InferenceArguments(backend="vllm", output=[str(tmp_path / "vllm.csv")], flush_every=3,
                            **{**common, "batch_size": 2}), progress=False)
     hf = pd.read_csv(tmp_path / "hf.csv", dtype=str, keep_default_na=False)
     vl = pd.read_csv(tmp_path / "vllm.csv", dtype=str, keep_default_na=False)
@@ -280,8 +280,8 @@ def test_inference_refuses_vllm_settings_the_constraint_cannot_run_with(tmp_path
     source.write_text("file_id,raw_text\n1_1_1,x\n", encoding="utf-8")
     base = dict(input=[str(source)], output=[str(tmp_path / "o.csv")], copy_constraint=True)
     with pytest.raises(InputError, match="--copy_constraint: copy-constrained decoding reports logprobs"):
-        run(InferenceArguments(vllm_kwargs='{"logprobs_mode": "raw_logits"}', **base), lambda: pytest.fail("loaded"))
+        generate_outputs(InferenceArguments(vllm_kwargs='{"logprobs_mode": "raw_logits"}', **base), lambda: pytest.fail("loaded"))
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
     with pytest.raises(InputError, match="--copy_constraint: .*unset VLLM_USE_V2_MODEL_RUNNER=0"):
-        run(InferenceArguments(**base), lambda: pytest.fail("loaded"))
+        generate_outputs(InferenceArguments(**base), lambda: pytest.fail("loaded"))
     assert not any(tmp_path.glob("o.*"))

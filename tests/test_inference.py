@@ -17,7 +17,7 @@ import torch
 from scripts import inference
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError
-from utils.generation.runner import plan_jobs, run
+from utils.generation.runner import generate_outputs, plan_jobs
 from utils.prompt import render_chat_prompt
 from utils.generation.backends import (
     Generation,
@@ -97,12 +97,12 @@ def _read(path) -> pd.DataFrame:
 @pytest.mark.slow
 def test_resume_after_a_kill_gives_the_same_csv_as_an_uninterrupted_run(tmp_path, model_dir, generator, input_csv):
     whole = tmp_path / "whole.csv"
-    run(_args(model_dir, [input_csv], [whole]), _factory(generator), progress=False)
+    generate_outputs(_args(model_dir, [input_csv], [whole]), _factory(generator), progress=False)
 
     killed = tmp_path / "killed.csv"
     args = _args(model_dir, [input_csv], [killed])
     with pytest.raises(KeyboardInterrupt):
-        run(args, _factory(generator, die_on_call=2), progress=False)
+        generate_outputs(args, _factory(generator, die_on_call=2), progress=False)
     assert not killed.exists()  # the CSV only appears when every row is done
     partial = killed.with_name("killed.csv.partial.jsonl")
     lines = partial.read_text(encoding="utf-8").splitlines()
@@ -112,18 +112,18 @@ def test_resume_after_a_kill_gives_the_same_csv_as_an_uninterrupted_run(tmp_path
         handle.write('{"file_id": "10_20_32", "predic')  # killed in the middle of a write
 
     calls: list[int] = []
-    assert run(args, _factory(generator, calls), progress=False) == {str(killed): 3}
+    assert generate_outputs(args, _factory(generator, calls), progress=False) == {str(killed): 3}
     assert calls == [2, 1]  # only the three missing rows were generated
     assert killed.read_bytes() == whole.read_bytes()
     # Everything done: a further run loads no model and rewrites the same CSV.
-    assert run(args, lambda: pytest.fail("model loaded"), progress=False) == {str(killed): 0}
+    assert generate_outputs(args, lambda: pytest.fail("model loaded"), progress=False) == {str(killed): 0}
     assert killed.read_bytes() == whole.read_bytes()
 
 
 @pytest.mark.slow
 def test_output_columns_and_exact_chosen_token_logprobs(tmp_path, model_dir, generator, input_csv):
     out = tmp_path / "out.csv"
-    run(_args(model_dir, [input_csv], [out]), _factory(generator), progress=False)
+    generate_outputs(_args(model_dir, [input_csv], [out]), _factory(generator), progress=False)
     frame = _read(out)
     assert list(frame.columns) == ["file_id", "raw_text", "gold_span", "predicted", "entropy", "num_tokens", "truncated",
                                    "spans"]
@@ -166,7 +166,7 @@ def test_a_prompt_that_fills_the_context_gets_an_empty_truncated_row(tmp_path, m
     limit = sorted(lengths)[2] + 2  # the two longest prompts leave no room
     out = tmp_path / "out.csv"
     with pytest.warns(UserWarning, match="fills the"):
-        run(_args(model_dir, [input_csv], [out], max_model_len=limit), _factory(generator), progress=False)
+        generate_outputs(_args(model_dir, [input_csv], [out], max_model_len=limit), _factory(generator), progress=False)
     frame = pd.read_csv(out, keep_default_na=True)
     for length, (_, row) in zip(lengths, frame.iterrows()):
         if length >= limit:
@@ -180,17 +180,17 @@ def test_settings_change_refuses_to_resume_and_inputs_are_checked_first(tmp_path
     partial = out.with_name("o.csv.partial.jsonl")
     partial.write_text(json.dumps({"settings": {"model": "other"}}) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="partial results made with other settings"):
-        run(_args(model_dir, [input_csv], [out]), lambda: pytest.fail("model loaded"), progress=False)
+        generate_outputs(_args(model_dir, [input_csv], [out]), lambda: pytest.fail("model loaded"), progress=False)
     bad = tmp_path / "bad.csv"
     bad.write_text("file_id,text\n1,x\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"bad.csv: line 1: missing column\(s\) raw_text"):
-        run(_args(model_dir, [input_csv, bad], [out, tmp_path / "b.csv"]), lambda: pytest.fail("model loaded"))
+        generate_outputs(_args(model_dir, [input_csv, bad], [out, tmp_path / "b.csv"]), lambda: pytest.fail("model loaded"))
     dup = tmp_path / "dup.csv"
     dup.write_text("file_id,raw_text\n1,x\n1,y\n", encoding="utf-8")
     with pytest.raises(InputError, match="row 2: duplicate file_id '1'"):
-        run(_args(model_dir, [dup], [out]), lambda: pytest.fail("model loaded"))
+        generate_outputs(_args(model_dir, [dup], [out]), lambda: pytest.fail("model loaded"))
     with pytest.raises(InputError, match="expected one output per --input"):
-        run(_args(model_dir, [input_csv], []), lambda: pytest.fail("model loaded"))
+        generate_outputs(_args(model_dir, [input_csv], []), lambda: pytest.fail("model loaded"))
 
 
 def test_val_and_test_csvs_go_to_their_own_outputs(tmp_path):
@@ -264,12 +264,12 @@ def test_a_changed_note_is_generated_again_and_a_second_run_is_refused(tmp_path,
 
     out = tmp_path / "o.csv"
     args = _args(model_dir, [input_csv], [out])
-    assert run(args, _factory(generator), progress=False) == {str(out): 5}
+    assert generate_outputs(args, _factory(generator), progress=False) == {str(out): 5}
     frame = _read(input_csv)
     frame.loc[1, "raw_text"] = "Follow up with neurology in 3 weeks."  # the note behind one cached row changed
     frame.to_csv(input_csv, index=False, quoting=1)
     calls: list[int] = []
-    assert run(args, _factory(generator, calls), progress=False) == {str(out): 1}  # only that row again
+    assert generate_outputs(args, _factory(generator, calls), progress=False) == {str(out): 1}  # only that row again
     assert calls == [1]
     rerun = _read(out)
     assert rerun.raw_text[1] == "Follow up with neurology in 3 weeks."
@@ -277,13 +277,13 @@ def test_a_changed_note_is_generated_again_and_a_second_run_is_refused(tmp_path,
     assert rerun.predicted[1] == generator.generate([prompt], [6])[0].text  # paired with its own output
     with FileLock(str(out) + ".partial.jsonl.lock"):  # as if another run were writing this output
         with pytest.raises(InputError, match=r"o.csv.partial.jsonl: another inference run is writing this output"):
-            run(args, lambda: pytest.fail("model loaded"), progress=False)
+            generate_outputs(args, lambda: pytest.fail("model loaded"), progress=False)
 
 
 def test_the_csv_and_its_json_are_replaced_together(tmp_path, model_dir, generator, input_csv, monkeypatch):
     out = tmp_path / "o.csv"
     args = _args(model_dir, [input_csv], [out])
-    run(args, _factory(generator), progress=False)
+    generate_outputs(args, _factory(generator), progress=False)
     before = (out.read_bytes(), out.with_suffix(".json").read_bytes())
 
     def failing_dump(handle, data):
@@ -291,6 +291,6 @@ def test_the_csv_and_its_json_are_replaced_together(tmp_path, model_dir, generat
 
     monkeypatch.setattr("utils.generation.runner.dump_json", failing_dump)
     with pytest.raises(OSError, match="disk full"):
-        run(args, lambda: pytest.fail("model loaded"), progress=False)  # every row cached: only the outputs again
+        generate_outputs(args, lambda: pytest.fail("model loaded"), progress=False)  # every row cached: only the outputs again
     assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before  # neither file replaced
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left

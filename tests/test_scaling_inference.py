@@ -19,7 +19,7 @@ from scripts import inference
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError
 from utils.generation import data_parallel
-from utils.generation.runner import Shard, run
+from utils.generation.runner import Shard, generate_outputs
 from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
 
 NOTES = [
@@ -162,7 +162,7 @@ def test_a_failed_shard_process_is_one_line_with_what_to_do(tmp_path, model_dir,
     failing.write_text("import sys\nsys.exit(3 if '1' == sys.argv[-1] else 0)\n", encoding="utf-8")
     args = InferenceArguments(backend="transformers", model=str(model_dir), input=[str(notes_csv)],
                               output=[str(tmp_path / "f.csv")], data_parallel_size=2)
-    assert data_parallel.run_data_parallel(args, [], script=failing) == 1
+    assert data_parallel.run_inference_command(args, [], script=failing) == 1
     err = capfd.readouterr().err.strip().splitlines()
     assert err == ["error: shard 1 exited with code 3 (see its messages above); run the same command again: finished "
                    "rows are kept and each shard resumes from its own partial file"]
@@ -172,6 +172,6 @@ def test_one_process_run_is_unchanged_by_the_new_flags(tmp_path, model_dir, note
     args = InferenceArguments(backend="transformers", model=str(model_dir), input=[str(notes_csv)],
                               output=[str(tmp_path / "u.csv")], max_new_tokens=2)
     assert (args.data_parallel_size, args.num_shards, args.shard_index, args.merge) == (1, 1, None, False)
-    assert run(args, progress=False) == {str(tmp_path / "u.csv"): 7}
+    assert generate_outputs(args, progress=False) == {str(tmp_path / "u.csv"): 7}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "u.csv", "u.csv.partial.jsonl",
                                                           "u.csv.partial.jsonl.lock", "u.json"]

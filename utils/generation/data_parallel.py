@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError
 from utils.generation.runner import (
-    Job, Shard, load_partial, resume_settings, run, text_digest, validate, write_outputs,
+    Job, Shard, generate_outputs, load_partial, resume_settings, text_digest, validate, write_outputs,
 )
 
 
@@ -196,7 +196,7 @@ def merge(args: InferenceArguments, jobs: list[Job] | None = None) -> dict[str, 
 # ---------------------------------------------------------------------------------------------- the command
 
 
-def run_data_parallel(args: InferenceArguments, argv: Sequence[str], script: Path) -> int:
+def run_inference_command(args: InferenceArguments, argv: Sequence[str], script: Path) -> int:
     """``scripts/inference.py``: one process, one shard, the merge, or the launcher; prints one line per output."""
     if args.data_parallel_size > 1:
         try:
@@ -212,6 +212,6 @@ def run_data_parallel(args: InferenceArguments, argv: Sequence[str], script: Pat
             print(f"{output}: {rows} note(s) merged from {args.num_shards} shards")
         return 0
     where = "" if args.shard_index is None else f" (shard {args.shard_index} of {args.num_shards}; outputs at --merge)"
-    for output, count in run(args).items():
+    for output, count in generate_outputs(args).items():
         print(f"{output}: {count} note(s) generated now{where}")
     return 0

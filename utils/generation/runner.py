@@ -377,13 +377,13 @@ def check_sharding(args: InferenceArguments) -> None:
         raise InputError("--num_shards", "", "give this process's --shard_index, or --merge once every shard is done")
 
 
-def run(args: InferenceArguments, generator_factory: GeneratorFactory | None = None,
+def generate_outputs(args: InferenceArguments, generator_factory: GeneratorFactory | None = None,
         progress: bool = True) -> dict[str, int]:
     """All jobs (this process's shard of each with --shard_index); returns {output path: rows generated now}."""
     jobs = validate(args)
     if args.merge or args.data_parallel_size > 1:
-        raise ValueError("run() generates this process's rows only; --merge and --data_parallel_size are handled by "
-                         "utils.generation.data_parallel.run_data_parallel")
+        raise ValueError("generate_outputs() generates this process's rows only; --merge and --data_parallel_size are handled by "
+                         "utils.generation.data_parallel.run_inference_command")
     if args.shard_index is not None:
         jobs = [replace(job, shard=Shard(args.shard_index, args.num_shards, args.batch_size)) for job in jobs]
     factory = generator_factory or lazy_factory(args)
