@@ -43,7 +43,7 @@ def test_accepted_traps_are_counted_and_the_numbers_stay_official(tmp_path, caps
     ours = json.loads((tmp_path / "s.json").read_text())
     expected = json.loads((CASE / "expected.json").read_text())  # recorded from the official script
     # The official token F1 sums in set-iteration order, so its last bit follows PYTHONHASHSEED (the recording used
-    # 0): here to 1e-12; tests/test_scoring.py compares this case bit for bit under PYTHONHASHSEED=0.
+    # 0): here to 1e-12; tests/test_scorer.py compares this case bit for bit under PYTHONHASHSEED=0.
     assert ours["token_f1"] == pytest.approx(expected["token_f1"], rel=1e-12, abs=1e-15)
     assert _leaves(ours["shared_task"]) == pytest.approx(_leaves(expected["shared_task"]), rel=1e-12, abs=1e-15)
     assert {k: ours["span_f1"][k] for k in ("precision", "recall", "f1")} == expected["span_f1"]

@@ -4,7 +4,7 @@ An ensemble only ever outputs spans that its models proposed, so a tuner can nam
 the table rows it keeps. Everything per row (its refined text and which tokens it covers) is worked out
 once here through the :class:`~utils.metric.scorer.Scorer`'s public accessors; a prediction set is then
 scored with a few array operations over all notes at once, and the per-note results go through the same
-aggregation as :meth:`Scorer.final_score`, which this equals bit for bit (``tests/test_ensemble_batch.py``).
+aggregation as :meth:`Scorer.final_score`, which this equals bit for bit (``tests/test_batch.py``).
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ def dump_our_results(out_path: str) -> None:
 def ours(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ours") / "results.json"
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(REPO_ROOT))
-    code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import test_scoring; "
-            f"test_scoring.dump_our_results({str(out)!r})")
+    code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import test_scorer; "
+            f"test_scorer.dump_our_results({str(out)!r})")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True, timeout=600)
     return json.loads(out.read_text())
 
