@@ -37,9 +37,10 @@ LIMIT_BYTES = 60 * 2**20
 # What the lent machine can and cannot run (README "GPU acceptance run").
 RUNNABLE_FAMILIES = ("kernel", "dft")
 RUN_FILES = ("tests/gpu/test_kernel_gpu.py", "tests/gpu/test_dft_gpu.py")
-# The wheels the bundle starts from: the GPU families kernel and DFT (TRL, Unsloth, 8-bit AdamW, fla) and the one
-# package of ours they import that the machine lacks (datasets, through trl and utils.training.data).
-ROOTS = ("trl", "datasets", "unsloth", "unsloth_zoo", "bitsandbytes", "flash-linear-attention", "fla-core")
+# The wheels the bundle starts from: the GPU families kernel and DFT (TRL, Unsloth, 8-bit AdamW, fla) and the
+# packages of ours they import that the machine lacks: datasets (trl, utils.training.data) and nltk (tests/conftest.py
+# points NLTK at the test Punkt model for every test).
+ROOTS = ("trl", "datasets", "unsloth", "unsloth_zoo", "bitsandbytes", "flash-linear-attention", "fla-core", "nltk")
 # Requirements deliberately not shipped: name -> why.
 EXCLUDED = {
     "vllm": "not shippable (hundreds of MB, pins torch 2.13.0): the vLLM and GRPO families cannot run there",
