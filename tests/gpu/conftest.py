@@ -54,6 +54,12 @@ def pytest_configure(config) -> None:
     STATE["report"] = A.AcceptanceReport(strict=A.strict_mode())
 
 
+def pytest_collection_finish(session) -> None:
+    for item in session.items:  # every selected test is in the report, "not run" until it runs
+        if is_ours(item):
+            STATE["report"].record(item.nodeid, A.family_of(item.fspath))
+
+
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures are built
 def pytest_runtest_setup(item) -> None:
     if not is_ours(item):
@@ -104,6 +110,19 @@ def pytest_runtest_logreport(report) -> None:
         if record.outcome in ("not run", "passed"):
             record.outcome = outcome
             record.message = one_line(report) if outcome != "passed" else ""
+    if report.when == "teardown":
+        write_report()  # after every test: a run stopped by a time limit still leaves its report
+
+
+def write_report() -> Path | None:
+    report, path = STATE["report"], A.report_path(REPO_ROOT)
+    if report is None or not report.tests or path is None:
+        return None
+    if not report.environment:
+        report.environment = A.environment(REPO_ROOT, installed_distribution_version)
+    report.measurements = list(REPORT)
+    report.write(path)
+    return path
 
 
 def one_line(report) -> str:
@@ -119,11 +138,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_sep("=", "GPU acceptance: speed and memory")
         for block in REPORT:
             terminalreporter.write_line(block)
-    report, path = STATE["report"], A.report_path(REPO_ROOT)
-    if report is not None and report.tests and path is not None:
-        report.environment = A.environment(REPO_ROOT, installed_distribution_version)
-        report.measurements = list(REPORT)
-        report.write(path)
+    path = write_report()
+    if path is not None:
         terminalreporter.write_line(f"GPU acceptance report: {path}")
 
 
