@@ -128,8 +128,10 @@ class DFTConfig(SFTConfig):
         "help": "Log nan/inf losses as they are (published: Unsloth's default False)."})
     torch_empty_cache_steps: int | None = field(default=250, metadata={
         "help": "Empty the CUDA cache every N steps (published: Unsloth's default 250)."})
-    per_device_eval_batch_size: int = 4
-    eval_accumulation_steps: int | None = 2
+    per_device_eval_batch_size: int = field(default=4, metadata={
+        "help": "Evaluation batch size (published: Unsloth's default 4; the run does not evaluate)."})
+    eval_accumulation_steps: int | None = field(default=2, metadata={
+        "help": "Evaluation accumulation steps (published: Unsloth's default 2; the run does not evaluate)."})
     padding_free: bool | None = field(default=None, metadata={
         "help": "None (published, Unsloth's default): Unsloth's trainer chooses; the hf backend reads None as False."})
 
