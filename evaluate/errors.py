@@ -20,63 +20,15 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import re
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.evaluation import ErrorArguments, SystemsArguments
-from utils.fileio import InputError, check_output_path, write_json_atomic
-from utils.metric.punkt import PunktMissingError, require_punkt
+from utils.evaluation import run_error_analysis
+from utils.metric.punkt import PunktMissingError
 
 DESCRIPTION = "Span error classes per category, category-confusion matrix and boundary offsets of prediction sets."
-DEFINITIONS = {
-    "unit": "span key = (category, lowercased refined text) within a note, as the official span F1 counts it",
-    "exact": "the other side has the same key (official true positive)",
-    "boundary": "otherwise an occurrence overlaps one of the other side with the same category",
-    "category": "otherwise an occurrence overlaps one of the other side with another category",
-    "missed": "gold key overlapping no predicted span",
-    "spurious": "predicted key overlapping no gold span",
-}
-
-
-def file_stem(name: str) -> str:
-    """A system name as a safe file-name prefix."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "system"
-
-
-def run_error_analysis(systems_args: SystemsArguments, args: ErrorArguments) -> dict[str, Any]:
-    from utils.metric.systems import read_systems, scorer_for_systems
-
-    out_dir = Path(args.output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "", "--output_dir: expected a folder, got a file")
-    systems = read_systems(systems_args.predictions, systems_args.names)
-    stems = [file_stem(name) for name in systems]
-    if len(set(stems)) != len(stems):
-        raise InputError("<command line>", "--names", "two system names give the same file name: give other --names")
-    for stem in stems:
-        for suffix in ("_confusion.png", "_boundary_offsets.png"):
-            check_output_path(out_dir / f"{stem}{suffix}")
-    check_output_path(out_dir / "errors.json")
-    require_punkt()
-    scorer = scorer_for_systems(systems_args, systems)
-    from utils.metric.error_plots import plot_boundary_offsets, plot_confusion
-    from utils.metric.errors import classify_predictions, summarize
-
-    result: dict[str, Any] = {"definitions": DEFINITIONS, "systems": {}}
-    for (name, predictions), stem in zip(systems.items(), stems):
-        summary = summarize(classify_predictions(scorer, predictions))
-        result["systems"][name] = summary.to_dict()
-        plot_confusion(summary, out_dir / f"{stem}_confusion.png", f"{name}: category confusion (span keys)")
-        plot_boundary_offsets(summary, out_dir / f"{stem}_boundary_offsets.png", f"{name}: boundary offsets")
-        totals = summary.totals()
-        print(f"{name}: gold keys " + ", ".join(f"{k} {v}" for k, v in totals["gold"].items())
-              + "; predicted keys " + ", ".join(f"{k} {v}" for k, v in totals["pred"].items()))
-    write_json_atomic(out_dir / "errors.json", result)
-    print(f"Error analysis saved to: {out_dir}")
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,59 +27,15 @@ if __package__ in (None, ""):  # run as a file (the published command): make the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.evaluation import BootstrapArguments
 from utils.configs.pipeline import EvaluateArguments
-from utils.fileio import InputError, check_output_path, warn, write_json_atomic
-from utils.meddec.predictions import read_predictions
-from utils.metric.punkt import PunktMissingError, require_punkt
-
-if TYPE_CHECKING:
-    from utils.metric import ScoreReport
+from utils.evaluation import run_evaluation
+from utils.metric.punkt import PunktMissingError
 
 DESCRIPTION = "MedDec Shared Task Evaluation (the official MedExACT 2026 score, re-implemented exactly)."
-
-
-def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = None) -> ScoreReport:
-    """Score as the official main() does, printing the same lines (then the bootstrap intervals, if asked)."""
-    boot = boot or BootstrapArguments()
-    if not args.gold_file and not args.gold_dir:
-        raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
-    from utils.metric.resampling import check_bootstrap_options
-
-    check_bootstrap_options(boot.bootstrap, boot.confidence)
-    if args.output:
-        check_output_path(args.output)
-    from utils.metric import Scorer  # numpy and tqdm load here, not for --help
-    from utils.metric.checks import input_warnings
-
-    require_punkt()
-    predictions = read_predictions(args.predictions)
-    scorer = Scorer.from_files(
-        gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-        stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=list(predictions),
-    )
-    if args.split_file:
-        kept = sum(1 for name in predictions if name in scorer.split_ids)
-        print(f"Filtered to {len(scorer.gold_ids)} gold files and {kept} prediction files based on {args.split_file}")
-    for line in input_warnings(scorer, predictions):
-        warn(line)
-    report = scorer.score(predictions)
-    print(report.format_official())
-    print(report.format_per_category())
-    result = report.to_official_dict()
-    if boot.bootstrap > 0:
-        from utils.metric.resampling import bootstrap
-
-        intervals = bootstrap(scorer, predictions, boot.bootstrap, boot.seed, boot.confidence, progress=True)
-        print(intervals.format())
-        result["bootstrap"] = intervals.to_dict()
-    if args.output:
-        write_json_atomic(args.output, result)
-        print(f"\nResults saved to: {args.output}")
-    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,6 +76,8 @@ def test_the_table_names_every_layer_and_real_paths():
     names = [name for name, _ in layers()]
     assert names[0] == "single sources" and names[-1] == ENTRY_POINT_LAYER and len(names) == 9
     assert all(paths for _, paths in layers()), [name for name, paths in layers() if not paths]
+    named = [path for _, paths in layers() for path in paths]
+    assert sorted({p for p in named if named.count(p) > 1}) == []  # a path in two rows would make its layer ambiguous
 
 
 def test_every_module_is_in_a_layer():
