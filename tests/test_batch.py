@@ -25,7 +25,7 @@ EDGE_THRESHOLDS = [Thresholds(), Thresholds(0.0, 0.0, 0.0, 0.0), Thresholds(1.0,
 # -- helpers ------------------------------------------------------------------------------------------------
 
 
-def test_ragged_arange():
+def test_ragged_arange_concatenates_one_range_per_start_and_length():
     assert ragged_arange(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
     assert ragged_arange(np.array([3]), np.array([0])).tolist() == []
 

@@ -27,7 +27,7 @@ def explain_of(model_spans, thresholds=Thresholds()):
 # -- published defaults and input handling -----------------------------------------------------------
 
 
-def test_empty_inputs():
+def test_merging_no_models_or_no_spans_gives_no_spans():
     assert merge_note([]) == []
     assert merge_note([[], [], []]) == []
     assert merge_predictions([]) == {}

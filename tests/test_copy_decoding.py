@@ -52,13 +52,7 @@ def render_prompts(tokenizer, texts) -> list[str]:
     return [render_chat_prompt(tokenizer, text) for text in texts]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads run up to 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DRUG_OPEN, DRUG_CLOSE = "<drug_decision>", "</drug_decision>"
 
 # --------------------------------------------------------------------------------------- random notes

