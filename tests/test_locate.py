@@ -1,4 +1,5 @@
-"""Model output -> note offsets (utils.pred_to_offset): every kind of damage real models produce."""
+"""Model output -> note offsets (utils.tagging.locate + align, and the utils/pred_to_offset.py command): every kind of
+damage real models produce."""
 
 from __future__ import annotations
 
