@@ -24,21 +24,7 @@ from utils.meddec.predictions import Predictions, write_predictions
 
 
 def check_arguments(args: OptimizeArguments) -> None:
-    """Flag combinations that cannot work, refused before any input is read."""
-    def refuse(flag: str, message: str) -> None:
-        raise InputError(COMMAND_LINE, flag, message)
-
-    if args.n_trials < 1:
-        refuse("--n_trials", f"expected at least 1, got {args.n_trials}")
-    if args.cv == 1 or args.cv < 0:
-        refuse("--cv", f"K needs K >= 2 (or 0 for none), got {args.cv}")
-    if args.cv_trials is not None and args.cv_trials < 1:
-        refuse("--cv_trials", f"expected at least 1, got {args.cv_trials}")
-    if bool(args.apply) != bool(args.apply_output):
-        refuse("--apply", "--apply and --apply-output go together")
-    if args.apply and len(args.apply) != len(args.predictions):
-        refuse("--apply", f"needs one file per model, in the same order: {len(args.predictions)} expected, "
-                          f"got {len(args.apply)}")
+    """Outputs that cannot be written, refused before any input is read (flag values: :class:`OptimizeArguments`)."""
     for path in (args.output, args.apply_output, *plot_paths(args)):
         if path:
             check_output_path(path)

@@ -11,7 +11,9 @@ import inspect
 import pytest
 
 from utils.cli import LamarParser, parse_command
-from utils.configs.pipeline import ExploreArguments, SelectArguments
+from utils.configs.pipeline import (
+    EmbeddingArguments, ExploreArguments, OptimizeArguments, RetrieveArguments, SelectArguments,
+)
 from utils.fileio import InputError
 from utils.paths import REPO_ROOT
 
@@ -96,3 +98,26 @@ def test_parse_command_help_lists_each_command_with_its_summary(capsys):
         "usage: dynamic_threshold.py {explore,select} [flags]  (add --help after a command)", "",
         "  explore    does low entropy mean good output, and what would each quantile keep?",
         "  select     keep the low-entropy pool outputs and mix them into the train CSV."]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: RetrieveArguments(per_note=0),
+     "--per_note: expected a positive number, got 0"),
+    (lambda: EmbeddingArguments(sources=["pool", "notes"]),
+     "--sources: unknown source(s) notes; expected pool and/or meddec"),
+    (lambda: ExploreArguments(quantiles=[0.1, 1.5]), "--quantiles: expected a quantile between 0 and 1, got 1.5"),
+    (lambda: SelectArguments(min_spans=-1), "--min_spans: expected 0 or more, got -1"),
+    (lambda: OptimizeArguments(predictions=["a.json"], cv=1),
+     "<command line>: --cv: K needs K >= 2 (or 0 for none), got 1"),
+])
+def test_argument_dataclasses_refuse_values_that_cannot_work_when_built(make, message):
+    """The checks live in __post_init__: a command line and a library call with the dataclass fail alike."""
+    with pytest.raises(InputError) as err:
+        make()
+    assert str(err.value) == message
+
+
+def test_a_dataclass_check_reaches_the_command_line_unwrapped():
+    with pytest.raises(InputError) as err:
+        LamarParser([RetrieveArguments]).parse(["--top_k", "0"])
+    assert str(err.value) == "--top_k: expected a positive number, got 0"

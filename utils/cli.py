@@ -123,6 +123,8 @@ class LamarParser(_trl_parser_class()):
             keys = {f.name for f in dataclasses.fields(dtype) if f.init}
             try:
                 outputs.append(dtype(**{k: v for k, v in vars(namespace).items() if k in keys}))
+            except InputError:  # a dataclass's own one-line check (utils.configs)
+                raise
             except (TypeError, ValueError) as err:  # a dataclass's own validation (e.g. TrainingArguments)
                 raise InputError(COMMAND_LINE, "", f"invalid options: {err}") from None
         return tuple(outputs)

@@ -7,6 +7,7 @@ Defaults are the published settings and the README's folder layout (``utils.conf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from utils.configs import (
     EMBEDDING_MODEL, MEDDEC, MIXED_TRAIN_CSV, MODEL_CLASSES, OPTUNA_STORAGE, OPTUNA_STUDY, RELEASED_MODEL_1, TAGGED_DIR,
@@ -14,11 +15,32 @@ from utils.configs import (
     split_files,
 )
 
+from utils.fileio import COMMAND_LINE, InputError
+
 ANY_DESCRIPTION = "any"
 UNCLOSED_POLICIES = ("drop", "close_at_end")
 INFERENCE_BACKENDS = ("vllm", "transformers")
 PSEUDO_TARGETS = ("nan", "raw", "located")
 EMPTY_OUTPUT_ENTROPIES = ("zero", "none")
+EMBEDDING_SOURCES = ("pool", "meddec")
+
+
+# ------------------------------------------------------------------------------------------- flag checks
+# Each dataclass refuses flag values that cannot work in ``__post_init__``, so every command (and every library call
+# with a dataclass) rejects them the same way before any input is read.
+
+
+def require_at_least_one(args: Any, names: tuple[str, ...]) -> None:
+    """Sizes and counts that must be positive (shard sizes, batch sizes, top-k)."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+
+
+def check_quantile(quantile: float, flag: str) -> None:
+    """A threshold is a quantile of the pool's entropies: a number from 0 to 1."""
+    if not 0.0 <= quantile <= 1.0:
+        raise InputError(flag, "", f"expected a quantile between 0 and 1, got {quantile}")
 
 
 # ------------------------------------------------------------------------------------------- data preparation
@@ -181,6 +203,12 @@ class EmbeddingArguments:
                 "pool), e.g. cuda:0 cuda:1 cuda:2 cuda:3, or cpu cpu; shards are cached and resumed as with one "
                 "device. Default: one process on --device."})
 
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.sources if s not in EMBEDDING_SOURCES]
+        if unknown:
+            raise InputError("--sources", "", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
+        require_at_least_one(self, ("shard_size", "batch_size"))
+
 
 @dataclass
 class RetrieveArguments:
@@ -195,6 +223,9 @@ class RetrieveArguments:
     top_k: int = field(default=100, metadata={"help": "Candidates considered per MedDec note."})
     per_note: int = field(default=5, metadata={"help": "Candidates assigned per MedDec note at most."})
     query_block: int = field(default=256, metadata={"help": "Query rows per similarity block (bounds memory)."})
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, ("top_k", "per_note", "query_block"))
 
 
 @dataclass
@@ -211,6 +242,12 @@ class ExploreArguments:
         "help": "Candidate thresholds (quantiles)."})
     report: str = field(default=str(WORK_DIR / "threshold_report.json"), metadata={"help": "JSON report."})
     plot: str | None = field(default=str(WORK_DIR / "threshold_explore.png"), metadata={"help": "PNG plot ('' for none)."})
+
+    def __post_init__(self) -> None:
+        if self.bins < 1:
+            raise InputError("--bins", "", f"expected at least 1 entropy bin, got {self.bins}")
+        for quantile in self.quantiles:
+            check_quantile(quantile, "--quantiles")
 
 
 @dataclass
@@ -233,6 +270,11 @@ class SelectArguments:
         "help": "Entropy of an output without generated tokens. zero: 0.0 as the published inference.py, so it is "
                 "always selected and counts in the quantile; none: undefined, never selected.",
         "choices": list(EMPTY_OUTPUT_ENTROPIES)})
+
+    def __post_init__(self) -> None:
+        check_quantile(self.threshold, "--threshold")
+        if self.min_spans < 0:
+            raise InputError("--min_spans", "", f"expected 0 or more, got {self.min_spans}")
 
 
 # ----------------------------------------------------------------------------------------------- scoring, ensemble
@@ -311,6 +353,23 @@ class OptimizeArguments:
         "help": "Other predictions (e.g. test), one per model in the same order, merged with the best thresholds."})
     apply_output: str | None = field(default=None, metadata={"help": "Merged JSON for --apply."})
     quiet: bool = field(default=False, metadata={"help": "No progress bars."})
+
+    def __post_init__(self) -> None:
+        """Flag combinations that cannot work, refused before any input is read."""
+        def refuse(flag: str, message: str) -> None:
+            raise InputError(COMMAND_LINE, flag, message)
+
+        if self.n_trials < 1:
+            refuse("--n_trials", f"expected at least 1, got {self.n_trials}")
+        if self.cv == 1 or self.cv < 0:
+            refuse("--cv", f"K needs K >= 2 (or 0 for none), got {self.cv}")
+        if self.cv_trials is not None and self.cv_trials < 1:
+            refuse("--cv_trials", f"expected at least 1, got {self.cv_trials}")
+        if bool(self.apply) != bool(self.apply_output):
+            refuse("--apply", "--apply and --apply-output go together")
+        if self.apply and len(self.apply) != len(self.predictions):
+            refuse("--apply", f"needs one file per model, in the same order: {len(self.predictions)} expected, "
+                              f"got {len(self.apply)}")
 
 
 # ----------------------------------------------------------------------------------------------- hub, corpus, demo

@@ -32,7 +32,6 @@ from utils.meddec.corpus import read_raw_text, read_split
 from utils.meddec.tables import iter_notes_table
 from utils.training.models import check_model_reference, loading_error
 
-SOURCES = ("pool", "meddec")
 META_FILE = "meta.json"
 
 Batch = tuple[list[str], list[str]]  # (ids, texts)
@@ -254,13 +253,8 @@ class LazyEncoder:
 
 
 def embed_sources(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
-    """Embed the chosen sources; returns {source: shards computed now}."""
-    unknown = [s for s in args.sources if s not in SOURCES]
-    if unknown:
-        raise InputError("--sources", "", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
-    for name in ("shard_size", "batch_size"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    """Embed the chosen sources (flag values checked by :class:`EmbeddingArguments`); returns {source: shards computed
+    now}."""
     check_devices(args.devices, args.device)
     encode = LazyEncoder(
         lambda: load_sentence_encoder(

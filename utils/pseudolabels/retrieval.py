@@ -145,10 +145,7 @@ def write_assignments(
 
 
 def retrieve_candidates(args: RetrieveArguments) -> list[Assignment]:
-    """Load both caches, assign, and write the candidates CSV."""
-    for name in ("top_k", "per_note", "query_block"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+    """Load both caches, assign, and write the candidates CSV (flag values checked by :class:`RetrieveArguments`)."""
     check_output_path(args.output)
     pool_ids, pool = load_embeddings(args.pool_embeddings)
     cached_ids, meddec = load_embeddings(args.meddec_embeddings)

@@ -40,19 +40,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils.configs.pipeline import ExploreArguments, SelectArguments
+from utils.configs.pipeline import ExploreArguments, SelectArguments, check_quantile
 from utils.fileio import InputError, check_output_path, warn, write_json_atomic
 from utils.meddec.tables import TAGGED_COLUMNS, read_inference_table, read_tagged_table, write_tagged_table
 from utils.tagging.convert import gold_row
 
 
 # ---------------------------------------------------------------------------------------------- threshold
-
-
-def check_quantile(quantile: float, flag: str) -> None:
-    """A threshold is a quantile of the pool's entropies: a number from 0 to 1."""
-    if not 0.0 <= quantile <= 1.0:
-        raise InputError(flag, "", f"expected a quantile between 0 and 1, got {quantile}")
 
 
 def entropy_threshold(entropies: Sequence[float], quantile: float) -> float:
@@ -83,10 +77,6 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
     for path in (args.report, args.plot):
         if path:
             check_output_path(path)
-    if args.bins < 1:
-        raise InputError("--bins", "", f"expected at least 1 entropy bin, got {args.bins}")
-    for quantile in args.quantiles:
-        check_quantile(quantile, "--quantiles")
     require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     val = read_inference_table(args.val_predictions)
     gold = read_gold_dir_official_order(args.gold_dir)
@@ -215,9 +205,6 @@ def selection_entropies(pool: "pd.DataFrame", path: str, empty_output_entropy: s
 def select(args: SelectArguments) -> SelectSummary:
     """Keep the low-entropy pool outputs, convert them and write train + pseudo-labels atomically."""
     check_output_path(args.output)
-    check_quantile(args.threshold, "--threshold")
-    if args.min_spans < 0:
-        raise InputError("--min_spans", "", f"expected 0 or more, got {args.min_spans}")
     pool = read_inference_table(args.pool_predictions)
     train = read_tagged_table(args.train_csv)
     clash = sorted(set(train["file_id"]) & set(pool["file_id"]))
