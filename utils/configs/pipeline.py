@@ -178,6 +178,10 @@ class ExtractArguments:
                 "so evaluation notes can leak into pseudo-label training (warns). Default: exclude by ROW_ID."})
     chunksize: int = field(default=2_000, metadata={"help": "Rows of NOTEEVENTS read at a time (bounds memory)."})
 
+    def __post_init__(self) -> None:
+        if self.chunksize < 1:
+            raise InputError("--chunksize", "", f"expected a positive number of rows, got {self.chunksize}")
+
 
 @dataclass
 class EmbeddingArguments:

@@ -121,8 +121,6 @@ def extract_unlabeled(
     """Stream NOTEEVENTS and write the pool CSV (file_id, raw_text) atomically; returns the counts."""
     from tqdm.auto import tqdm
 
-    if chunksize < 1:
-        raise InputError("--chunksize", "", f"expected a positive number of rows, got {chunksize}")
     check_output_path(output)
     exclusions = read_exclusions(split_files)
     if exclude_by_exact_id:
