@@ -55,7 +55,7 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     if args.output:
         check_output_path(args.output)
     from utils.metric import Scorer  # numpy and tqdm load here, not for --help
-    from utils.metric.checks import input_warnings
+    from utils.metric.checks import input_warnings, require_a_match
 
     require_punkt()
     predictions = read_predictions(args.predictions)
@@ -63,6 +63,7 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
         gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
         stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=list(predictions), rule=args.scorer,
     )
+    require_a_match(scorer, predictions, args.predictions)
     if args.split_file:
         kept = sum(1 for name in predictions if name in scorer.split_ids)
         print(f"Filtered to {len(scorer.gold_ids)} gold files and {kept} prediction files based on {args.split_file}")
