@@ -6,6 +6,7 @@ the rule is the ``rule`` argument of :class:`Scorer` and of the token functions 
 
 Layers, each usable alone:
 
+- :mod:`~utils.metric.rules` the two scorers' names and the default (no numpy: for argument dataclasses)
 - :mod:`~utils.metric.readers` reading inputs the official way (texts, splits, gold folder, subgroups)
 - :mod:`~utils.metric.spans` span refinement (what a span's text is when spans are matched)
 - :mod:`~utils.metric.tokens` official tokens, token labels, per-note macro token F1
@@ -13,6 +14,8 @@ Layers, each usable alone:
 - :mod:`~utils.metric.report` the headline numbers and the official report/JSON
 - :mod:`~utils.metric.scorer` :class:`Scorer`: gold loaded once, many prediction sets scored
 - :mod:`~utils.metric.table` :class:`SpanTableScorer`: prediction sets named by rows of one span table
+- :mod:`~utils.metric.checks` what the official score accepts silently, as warnings; prediction sets matching no note
+  refused
 - :mod:`~utils.metric.punkt` NLTK's punkt_tab model that the token F1 needs (``python -m utils.metric.punkt``)
 
 Built on the per-note results, for researchers (not part of the official score):
