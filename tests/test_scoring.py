@@ -315,6 +315,30 @@ def test_cli_scores_and_writes_json(tmp_path):
     assert "Span F1:\n  1.0000" in out and f"Results saved to: {tmp_path / 's.json'}" in out
 
 
+@pytest.mark.parametrize("flags, name", [([], "published"), (["--scorer", "meddec"], "meddec")])
+def test_cli_names_the_scorer_that_made_the_numbers(tmp_path, flags, name):
+    args = _write_tiny_corpus(tmp_path)
+    # an overlapping second span: the two rules now give different token F1
+    (tmp_path / "p.json").write_text(json.dumps([{"file_name": "1_1_1", "predictions": [
+        {"start_offset": 0, "end_offset": 19, "category": 5}, {"start_offset": 6, "end_offset": 34, "category": 3}]}]))
+    code, out, err = run_cli([*args, *flags, "--output", str(tmp_path / "s.json")])
+    assert code == 0, err
+    result = json.loads((tmp_path / "s.json").read_text())
+    reference = {"published": "github.com/biodatlab/medexact-lamar evaluate/evaluate.py (the published LAMAR scorer)",
+                 "meddec": "github.com/CLU-UML/MedDec evaluate.py at commit f4374cd"}[name]
+    assert result["scorer"] == {"name": name, "reference": reference}
+    assert f"\nScorer: {name} ({reference})\n" in out
+    # tokens: Start aspirin daily . Stop warfarin now . ...; gold: 5 on the first three. published: aspirin, daily
+    # ambiguous -> cat 5 P 1 R 1/3 (F1 0.5), cat 3 F1 0; meddec: the first span wins -> cat 5 F1 1, cat 3 F1 0
+    expected = {"published": (0.5 + 0.0) / 2, "meddec": (1.0 + 0.0) / 2}[name]
+    assert result["token_f1"] == expected
+
+
+def test_cli_refuses_an_unknown_scorer_in_one_line(tmp_path):
+    code, _, err = run_cli([*_write_tiny_corpus(tmp_path), "--scorer", "official"])
+    assert code == 2 and "--scorer" in err and "published" in err and "Traceback" not in err
+
+
 def test_cli_bad_predictions_is_one_line(tmp_path):
     args = _write_tiny_corpus(tmp_path)
     (tmp_path / "p.json").write_text(json.dumps([{"file_name": "1_1_1", "predictions": [{"start_offset": "a"}]}]))
