@@ -115,7 +115,7 @@ def _official_main(official, args: list[str]) -> dict:
 
 def _official_view(report_dict: dict) -> dict:
     """Our JSON restricted to the official keys."""
-    view = {k: v for k, v in report_dict.items() if k != "per_category"}
+    view = {k: v for k, v in report_dict.items() if k not in ("per_category", "scorer")}
     view["span_f1"] = {k: report_dict["span_f1"][k] for k in ("precision", "recall", "f1")}
     return view
 
