@@ -1,8 +1,10 @@
 """Official MedExACT 2026 / MedDec scoring from the command line (same flags and numbers as the official script).
 
-Re-implements ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd (see utils/metric/scorer.py for
-what "identical" takes), prints the official report followed by a per-category table, and writes the
-official JSON (plus extra keys) with --output.
+By default re-implements the published ``evaluate/evaluate.py`` of github.com/biodatlab/medexact-lamar (the script
+LAMAR shipped and tuned with); ``--scorer meddec`` gives ``evaluate.py`` of github.com/CLU-UML/MedDec at commit
+f4374cd instead (SPEC section 2; utils/metric/scorer.py says what "identical" takes). Prints the official report
+followed by a per-category table and the scorer's name, and writes the official JSON (plus extra keys, ``scorer``
+among them) with --output.
 
     python evaluate/evaluate.py --gold_dir MedDec/data --raw_text_dir MedDec/raw_text \\
         --predictions predictions.json --split_file MedDec/splits/val.txt --stats_csv MedDec/stats.csv \\

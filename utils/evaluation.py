@@ -29,14 +29,15 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     if args.output:
         check_output_path(args.output)
     from utils.metric import Scorer  # numpy and tqdm load here, not for --help
-    from utils.metric.checks import input_warnings
+    from utils.metric.checks import input_warnings, require_a_match
 
     require_punkt()
     predictions = read_predictions(args.predictions)
     scorer = Scorer.from_files(
         gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-        stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=list(predictions),
+        stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=list(predictions), rule=args.scorer,
     )
+    require_a_match(scorer, predictions, args.predictions)
     if args.split_file:
         kept = sum(1 for name in predictions if name in scorer.split_ids)
         print(f"Filtered to {len(scorer.gold_ids)} gold files and {kept} prediction files based on {args.split_file}")
@@ -45,6 +46,7 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     report = scorer.score(predictions)
     print(report.format_official())
     print(report.format_per_category())
+    print(report.format_scorer())
     result = report.to_official_dict()
     if boot.bootstrap > 0:
         from utils.metric.resampling import bootstrap
@@ -92,7 +94,8 @@ def run_error_analysis(systems_args: SystemsArguments, args: ErrorArguments) -> 
     from utils.metric.error_plots import plot_boundary_offsets, plot_confusion
     from utils.metric.errors import classify_predictions, summarize
 
-    result: dict[str, Any] = {"definitions": DEFINITIONS, "systems": {}}
+    result: dict[str, Any] = {"definitions": DEFINITIONS, "scorer": {"name": scorer.rule, "reference": scorer.reference},
+                              "systems": {}}
     for (name, predictions), stem in zip(systems.items(), stems):
         summary = summarize(classify_predictions(scorer, predictions))
         result["systems"][name] = summary.to_dict()

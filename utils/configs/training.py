@@ -24,6 +24,7 @@ from utils.configs import (
     TAGGED_DIR,
 )
 from utils.configs.device import resolve_bf16, resolve_optim
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 
 DFT_LOSSES = ("dft", "nll")
 USE_VLLM_MODES = ("auto", "true", "false")
@@ -184,6 +185,9 @@ class GRPOScriptArguments:
         "help": "auto: vLLM when a GPU and vLLM are present; true / false to force.", "choices": list(USE_VLLM_MODES)})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={
+        "help": "Scorer of the 'official' reward (not published; only used when --rewards names it). "
+                + SCORER_HELP, "choices": list(SCORERS)})
 
 
 @dataclass
