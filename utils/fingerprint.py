@@ -66,3 +66,78 @@ def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
     """The top-level keys whose values differ (a missing key differs)."""
     old = old or {}
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+# ------------------------------------------------------------------------------------- embedding shards
+# A shard of the embedding cache is ``shard_N.npy`` (vectors), ``shard_N.texts.sha256`` (the sha256 of each
+# note's text, one per line, in row order) and ``shard_N.ids.txt`` (written last: the shard is complete).
+
+
+def shard_digest_path(ids_path: str | os.PathLike[str]) -> Path:
+    """The text-digest file beside a shard's ids file."""
+    ids_path = Path(ids_path)
+    return ids_path.with_name(ids_path.name.replace(".ids.txt", ".texts.sha256"))
+
+
+def shard_digests(texts: Iterable[str]) -> list[str]:
+    return [text_sha256(t) for t in texts]
+
+
+def write_shard_digests(ids_path: str | os.PathLike[str], texts: Iterable[str]) -> None:
+    from utils.fileio import write_text_atomic
+
+    write_text_atomic(shard_digest_path(ids_path), "".join(f"{d}\n" for d in shard_digests(texts)))
+
+
+def read_shard_digests(ids_path: str | os.PathLike[str], count: int) -> list[str]:
+    """The cached text digests of a complete shard; a cache without them (or with the wrong count) is refused."""
+    from utils.fileio import InputError
+
+    path = shard_digest_path(ids_path)
+    try:
+        digests = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise InputError(path, "", "missing or unreadable: the cache cannot show which note texts it embedded "
+                                   "(made by an older version, or damaged); re-embed into a new folder") from None
+    if len(digests) != count:
+        raise InputError(path, "", f"{len(digests)} digests for {count} ids; re-embed into a new folder")
+    return digests
+
+
+def check_shard_texts(ids_path: str | os.PathLike[str], ids: list[str], texts: list[str]) -> None:
+    """Refuse a cached shard whose notes have the same ids but other texts than the input (old vectors for new
+    texts), naming the first such note."""
+    from utils.fileio import InputError
+
+    cached = read_shard_digests(ids_path, len(ids))
+    for note_id, old, new in zip(ids, cached, shard_digests(texts)):
+        if old != new:
+            raise InputError(shard_digest_path(ids_path), f"note {note_id!r}", "its text changed since it was "
+                             "embedded; re-embed into a new output folder")
+
+
+def vectors_complete(npy_path: str | os.PathLike[str], rows: int) -> bool:
+    """A shard's vector file is whole: it loads (header and data, memory-mapped) with one row per id and finite
+    values. A file cut short by a full disk or a copy does not count as a finished shard."""
+    import numpy as np
+
+    try:
+        vectors = np.load(npy_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return vectors.ndim == 2 and vectors.shape[0] == rows and bool(np.isfinite(vectors).all())
+
+
+def cached_text_digests(out_dir: str | os.PathLike[str]) -> list[str]:
+    """The text digests of every complete shard of an embedding cache, in row order (what ``retrieve`` checks the
+    pool CSV's texts against)."""
+    out: list[str] = []
+    index = 0
+    while True:
+        ids_path = Path(out_dir) / f"shard_{index:05d}.ids.txt"
+        if not ids_path.is_file():
+            return out
+        with open(ids_path, encoding="utf-8") as handle:
+            count = len(handle.read().splitlines())
+        out.extend(read_shard_digests(ids_path, count))
+        index += 1
