@@ -10,12 +10,13 @@ was expected (exit code 2), never a traceback, and recipe values are converted b
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 from utils.fileio import InputError, reading_errors, report_input_error
-from utils.guards import check_options
+from utils.guards import check_input_files, check_options
 
 COMMAND_LINE = "<command line>"
 CONFIG_HELP = ("--config FILE  a YAML recipe (e.g. recipes/*.yaml) setting any of the options above by name; "
@@ -37,6 +38,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     """A recipe: a YAML mapping of option names to values; any problem is a one-line InputError."""
     import yaml
 
+    check_input_files([("--config", path)])  # a pipe would block the parser forever
     try:
         with reading_errors(path, "YAML", prefix="--config: "), open(path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle)
@@ -167,3 +169,16 @@ def run_cli(body: Callable[[], int | None], extra_errors: tuple[type[BaseExcepti
         return body() or 0
     except (InputError, *extra_errors) as err:
         return report_input_error(err)
+    except BrokenPipeError:  # `command | head`: the reader left; stop quietly like any Unix filter
+        return quiet_broken_pipe()
+
+
+def quiet_broken_pipe() -> int:
+    """Point stdout at /dev/null (so Python's exit flush cannot fail again) and return the shell's code for a
+    process ended by SIGPIPE (128 + 13)."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141

@@ -141,3 +141,15 @@ def cached_text_digests(out_dir: str | os.PathLike[str]) -> list[str]:
             count = len(handle.read().splitlines())
         out.extend(read_shard_digests(ids_path, count))
         index += 1
+
+
+def punkt_fingerprint(language: str = "english") -> dict[str, Any]:
+    """The Punkt sentence model the official token F1 will use (by content) and NLTK's version: a study tuned
+    under one Punkt model holds objective values another would not give."""
+    import nltk
+
+    try:
+        folder = Path(str(nltk.data.find(f"tokenizers/punkt_tab/{language}/")))
+    except LookupError:
+        return {"nltk": nltk.__version__, "punkt_tab": None}
+    return {"nltk": nltk.__version__, "punkt_tab": path_fingerprint(folder)}

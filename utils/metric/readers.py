@@ -38,7 +38,9 @@ def read_official_text(path: str | os.PathLike[str]) -> str:
 
 
 def raw_text_path(raw_text_dir: str | os.PathLike[str], note_id: str) -> Path:
-    return Path(raw_text_dir) / f"{note_id}.txt"
+    from utils.guards import note_text_path
+
+    return note_text_path(raw_text_dir, note_id)
 
 
 def load_official_texts(raw_text_dir: str | os.PathLike[str], note_ids: Iterable[str]) -> dict[str, str]:
