@@ -61,6 +61,8 @@ def read_official_split(path: str | os.PathLike[str]) -> set[str]:
             return {line.strip() for line in handle}
     except FileNotFoundError:
         raise InputError(path, "", "split file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise InputError(path, "", "expected a split file: UTF-8 text with one note id per line") from None
 
 
 def read_gold_dir_official_order(gold_dir: str | os.PathLike[str]) -> dict[str, list[Annotation]]:
