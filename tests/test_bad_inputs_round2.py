@@ -537,3 +537,54 @@ def test_a_study_resumed_under_another_punkt_model_is_refused(w2, tmp_path, caps
         assert "was tuned on other inputs or settings (punkt_tab differ)" in err
     finally:
         use_nltk_data_dir(offline_punkt_model)
+
+
+# ---- training: divergence at any step, one run per output folder, a failed run does not block the fix -----------
+
+FAST_DFT = ["--backend", "hf", "--lora_r", "8", "--lora_alpha", "16", "--max_length", "2048", "--report_to", "none",
+            "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false", "--logging_steps", "1",
+            "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false", "--optim", "adamw_torch",
+            "--save_strategy", "no", "--dft_guard", "false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dft(tmp_path_factory):
+    from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer, write_tiny_tagged_csv
+
+    root = tmp_path_factory.mktemp("tiny_r2")
+    rows = write_tiny_tagged_csv(root / "train.csv", n_notes=2, seed=0, mean_chars=150, mean_spans=2)
+    tokenizer = build_tiny_tokenizer([r["raw_text"] for r in rows] * 3)
+    return {"csv": root / "train.csv", "model": build_tiny_qwen35(root / "model", tokenizer, num_layers=1, seed=0)}
+
+
+def _train(tiny, out, *extra):
+    return train_dft.main(["--model_name_or_path", str(tiny["model"]), "--train_csv", str(tiny["csv"]),
+                           "--output_dir", str(out), *FAST_DFT, *extra])
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_at_the_step_it_diverges_and_saves_nothing(tiny_dft, tmp_path, capsys):
+    """A finite but absurd learning rate: step 1's loss is finite, the weights it leaves are not (or the next
+    loss is not). The run stops there, exit 2, one line, no adapter; the corrected rerun into the same folder runs."""
+    out = tmp_path / "run"
+    assert _train(tiny_dft, out, "--learning_rate", "1e30", "--warmup_steps", "0", "--max_steps", "4") == 2
+    stderr = capsys.readouterr().err  # a progress bar may share the error's line
+    err = [line[line.index("error: "):] for line in stderr.replace("\r", "\n").splitlines() if "error: " in line]
+    assert len(err) == 1 and f"{out}: step " in err[0] and "training diverged and was stopped" in err[0]
+    step = int(err[0].split("step ")[1].split(":")[0])
+    assert 1 <= step < 4
+    assert not list(out.glob("adapter_model*")) and not (out / "run_config.yaml").exists()
+    assert _train(tiny_dft, out, "--learning_rate", "1e-3", "--max_steps", "1") == 0  # the fix is not refused
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_trainings_into_one_output_dir_the_second_is_refused(tiny_dft, tmp_path, capsys):
+    from utils.training.runs import output_dir_lock
+
+    out = tmp_path / "busy"
+    with output_dir_lock(out):  # as if another run were training here
+        assert _train(tiny_dft, out, "--max_steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "another training run is writing this --output_dir right now" in err
+    assert not (out / "run_inputs.json").exists()
