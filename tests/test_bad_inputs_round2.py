@@ -64,6 +64,8 @@ def w2(ws):  # noqa: F811 - the imported fixture
     (r2 / "slash_ids.csv").write_text('file_id,raw_text,predicted\n"../x","a note","a note"\n', encoding="utf-8")
     (r2 / "newline_ids.csv").write_text('file_id,raw_text,predicted\n"1_2\n3","a note","a note"\n', encoding="utf-8")
     (root / "secret.txt").write_text("outside the raw text folder", encoding="utf-8")
+    huge = "Patient given aspirin 81 mg daily. " * 60_000  # 2.1 million characters, repetitive
+    (r2 / "huge_note.csv").write_text(f'file_id,raw_text,predicted\n1_2_3,"{huge}","{huge}"\n', encoding="utf-8")
     for name, text in (("nan_lr.yaml", "learning_rate: .nan\n"), ("inf_int.yaml", "lora_r: .inf\n"),
                        ("float_int.yaml", "lora_r: 2.5\n"), ("maybe_bool.yaml", "dft_guard: maybe\n"),
                        ("true_int.yaml", "lora_r: true\n"), ("env.yaml", "env:\n  PYTHONPATH: /tmp/evil\n"),
@@ -353,6 +355,10 @@ VALUES_AND_FILES: list[Case] = [
     ("pred_to_offset id with a path separator", pred_to_offset.main,
      lambda w: ["--input", str(w["r2"] / "slash_ids.csv"), "--output", str(w["root"] / "p4.json"), "--raw_text_dir",
                 str(w["raw"])]),
+    ("pred_to_offset a 2-million-character note", pred_to_offset.main,
+     lambda w: ["--input", str(w["r2"] / "huge_note.csv"), "--output", str(w["root"] / "p6.json")]),
+    ("inference a 2-million-character note", inference.main,
+     lambda w: [*_inf(w), "--input", str(w["r2"] / "huge_note.csv"), "--output", str(w["root"] / "o5.csv")]),
     ("pred_to_offset id with a newline", pred_to_offset.main,
      lambda w: ["--input", str(w["r2"] / "newline_ids.csv"), "--output", str(w["root"] / "p5.json"), "--raw_text_dir",
                 str(w["raw"])]),
@@ -425,6 +431,23 @@ def test_a_closed_pipe_ends_generate_quietly(tmp_path):
     assert process.wait(timeout=120) == 141
     assert stderr == ""
     assert (tmp_path / "c" / "NOTEEVENTS.csv").is_file()  # the corpus itself was written whole
+
+
+def test_a_note_too_long_to_align_whole_is_placed_by_search_with_the_same_spans(monkeypatch):
+    """Whole-note alignment grows with output x note length (1 MB: 209 s measured); above MAX_ALIGNED_CELLS the
+    spans are found by search near their proportional position instead: on a repetitive note, the same spans."""
+    from utils.categories import TAGS
+    from utils.tagging import align
+    from utils.tagging.locate import locate_spans
+
+    unit = "Patient given aspirin 81 mg daily. "
+    note = unit * 300
+    output = note.replace("aspirin 81 mg", f"<{TAGS[2]}>aspirin 81 mg</{TAGS[2]}>", 20)
+    whole = locate_spans(note, output)
+    monkeypatch.setattr(align, "MAX_ALIGNED_CELLS", 1000)
+    searched = locate_spans(note, output)
+    assert len(whole.spans) == 20 and searched.spans == whole.spans
+    assert set(searched.matches) == {"search"}
 
 
 def test_note_ids_never_name_a_path_outside_the_folder(tmp_path):

@@ -28,7 +28,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "n_val": (0, 1_000_000),
     "n_test": (0, 1_000_000),
     "n_unlabeled": (0, 1_000_000),
-    "mean_chars": (1, 10_000_000),
+    "mean_chars": (1, 1_000_000),
     "mean_spans": (1, 100_000),
     "max_new_tokens": (1, 1 << 20),
     "max_model_len": (1, 1 << 22),
@@ -189,6 +189,29 @@ def check_options(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> Non
         outputs = [item for item in outputs if item[0] != "--folder"]
     check_input_files(inputs)
     check_paths_apart(inputs, outputs)
+
+
+#: Longest text one table cell or note file may hold: 30x the longest MIMIC-III discharge summary (< 60k characters).
+#: Span location time grows faster than linearly with the note (a 20 MB repetitive note would take hours); this keeps
+#: the worst case at seconds per note.
+MAX_TEXT_CHARS = 2_000_000
+
+
+def check_text_sizes(path: str | os.PathLike[str], frame: Any) -> None:
+    """Refuse a table with a cell longer than MAX_TEXT_CHARS, naming its row and column."""
+    for column in frame.columns:
+        lengths = frame[column].str.len()
+        if len(lengths) and lengths.max() > MAX_TEXT_CHARS:
+            row = int(lengths.to_numpy().argmax())
+            raise InputError(path, f"row {row + 1} column {column!r}", f"{int(lengths.max()):,} characters; expected "
+                                                                      f"at most {MAX_TEXT_CHARS:,} (a note, not a corpus)")
+
+
+def check_text_size(path: str | os.PathLike[str], text: str) -> str:
+    """A note file's text, refused when longer than MAX_TEXT_CHARS."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(path, "", f"{len(text):,} characters; expected at most {MAX_TEXT_CHARS:,} for one note")
+    return text
 
 
 def note_text_path(raw_text_dir: str | os.PathLike[str], note_id: str) -> Path:

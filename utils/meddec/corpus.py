@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from utils.categories import parse_gold_category
 from utils.fileio import InputError, checked_chunks, first_line, read_json, warn
-from utils.guards import note_text_path
+from utils.guards import check_text_size, note_text_path
 
 DISCHARGE_CATEGORY = "Discharge summary"
 NOTEEVENTS_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "CATEGORY", "DESCRIPTION", "TEXT")
@@ -154,7 +154,7 @@ def read_raw_text(raw_text_dir: str | os.PathLike[str], note_id: str) -> str:
     path = note_text_path(raw_text_dir, note_id)
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            return handle.read()
+            return check_text_size(path, handle.read())
     except FileNotFoundError:
         raise InputError(path, "", f"raw text of note {note_id} not found") from None
     except UnicodeDecodeError as err:

@@ -23,6 +23,7 @@ import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from utils.fileio import InputError, atomic_open, checked_chunks, first_line, reading_errors
+from utils.guards import check_text_sizes
 from utils.meddec.predictions import Span
 
 NOTE_COLUMNS = ("file_id", "raw_text")
@@ -40,6 +41,7 @@ def read_csv_strings(path: str | os.PathLike[str], required: Sequence[str]) -> "
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(path, "", f"not a readable CSV ({first_line(err)})") from None
     check_unique_columns(path)
+    check_text_sizes(path, frame)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
