@@ -10,8 +10,8 @@ logs, checkpoints with optimizer state). So an upload is an allowlist with proof
   it. A CSV renamed ``pytorch_model_notes.bin`` or a ``config.json`` that is a note fails here;
 - ``--dry_run`` checks everything and writes nothing (not even the model card, nor a merge).
 
-What the checks cannot see (README "Push a model"): text cut into short strings or tokens, Jinja comments, text
-encoded into weights. Only folders written by this repository's training and merge steps belong here.
+What the checks cannot see (README "Push a model"): text cut into short strings or tokens, the inside of
+``tokenizer.model``, text encoded into weights. Only folders written by this repository's training and merge steps belong here.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ MAX_JSON_STRING = 1000  # longest string a model's JSON file may hold (keys in L
 LONG_JSON_KEYS = frozenset({"chat_template"})  # a chat template is long Jinja, checked as such
 MAX_TOKEN_CHARS = 256  # longest vocabulary token (Qwen's longest are tens of characters)
 SAFETENSORS_METADATA_KEYS = frozenset({"format"})
+MAX_TEMPLATE_COMMENT = 200  # longest Jinja comment a chat template may hold
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -135,6 +136,25 @@ def _jinja(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     if "{%" not in text and "{{" not in text:
         raise ValueError("not a Jinja chat template")
+    _check_template_comments(text)
+
+
+def _check_template_comments(template: str) -> None:
+    """A chat template's Jinja comments (``{# ... #}``) are short notes to its reader, never prose."""
+    long = next((c for c in re.findall(r"\{#(.*?)#\}", template, flags=re.DOTALL) if len(c) > MAX_TEMPLATE_COMMENT),
+                None)
+    if long is not None:
+        raise ValueError(f"a Jinja comment of {len(long)} characters (longer than {MAX_TEMPLATE_COMMENT})")
+
+
+def _chat_template_json(path: Path) -> None:
+    """chat_template.json / tokenizer_config.json: the template string(s) held are checked as Jinja too."""
+    data = _json_object(path)
+    template = data.get("chat_template")
+    for item in template if isinstance(template, list) else [template]:
+        text = item.get("template") if isinstance(item, dict) else item
+        if isinstance(text, str):
+            _check_template_comments(text)
 
 
 def _sentencepiece(path: Path) -> None:
@@ -155,14 +175,14 @@ ALLOWED_FILES: dict[str, Callable[[Path], None]] = {
     "generation_config.json": _json_object,
     "adapter_config.json": _json_with("peft_type"),
     "tokenizer.json": _json_with("model"),
-    "tokenizer_config.json": _json_object,
+    "tokenizer_config.json": _chat_template_json,
     "special_tokens_map.json": _json_object,
     "added_tokens.json": _json_token_ids,
     "vocab.json": _json_token_ids,
     "merges.txt": _merges,
     "tokenizer.model": _sentencepiece,
     "chat_template.jinja": _jinja,
-    "chat_template.json": _json_with("chat_template"),
+    "chat_template.json": lambda path: (_json_with("chat_template")(path), _chat_template_json(path)),
     "preprocessor_config.json": _json_object,
     "processor_config.json": _json_object,
     "video_preprocessor_config.json": _json_object,
@@ -193,8 +213,10 @@ def refusal(root: Path, entry: Path, card: str | None) -> str | None:
         return None  # reported with its folder
     if name == CARD_NAME:
         text = entry.read_text(encoding="utf-8", errors="replace")
-        if text == card or (card is not None and replaceable_card(text)) or (card is None and CARD_MARKER in text):
+        if text == card or (card is not None and replaceable_card(text)):
             return None  # ours, or a template card this run replaces with ours
+        if card is None:  # nothing replaces it: it would go up as it is, whatever was added to it
+            return f"{name} (with --model_card false no README.md is uploaded; move it out)"
         return f"{name} (not a model card written by push_to_hub.py or PEFT)"
     check = allowed_check(name)
     if check is None:
