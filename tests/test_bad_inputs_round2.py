@@ -620,3 +620,20 @@ def test_two_trainings_into_one_output_dir_the_second_is_refused(tiny_dft, tmp_p
     err = capsys.readouterr().err
     assert "another training run is writing this --output_dir right now" in err
     assert not (out / "run_inputs.json").exists()
+
+
+def test_a_full_disk_while_caching_inference_rows_is_one_line_and_keeps_the_rows_before(tmp_path, monkeypatch):
+    from utils.generation.runner import PartialWriter
+
+    partial = tmp_path / "o.csv.partial.jsonl"
+    writer = PartialWriter(partial, {"k": 1}, fresh=True)
+    writer.write([{"file_id": "1_1_1"}])
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(InputError, match=r"o.csv.partial.jsonl: cannot write: no space left on the device"):
+        writer.write([{"file_id": "2_2_2"}])
+    writer.close()
+    assert partial.read_text(encoding="utf-8").splitlines()[:2] == ['{"settings": {"k": 1}}', '{"file_id": "1_1_1"}']

@@ -33,6 +33,14 @@ def _disk_errors() -> dict[int, str]:
 _DISK_ERRORS = _disk_errors()
 
 
+def disk_error(path: str | os.PathLike[str], err: OSError) -> BaseException:
+    """A write failure of the environment (full disk, read-only file system) as a one-line InputError naming the file;
+    any other OSError is returned unchanged (a bug to see in full)."""
+    if err.errno in _DISK_ERRORS:
+        return InputError(path, "", f"cannot write: {_DISK_ERRORS[err.errno]}")
+    return err
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[TextIO]:
     """Open a temporary file beside ``path`` and move it into place only if the block succeeds.

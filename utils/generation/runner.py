@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from utils.configs.pipeline import InferenceArguments
-from utils.fileio import InputError, atomic_files, check_output_path, dump_json
+from utils.fileio import InputError, atomic_files, check_output_path, disk_error, dump_json
 from utils.generation.backends import (
     Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, check_vllm_copy_settings, new_token_budget,
     vllm_engine_kwargs,
@@ -169,9 +169,12 @@ class PartialWriter:
             self.write([{"settings": settings}])
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        self.handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as err:  # a full disk: the rows before this batch stay; a rerun resumes after them
+            raise disk_error(self.handle.name, err) from None
 
     def close(self) -> None:
         self.handle.close()
