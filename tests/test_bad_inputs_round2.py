@@ -398,7 +398,8 @@ def test_round2_bad_input_is_one_line_exit_2_and_touches_nothing(name, main, arg
 def test_outputs_over_inputs_name_both_flags(w2, capsys):
     assert evaluate.main([*_ev(w2), "--predictions", str(w2["r2"] / "link_to_val.json"), "--output",
                           str(w2["val.json"])]) == 2
-    assert "--output" in capsys.readouterr().err and "is also the input --predictions"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --output: {w2['val.json']}: is also the input --predictions "), err
     assert extract_unlabel.main(["--noteevents", str(w2["noteevents"]), "--splits", str(w2["train_split"]),
                                  "--output", str(w2["noteevents"])]) == 2
     err = capsys.readouterr().err
