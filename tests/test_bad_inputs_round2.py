@@ -638,3 +638,16 @@ def test_a_full_disk_while_caching_inference_rows_is_one_line_and_keeps_the_rows
         writer.write([{"file_id": "2_2_2"}])
     writer.close()
     assert partial.read_text(encoding="utf-8").splitlines()[:2] == ['{"settings": {"k": 1}}', '{"file_id": "1_1_1"}']
+
+
+def test_the_finite_check_reads_every_trainable_weight_and_only_those():
+    import torch
+
+    from utils.training.finite import _trainable_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    assert _trainable_finite(model)
+    model[1].bias.data[0] = float("inf")
+    assert not _trainable_finite(model)
+    model[1].bias.requires_grad_(False)  # a frozen weight is not the run's to check (a base model's own values)
+    assert _trainable_finite(model)

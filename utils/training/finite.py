@@ -21,10 +21,18 @@ class NonFiniteTrainingError(InputError):
 
 
 def _trainable_finite(model: Any) -> bool:
+    """Whether every trainable weight is finite, on every process: sharded weights (FSDP's DTensors) are checked
+    shard by shard and the answer is agreed across processes, so all of them stop at the same step (one process
+    stopping alone would leave the others waiting in a collective)."""
     import torch
 
-    flags = [torch.isfinite(p).all() for p in model.parameters() if p.requires_grad]
-    return bool(torch.stack(flags).all()) if flags else True
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad]
+    flags = [torch.isfinite(t).all() for t in local if t.numel()]
+    device = local[0].device if local else torch.device("cpu")
+    finite = torch.stack(flags).all().to(torch.int32) if flags else torch.ones((), dtype=torch.int32, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite)
 
 
 class FiniteTrainingCallback(TrainerCallback):
