@@ -110,7 +110,8 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
           f"(scorer: {scorer.rule})")
     prepared = prepare_predictions(models, ids)
     evaluate = make_objective(prepared, scorer)
-    fingerprint = {"objective": objective, "scorer": scorer.rule, **inputs_fingerprint(args, ids), **punkt_fingerprint()}
+    fingerprint = {"objective": objective, "scorer": scorer.rule, **inputs_fingerprint(args, ids),
+                   **punkt_fingerprint()}
     run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, progress, fingerprint)
     study, best = run.study, run.best_thresholds
     report: dict[str, Any] = {
