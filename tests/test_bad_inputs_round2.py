@@ -505,7 +505,7 @@ def test_inference_cache_follows_the_weights_not_the_path(tmp_path):
 
 
 def test_embedding_cache_refuses_new_texts_and_redoes_a_cut_shard(tmp_path):
-    from pseudolabels.embedding import embed_batches, load_embeddings, prepare_cache
+    from utils.pseudolabels.embedding import embed_batches, load_embeddings, prepare_cache
 
     out = prepare_cache(tmp_path / "c", {"model": "m", "shard_size": 2})
     batches = [(["1_1_1", "2_2_2"], ["first", "second"]), (["3_3_3"], ["third"])]
@@ -528,7 +528,7 @@ def test_embedding_cache_refuses_new_texts_and_redoes_a_cut_shard(tmp_path):
 
 
 def test_embedding_meta_follows_the_model_content(tmp_path):
-    from pseudolabels.embedding import encoder_content
+    from utils.pseudolabels.embedding import encoder_content
     from utils.configs.pipeline import EmbeddingArguments
 
     model = _model_folder(tmp_path / "enc", b"A" * 32)
