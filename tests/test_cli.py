@@ -119,5 +119,5 @@ def test_argument_dataclasses_refuse_values_that_cannot_work_when_built(make, me
 
 def test_a_dataclass_check_reaches_the_command_line_unwrapped():
     with pytest.raises(InputError) as err:
-        LamarParser([RetrieveArguments]).parse(["--top_k", "0"])
-    assert str(err.value) == "--top_k: expected a positive number, got 0"
+        LamarParser([EmbeddingArguments]).parse(["--sources", "pool", "notes"])
+    assert str(err.value) == "--sources: unknown source(s) notes; expected pool and/or meddec"

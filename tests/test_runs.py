@@ -87,7 +87,16 @@ def test_claimed_folder_accepts_the_same_run_and_refuses_another(tmp_path):
     claim_output_dir(out, first)
     assert json.loads((out / RUN_INPUTS).read_text(encoding="utf-8")) == first
     claim_output_dir(out, first)  # a rerun of the same run resumes
+    other = {"train_csv_sha256": "b", "script": {"loss": "nll", "backend": "hf"}}
+    (out / "checkpoint-5").mkdir()  # the first run saved weights: they are protected
     with pytest.raises(InputError) as err:
-        claim_output_dir(out, {"train_csv_sha256": "b", "script": {"loss": "nll", "backend": "hf"}})
+        claim_output_dir(out, other)
     assert str(err.value) == (f"{out}: holds a run made with other data or settings (loss, train_csv differ); "
                               "use another --output_dir")
+
+
+def test_a_run_that_saved_nothing_gives_its_folder_to_a_corrected_rerun(tmp_path):
+    out = tmp_path / "run"
+    claim_output_dir(out, {"train_csv_sha256": "a"})
+    claim_output_dir(out, {"train_csv_sha256": "b"})  # no checkpoint and no weights: nothing to protect
+    assert json.loads((out / RUN_INPUTS).read_text(encoding="utf-8")) == {"train_csv_sha256": "b"}
