@@ -89,6 +89,19 @@ def test_tuner_finds_the_known_optimum(corpus):
     assert merge_predictions(corpus["models"], run.best_thresholds) == corpus["truth"]
 
 
+def test_published_sampler_is_unseeded_and_a_seed_repeats_a_run(corpus):
+    """Published: TPESampler() with no seed, so two runs sample other thresholds after the enqueued defaults."""
+    from utils.configs.pipeline import OptimizeArguments
+
+    assert OptimizeArguments(predictions=["a.json"]).seed is None
+    params = lambda run: [t.params for t in run.study.trials]  # noqa: E731
+    unseeded = [tuning.tune(corpus["evaluate"], 4, seed=None, progress=False) for _ in range(2)]
+    assert params(unseeded[0])[0] == params(unseeded[1])[0] == tuning.default_params(False)
+    assert params(unseeded[0])[1:] != params(unseeded[1])[1:]
+    seeded = [tuning.tune(corpus["evaluate"], 4, seed=0, progress=False) for _ in range(2)]
+    assert params(seeded[0]) == params(seeded[1])
+
+
 def test_resume_keeps_trials_and_best_value(corpus, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     first = tuning.tune(corpus["evaluate"], 5, storage, "s", seed=3, progress=False)
@@ -281,7 +294,7 @@ def test_a_killed_tuner_resumes_to_exactly_the_uninterrupted_study(corpus, tmp_p
 
     def command(storage):
         return [sys.executable, "-m", "ensemble.optimize", "--predictions", *corpus["paths"],
-                *_cli(corpus, tmp_path, storage, "--n_trials", "200")]
+                *_cli(corpus, tmp_path, storage, "--n_trials", "200", "--seed", "0")]
 
     whole = f"sqlite:///{tmp_path / 'whole.db'}"
     subprocess.run(command(whole), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)

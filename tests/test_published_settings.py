@@ -30,6 +30,7 @@ def test_model_1_and_3_dft_settings() -> None:
     assert (config.num_train_epochs, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (2, 1, 8)
     assert config.optim == ("adamw_8bit" if ON_GPU else "adamw_torch")  # 8-bit AdamW needs a GPU
     assert (config.max_length, config.seed, config.gradient_checkpointing) == (24576, 3407, True)
+    assert (config.save_strategy, config.save_total_limit) == ("epoch", None)  # a checkpoint per epoch, all kept
     assert config.completion_only_loss is True and config.packing is False  # loss on the answer only
     assert config.bf16 is (ON_GPU and torch.cuda.is_bf16_supported())
 
@@ -54,7 +55,8 @@ def test_model_2_grpo_settings() -> None:
     assert (config.num_generations, config.temperature, config.min_p, config.top_p) == (8, 1.0, None, 1.0)
     assert (config.max_completion_length, config.save_steps) == (14547, 10)
     assert config.chat_template_kwargs is None
-    assert config.seed == 42  # TRL's default: the published GRPOConfig set no seed
+    # The published GRPOConfig (Unsloth's patched one) set neither: Unsloth 2026.4.3's defaults are 3407 and 0.01.
+    assert (config.seed, config.weight_decay) == (3407, 0.01)
     assert config.vllm_importance_sampling_correction is False  # no vLLM in the published run, so no correction
 
 
@@ -78,6 +80,7 @@ def test_ensemble_settings() -> None:
     assert Thresholds() == Thresholds(t_cluster=0.1, t_pair=0.1, t_support=0.34, t_dedup=0.8)
     args = OptimizeArguments(predictions=["a.json"])
     assert (args.n_trials, args.storage, args.study_name) == (5000, "sqlite:///mbr_optuna.db", "mbr_tuning_study")
+    assert args.seed is None  # TPESampler() unseeded
 
 
 @pytest.mark.parametrize("name, value", [

@@ -233,7 +233,7 @@ def test_recipes_are_overlays_of_the_published_defaults() -> None:
 @pytest.mark.slow
 def test_cli_trains_saves_adapter_and_run_config_then_resumes(tiny, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert run_cli(tiny, out, "--max_steps", "2", "--save_steps", "1") == 0
+    assert run_cli(tiny, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1") == 0
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert (out / "checkpoint-2").is_dir()
     record = yaml.safe_load((out / "run_config.yaml").read_text())
@@ -242,7 +242,7 @@ def test_cli_trains_saves_adapter_and_run_config_then_resumes(tiny, tmp_path: Pa
     assert record["script"]["dft_route"] == "fused"
     assert json.loads((out / "run_config.json").read_text())["training"]["max_steps"] == 2
 
-    assert run_cli(tiny, out, "--max_steps", "3", "--save_steps", "1") == 0  # auto-resume from checkpoint-2
+    assert run_cli(tiny, out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1") == 0  # auto-resume from checkpoint-2
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]

@@ -296,7 +296,9 @@ class OptimizeArguments:
     storage: str = field(default=OPTUNA_STORAGE, metadata={
         "help": "Optuna storage URL, resumable; 'none' for in memory only."})
     study_name: str = field(default=OPTUNA_STUDY, metadata={"help": "Optuna study name."})
-    seed: int = field(default=0, metadata={"help": "TPE sampler seed."})
+    seed: int | None = field(default=None, metadata={
+        "help": "TPE sampler seed (and the --cv folds'). Default: unseeded, as published (each run samples other "
+                "thresholds); give one, e.g. --seed 0, for a run that repeats exactly and resumes bit for bit."})
     output: str = field(default="outputs/ensemble/best.json", metadata={"help": "Best thresholds and scores as JSON."})
     history_plot: str | None = field(default=None, metadata={
         "help": "Optimisation-history PNG (default: <output stem>_history.png)."})
