@@ -85,11 +85,13 @@ class InferenceArguments:
     max_new_tokens: int = field(default=24576, metadata={"help": "Generated tokens at most."})
     max_model_len: int = field(default=32768, metadata={"help": "Context length (prompt + generation)."})
     batch_size: int = field(default=8, metadata={"help": "Sequences generated at a time (vLLM max_num_seqs)."})
-    flush_every: int = field(default=64, metadata={"help": "vLLM: prompts per generate call = rows per resume step."})
+    flush_every: int = field(default=0, metadata={
+        "help": "vLLM: prompts per generate call = rows written per resume step. 0 (published): all rows of an input "
+                "in one call (a killed run then keeps nothing of that input); e.g. 64 to resume in steps."})
     logprobs: bool = field(default=True, metadata={"help": "Keep the chosen tokens' logprobs (needed for entropy)."})
     enable_thinking: bool = field(default=False, metadata={"help": "Chat template thinking switch (published: off)."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel GPUs."})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
+    gpu_memory_utilization: float = field(default=0.95, metadata={"help": "vLLM GPU memory share (published: 0.95)."})
     dtype: str = field(default="auto", metadata={"help": "Model dtype (auto, bfloat16, float32, ...)."})
     device: str = field(default="cpu", metadata={"help": "transformers backend device (cpu, cuda, ...)."})
     seed: int = field(default=3407, metadata={"help": "Engine seed (greedy decoding does not depend on it)."})
