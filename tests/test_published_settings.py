@@ -67,13 +67,18 @@ def test_inference_settings() -> None:
 
 
 def test_pseudo_label_settings() -> None:
-    assert EmbeddingArguments().model == "Qwen/Qwen3-Embedding-4B"
+    embedding = EmbeddingArguments()
+    assert embedding.model == "Qwen/Qwen3-Embedding-4B"
+    assert (embedding.dtype, embedding.attn_implementation, embedding.padding_side) == ("float16", "flash_attention_2", "left")
     retrieve = RetrieveArguments()
     assert (retrieve.top_k, retrieve.per_note) == (100, 5)
     assert retrieve.query_splits == split_files() == [f"MedDec/splits/{s}.txt" for s in ("train", "val", "test")]
     from utils.configs.pipeline import SelectArguments
 
     assert SelectArguments().threshold == 0.10
+    from utils.configs.pipeline import ExploreArguments
+
+    assert ExploreArguments().quantiles == [0.10, 0.15, 0.20, 0.25, 0.30, 0.5, 0.75]  # the explorer's candidates
 
 
 def test_ensemble_settings() -> None:

@@ -176,7 +176,15 @@ class EmbeddingArguments:
     batch_size: int = field(default=8, metadata={"help": "Encoding batch size."})
     max_seq_length: int | None = field(default=None, metadata={"help": "Truncate notes to this many tokens."})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: automatic)."})
-    dtype: str = field(default="auto", metadata={"help": "Model weights dtype: auto, bfloat16, float16, float32."})
+    dtype: str = field(default="float16", metadata={
+        "help": "Model weights dtype: float16 (published; float32 on CPU, where half precision is slow), auto (the "
+                "checkpoint's), bfloat16, float32."})
+    attn_implementation: str = field(default="flash_attention_2", metadata={
+        "help": "Attention kernel: flash_attention_2 (published; used where flash-attn and a GPU are present, else "
+                "transformers' default), sdpa or eager."})
+    padding_side: str = field(default="left", metadata={
+        "help": "Which side a batch's shorter notes are padded on (published: left; position ids are not shifted, "
+                "so it changes their embeddings).", "choices": ["left", "right"]})
     prompt_name: str | None = field(default=None, metadata={"help": "Saved prompt of the model to prepend."})
     devices: list[str] = field(default_factory=list, metadata={
         "help": "Encode on several devices at once, one process per entry (sentence-transformers' multi-process "
@@ -209,8 +217,8 @@ class ExploreArguments:
     raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ (texts as scored)."})
     pool_predictions: str | None = field(default=None, metadata={"help": "Inference CSV on the pool candidates."})
     bins: int = field(default=5, metadata={"help": "Entropy quantile bins of the validation notes."})
-    quantiles: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 1.0], metadata={
-        "help": "Candidate thresholds (quantiles)."})
+    quantiles: list[float] = field(default_factory=lambda: [0.10, 0.15, 0.20, 0.25, 0.30, 0.5, 0.75], metadata={
+        "help": "Candidate thresholds (quantiles; published: 0.10 0.15 0.20 0.25 0.30 0.5 0.75)."})
     report: str = field(default=str(WORK_DIR / "threshold_report.json"), metadata={"help": "JSON report."})
     plot: str | None = field(default=str(WORK_DIR / "threshold_explore.png"), metadata={"help": "PNG plot ('' for none)."})
 
