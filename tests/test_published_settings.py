@@ -23,6 +23,7 @@ def test_model_1_and_3_dft_settings() -> None:
 
     script, model, config = parse_args(DFTScriptArguments, DFTModelConfig, DFTConfig, argv=[])
     assert (model.model_name_or_path, script.backend, script.loss) == ("Qwen/Qwen3.5-4B", "unsloth", "dft")
+    assert script.loss_mask == "response"  # train_on_responses_only: the empty think block is trained too
     assert model.model_name_or_path == BASE_MODEL
     assert (model.use_peft, model.lora_r, model.lora_alpha, model.lora_dropout, model.use_rslora) == (True, 256, 32, 0.0, True)
     assert set(model.lora_target_modules) == set(LANGUAGE_MODEL_PROJECTIONS)  # attention + MLP of the language model

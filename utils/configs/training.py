@@ -14,6 +14,7 @@ from typing import Any
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from utils.configs import BASE_MODEL, RELEASED_MODEL_1, TAGGED_DIR
+from utils.training.data import LOSS_MASKS
 from utils.training.backend import DEFAULT_DFT_BACKEND, DEFAULT_DFT_ROUTE, DFT_BACKENDS, DFT_ROUTES
 from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, resolve_optim
 
@@ -92,6 +93,11 @@ class DFTScriptArguments:
     guard_rel_tol: float = field(default=1e-2, metadata={"help": "Relative tolerance of the guard's comparisons."})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+    loss_mask: str = field(default="response", metadata={
+        "help": "Tokens the loss is computed on: response (published, Unsloth's train_on_responses_only after "
+                "'<|im_start|>assistant\\n': the empty think block, the tagged note and the end of turn) or answer "
+                "(TRL's completion after the generation prompt: the think block is prompt).",
+        "choices": list(LOSS_MASKS)})
 
 
 @dataclass
