@@ -261,8 +261,8 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
     steps += [
         Step("11. tune the Span-Cluster Consensus thresholds on val, apply to test", [ens / "best.json", ens / "test_submission.json"], argv=py(
             "-m", "ensemble.optimize", "--predictions", *[infer / m / "val_predictions.json" for m in MODELS],
-            "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text", "--split_file", split["val"],
-            "--stats_csv", corpus / "stats.csv", "--n_trials", profile.n_trials, "--seed", args.seed,
+            "--gold_csv", "", "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text", "--split_file",
+            split["val"], "--stats_csv", corpus / "stats.csv", "--n_trials", profile.n_trials, "--seed", args.seed,
             "--storage", f"sqlite:///{ens / 'study.db'}", "--study_name", "demo", "--output", ens / "best.json",
             "--history_plot", ens / "history.png", "--importance_plot", ens / "importance.png",
             "--apply", *[infer / m / "test_predictions.json" for m in MODELS],

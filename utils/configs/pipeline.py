@@ -296,8 +296,13 @@ class OptimizeArguments:
     """``ensemble/optimize.py``: Optuna TPE tuning of the thresholds on validation (published: 5,000 trials)."""
 
     predictions: list[str] = field(metadata={"help": "Validation prediction JSON, one file per model."})
-    gold_dir: str = field(default=str(MEDDEC.gold_dir), metadata={"help": "MedDec data/ folder."})
-    raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ folder."})
+    gold_csv: str | None = field(default=str(TAGGED_DIR / "val.csv"), metadata={
+        "help": "Gold and note texts from this tagged table (utils/gt_to_tag.py): its gold_offsets and raw_text, as "
+                "the published optimize.py read them. '' scores against the gold JSON files (--gold_dir, "
+                "--raw_text_dir) as evaluate/evaluate.py reads them."})
+    gold_dir: str = field(default=str(MEDDEC.gold_dir), metadata={"help": "MedDec data/ folder (with --gold_csv '')."})
+    raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={
+        "help": "MedDec raw_text/ folder (with --gold_csv '')."})
     split_file: str | None = field(default=None, metadata={
         "help": "Note ids to tune on (e.g. splits/val.txt); default: all gold notes."})
     stats_csv: str | None = field(default=None, metadata={
