@@ -105,6 +105,7 @@ def test_baseline_labels_and_decoding() -> None:
 
     args = BaselineArguments()
     assert (args.overlap_rule, args.orphan_inside, args.eval_csv) == ("later_wins", "ignore", "data/tagged/val.csv")
+    assert args.window_layout == "raw"  # plain slices of the note with its special tokens, labelled O
 
 
 def test_data_preparation_and_pseudo_label_mix() -> None:
