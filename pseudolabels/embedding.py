@@ -206,7 +206,7 @@ def load_sentence_encoder(
     model_kwargs = resolve_model_kwargs(dtype, attn_implementation, uses_cuda(device, devices))
     try:
         encoder = SentenceTransformer(model, device="cpu" if devices else device, model_kwargs=model_kwargs,
-                                      tokenizer_kwargs={"padding_side": padding_side})
+                                      processor_kwargs={"padding_side": padding_side})
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", model, err) from None
     if max_seq_length is not None:

@@ -220,7 +220,8 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
             "-m", "pseudolabels.embedding", "--model", embedding_model_dir(), "--pool_csv", pseudo / "unlabeled.csv",
             "--pool_out", pseudo / "embeddings" / "pool", "--meddec_raw_text", corpus / "raw_text",
             "--meddec_splits", split["train"], split["val"], split["test"],
-            "--meddec_out", pseudo / "embeddings" / "meddec", "--device", "cpu")),
+            "--meddec_out", pseudo / "embeddings" / "meddec", "--device", "cpu",
+            "--padding_side", "right")),  # as when the README's demo table was measured (published: left)
         Step("6c. pseudo-labels: greedy unique retrieval", [pseudo / "candidates.csv"], argv=py(
             "-m", "pseudolabels.retrieve", "--pool_embeddings", pseudo / "embeddings" / "pool",
             "--meddec_embeddings", pseudo / "embeddings" / "meddec", "--pool_csv", pseudo / "unlabeled.csv",
