@@ -78,15 +78,20 @@ def test_two_grpo_steps_change_the_new_lora_and_clear_rope_deltas(tiny, tmp_path
 
 @pytest.mark.slow
 def test_masked_truncated_completions_give_no_update_without_eos(tiny, tmp_path: Path) -> None:
-    """The documented trap: a random tiny model never emits EOS, so with masking on nothing is learned."""
-    script, model_args, config = parse(tiny_args(tiny, tmp_path / "masked", "--max_steps", "1",
-                                                 "--save_strategy", "no"))
-    trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[length_reward])
-    before = lora_state(trainer)
-    trainer.train()
-    after = lora_state(trainer)
-    assert all(torch.equal(before[n], after[n]) for n in before)
-    assert trainer.state.log_history[0]["completions/clipped_ratio"] == 1.0
+    """The documented trap: a random tiny model never emits EOS, so with masking on nothing is learned: the gradient
+    is zero, and only the published weight decay (0.01, decoupled) moves the weights, by exactly lr x decay."""
+    for decay in ("0.0", "0.01"):
+        script, model_args, config = parse(tiny_args(tiny, tmp_path / f"masked{decay}", "--max_steps", "1",
+                                                     "--save_strategy", "no", "--weight_decay", decay))
+        trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[length_reward])
+        before = lora_state(trainer)
+        trainer.train()
+        after = lora_state(trainer)
+        assert trainer.state.log_history[0]["completions/clipped_ratio"] == 1.0
+        shrink = 1.0 - config.learning_rate * config.weight_decay
+        for name in before:
+            torch.testing.assert_close(after[name], before[name] * shrink, rtol=1e-6, atol=0.0)
+        assert (decay == "0.0") == all(torch.equal(before[n], after[n]) for n in before)
 
 
 @pytest.mark.slow
