@@ -33,6 +33,7 @@ from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import OptimizeArguments
 from utils.fileio import InputError, check_output_path, file_sha256, write_json_atomic
 from utils.meddec.predictions import Predictions, write_predictions
+from utils.metric.rules import DEFAULT_SCORER
 
 
 def check_arguments(args: OptimizeArguments) -> None:
@@ -96,10 +97,10 @@ def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[s
     require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     models = [read_model_predictions(path) for path in args.predictions]
     if gold_from_csv(args):
-        scorer = csv_scorer_factory(args.gold_csv, args.split_file, args.stats_csv)(None)
+        scorer = csv_scorer_factory(args.gold_csv, args.split_file, args.stats_csv, args.scorer)(None)
     else:
         scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                                   stats_csv=args.stats_csv)
+                                   stats_csv=args.stats_csv, rule=args.scorer)
     wanted = scorer.split_ids if scorer.split_ids is not None else set(scorer.gold_ids)
     ids = [i for i in note_ids_of(models) if i in wanted]
     if not ids:
@@ -109,9 +110,11 @@ def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[s
     return models, scorer, ids
 
 
-def csv_scorer_factory(gold_csv: str, split_file: str | None, stats_csv: str | None) -> Callable[[Sequence[str] | None], Any]:
-    """make_scorer(note_ids or None for all): a Scorer over the tagged table's gold and texts (published optimize.py:
-    every row's ``gold_offsets`` and ``raw_text``, the split file's ids with a ``.json`` suffix stripped)."""
+def csv_scorer_factory(gold_csv: str, split_file: str | None, stats_csv: str | None,
+                       rule: str = DEFAULT_SCORER) -> Callable[[Sequence[str] | None], Any]:
+    """make_scorer(note_ids or None for all): a Scorer (token rule ``rule``) over the tagged table's gold and texts
+    (published optimize.py: every row's ``gold_offsets`` and ``raw_text``, the split file's ids with a ``.json``
+    suffix stripped, whichever scorer)."""
     from utils.meddec.corpus import read_stats
     from utils.meddec.tables import tagged_gold
     from utils.metric import Scorer, read_official_split
@@ -126,7 +129,7 @@ def csv_scorer_factory(gold_csv: str, split_file: str | None, stats_csv: str | N
     def make_scorer(note_ids: Sequence[str] | None) -> Any:
         wanted = gold if note_ids is None else {i: gold[i] for i in note_ids if i in gold}
         ids = split_ids if note_ids is None else set(note_ids)
-        return Scorer(wanted, texts, stats, split_ids=ids)
+        return Scorer(wanted, texts, stats, split_ids=ids, rule=rule)
 
     return make_scorer
 
@@ -139,10 +142,11 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
     models, scorer, ids = load_inputs(args)
     apply_models = [read_model_predictions(path) for path in args.apply] if args.apply else None
     objective = "final" if args.stats_csv else "base"
-    print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score")
+    print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score "
+          f"(scorer: {scorer.rule})")
     prepared = prepare_predictions(models, ids)
     evaluate = make_objective(prepared, scorer)
-    fingerprint = {"objective": objective, **inputs_fingerprint(args, ids)}
+    fingerprint = {"objective": objective, "scorer": scorer.rule, **inputs_fingerprint(args, ids)}
     run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, progress, fingerprint)
     study, best = run.study, run.best_thresholds
     report: dict[str, Any] = {
@@ -150,6 +154,7 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
         "best_value": study.best_value,
         "best_trial": study.best_trial.number,
         "objective": objective,
+        "scorer": {"name": scorer.rule, "reference": scorer.reference},
         "default_thresholds": Thresholds().as_dict(),
         "default_value": default_trial_value(study, args.per_category),
         "per_category": args.per_category,
@@ -167,8 +172,9 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
         report["default_value"] = evaluate(Thresholds())
     if args.cv:
         with tempfile.TemporaryDirectory(prefix="lamar_cv_") as workdir:
-            make_scorer = (csv_scorer_factory(args.gold_csv, args.split_file, args.stats_csv) if gold_from_csv(args)
-                           else scorer_factory(args.gold_dir, args.raw_text_dir, args.stats_csv, workdir))
+            make_scorer = (csv_scorer_factory(args.gold_csv, args.split_file, args.stats_csv, args.scorer)
+                           if gold_from_csv(args)
+                           else scorer_factory(args.gold_dir, args.raw_text_dir, args.stats_csv, workdir, args.scorer))
             report["cv"] = cross_validate(prepared, make_scorer, args.cv, args.cv_trials or args.n_trials, args.seed,
                                           args.per_category, progress)
         report["cv"]["in_sample_score"] = study.best_value
@@ -187,6 +193,7 @@ def format_report(report: dict[str, Any]) -> str:
     """A short honest summary: best vs defaults in sample, and the cross-validated view when asked."""
     lines = [
         f"trials: {report['n_trials']} ({report['n_trials_this_run']} this run, {report['seconds_this_run']} s)",
+        f"scorer: {report['scorer']['name']} ({report['scorer']['reference']})",
         f"defaults {report['objective']} score: {report['default_value']:.6f}",
         f"best {report['objective']} score (in sample, trial {report['best_trial']}): {report['best_value']:.6f}",
         "best thresholds: " + ", ".join(

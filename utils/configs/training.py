@@ -14,6 +14,7 @@ from typing import Any
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from utils.configs import BASE_MODEL, RELEASED_MODEL_1, TAGGED_DIR
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 from utils.training.data import LOSS_MASKS
 from utils.training.backend import DEFAULT_DFT_BACKEND, DEFAULT_DFT_ROUTE, DFT_BACKENDS, DFT_ROUTES
 from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, resolve_optim
@@ -176,6 +177,9 @@ class GRPOScriptArguments:
         "help": "auto: vLLM when a GPU and vLLM are present; true / false to force.", "choices": list(USE_VLLM_MODES)})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={
+        "help": "Scorer of the 'official' reward (not published; only used when --rewards names it). "
+                + SCORER_HELP, "choices": list(SCORERS)})
 
 
 @dataclass
