@@ -37,6 +37,10 @@ def run_command(command: str, args: Any) -> None:
         print(f"{result['val_notes']} validation notes; Spearman rho(entropy, per-note base) = {result['spearman_rho']}")
         for b in result["bins"]:
             print(f"  entropy {b['entropy_from']:.4f}-{b['entropy_to']:.4f}: {b['notes']} notes, base {b['base']:.4f}")
+        for q in result["val_quantiles"]:
+            if q["kept"]:
+                print(f"  val quantile {q['quantile']:g}: threshold {q['threshold']:.4f}, keeps {q['kept']} notes, mean span "
+                      f"F1 {q['mean_span_f1']:.4f}, token F1 {q['mean_token_f1']:.4f}, base {q['base']:.4f}")
         for p in result["pool"]:
             print(f"  pool quantile {p['quantile']:g}: threshold {p['threshold']:.4f}, keeps {p['kept']}/{p['pool']}")
         print(f"wrote {args.report}" + (f" and {args.plot}" if args.plot else ""))

@@ -53,3 +53,4 @@ DEFAULT_DFT_BACKEND = "unsloth"  # published
 # cross-entropy through Unsloth's full-logits path (the published artefact, memory-hungry).
 DFT_ROUTES = ("fused", "kernel")
 DEFAULT_DFT_ROUTE = "fused"
+LOSS_MASKS = ("response", "answer")  # DFT: after the assistant header (published) or the answer only (utils.training.data)

@@ -20,6 +20,7 @@ from utils.configs import (
     DFT_BACKENDS,
     DFT_ROUTES,
     LANGUAGE_MODEL_PROJECTIONS,
+    LOSS_MASKS,
     RELEASED_MODEL_1,
     TAGGED_DIR,
 )
@@ -101,6 +102,11 @@ class DFTScriptArguments:
     guard_rel_tol: float = field(default=1e-2, metadata={"help": "Relative tolerance of the guard's comparisons."})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+    loss_mask: str = field(default="response", metadata={
+        "help": "Tokens the loss is computed on: response (published, Unsloth's train_on_responses_only after "
+                "'<|im_start|>assistant\\n': the empty think block, the tagged note and the end of turn) or answer "
+                "(TRL's completion after the generation prompt: the think block is prompt).",
+        "choices": list(LOSS_MASKS)})
 
 
 @dataclass
@@ -124,9 +130,13 @@ class DFTConfig(SFTConfig):
         "help": "Recompute activations in the backward pass (saves memory on 24k-token sequences)."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on where the GPU supports it)."})
     logging_steps: float = field(default=1, metadata={"help": "Log the loss every N optimiser steps."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints (every --save_steps)."})
-    save_steps: float = field(default=20, metadata={"help": "Save a checkpoint every N optimiser steps."})
-    save_total_limit: int | None = field(default=3, metadata={"help": "Keep only the newest N checkpoints."})
+    save_strategy: str = field(default="epoch", metadata={
+        "help": "When to checkpoint (published: epoch, every checkpoint kept; --save_strategy steps --save_steps 20 "
+                "--save_total_limit 3 bounds what a killed 24k-token run loses)."})
+    save_steps: float = field(default=20, metadata={"help": "Checkpoint every N optimiser steps (read only with "
+                                                            "--save_strategy steps)."})
+    save_total_limit: int | None = field(default=None, metadata={
+        "help": "Keep only the newest N checkpoints (published: none, every checkpoint kept)."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={
         "help": "Where logs go (tensorboard, wandb, none, ...)."})
     packing: bool = field(default=False, metadata={
@@ -223,8 +233,15 @@ class LamarGRPOConfig(GRPOConfig):
     max_completion_length: int | None = field(default=14547, metadata={"help": "Token budget of a completion."})
     optim: str = field(default="adamw_8bit", metadata={
         "help": "Optimizer (adamw_8bit falls back to adamw_torch on CPU)."})
-    seed: int = field(default=42, metadata={
-        "help": "Random seed (published: TRL's default 42, the published script set none; Model 1 used 3407)."})
+    # The published script set no seed or weight decay: the GRPOConfig it imported after `from unsloth import ...` is
+    # Unsloth's compiled UnslothGRPOConfig, whose signature defaults are seed 3407 and weight_decay 0.01 in unsloth
+    # 2026.4.3 (the published era; unsloth/models/rl.py `replacements`) and 3407 / 0.001 in the pinned 2026.10.9.
+    seed: int = field(default=3407, metadata={
+        "help": "Random seed (published: 3407, the default of Unsloth's patched GRPOConfig; the published script set "
+                "none; TRL's own default is 42)."})
+    weight_decay: float = field(default=0.01, metadata={
+        "help": "AdamW weight decay (published: 0.01, the default of the published-era Unsloth 2026.4.3's patched "
+                "GRPOConfig; the pinned Unsloth 2026.10.9 defaults to 0.001, TRL to 0.0)."})
     save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints (every --save_steps)."})
     save_steps: float = field(default=10, metadata={"help": "Save a checkpoint every N optimiser steps."})
     logging_steps: float = field(default=1, metadata={"help": "Log losses and rewards every N optimiser steps."})
