@@ -154,11 +154,11 @@ def test_published_precision_attention_and_padding_resolve_per_device():
 
 
 @pytest.mark.slow
-def test_left_padding_is_the_default_and_changes_the_shorter_notes(model_path, encoder):
+def test_left_padding_is_the_default_and_changes_the_shorter_notes(minilm_model_path, encoder):
     """Position ids are not shifted for left padding, so a padded note's embedding moves; an unpadded one does not."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        right = load_sentence_encoder(model_path, device="cpu", max_seq_length=64, batch_size=4, padding_side="right")
+        right = load_sentence_encoder(minilm_model_path, device="cpu", max_seq_length=64, batch_size=4, padding_side="right")
     texts = ["Start aspirin 81 mg daily and follow up with cardiology in two weeks.", "Stop warfarin."]
     left_vectors, right_vectors = encoder(texts), right(texts)
     np.testing.assert_allclose(left_vectors[0], right_vectors[0], atol=1e-5)  # the longest note has no padding
