@@ -113,22 +113,22 @@ def engine(tiny, hf):
                                 dtype="bfloat16", seed=0, extra={"enforce_eager": True}, copy_constraint=True,
                                 copy_runner=runner)
     start = time.perf_counter()
-    guards = CopyGuards(allow_unclosed=True, text_mass=True)
-    generator = VllmGenerator(kwargs, None, 0.0, True, 0, copy_guards=guards)
-    return {"generator": generator, "runner": runner, "seconds": time.perf_counter() - start, "guards": guards}
+    generator = VllmGenerator(kwargs, None, 0.0, True, 0, copy_guards=CopyGuards())  # each run passes its own guards
+    return {"generator": generator, "runner": runner, "seconds": time.perf_counter() - start}
 
 
 def _vllm_run(tiny, engine, name: str, adapter: str | None = None, rename: bool = True, **flags) -> dict:
     """scripts/inference.py's run() on the shared engine (the generator the CLI would build, minus the start)."""
     from utils.generation.backends import VllmGenerator
+    from utils.generation.runner import copy_guards
 
     shared = engine["generator"]
     served = None
     if adapter is not None:
         served = L.adapter_for_vllm(str(tiny[adapter]), str(tiny["model"]), tiny["root"] / f"vllm_{name}") if rename \
             else str(tiny[adapter])
-    generator = VllmGenerator.sharing(shared, adapter=served, copy=bool(flags.get("copy_constraint")))
     args = _args(tiny, f"vllm_{name}", "vllm", **flags)
+    generator = VllmGenerator.sharing(shared, adapter=served, copy_guards=copy_guards(args))
     if adapter is not None:
         args = replace(args, adapter=str(tiny[adapter]))
     run(args, lambda: (generator, generator.tokenizer), progress=False)
@@ -258,8 +258,11 @@ def test_model_runner_v2_refusal_reaches_the_user_in_vllms_words(tiny, engine, m
 
     if vllm_has_triton():
         pytest.skip("vLLM has Triton here: Model Runner V2 runs (the copy test above ran on it)")
+    import vllm.envs
+
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
-    args = replace(_args(tiny, "v2_refused", "vllm", **COPY_FLAGS))
+    vllm.envs.disable_envs_cache()  # the running engine froze vLLM's view of the environment: read it afresh
+    args = _args(tiny, "v2_refused", "vllm", **COPY_FLAGS)
     with pytest.raises(InputError) as caught:
         run(args, progress=False)
     assert str(caught.value) == "--backend: vllm: vLLM could not start the engine: Model Runner V2 requires Triton."

@@ -312,19 +312,22 @@ class VllmGenerator:
         self.seed = seed
 
     @classmethod
-    def sharing(cls, other: "VllmGenerator", adapter: str | None = None, copy: bool = False) -> "VllmGenerator":
+    def sharing(cls, other: "VllmGenerator", adapter: str | None = None,
+                copy_guards: "CopyGuards | None" = None) -> "VllmGenerator":
         """A generator on ``other``'s running engine with another adapter (the engine must have LoRA enabled) and,
-        with ``copy``, ``other``'s copy constraint (else unconstrained: the processor leaves requests without a note
-        alone). One engine start instead of one per adapter (the vLLM test tier)."""
-        if copy and other.copy_vocabulary is None:
-            raise ValueError("copy=True needs an engine started with the copy constraint")
+        with ``copy_guards``, copy-constrained under those guards (the engine must have been started with the
+        constraint; without guards the processor leaves the requests alone). One engine start instead of one per
+        adapter (the vLLM test tier)."""
+        if copy_guards is not None and other.copy_vocabulary is None:
+            raise ValueError("copy_guards need an engine started with the copy constraint")
         generator = cls.__new__(cls)
         generator.__dict__.update(other.__dict__)
         generator.adapter = adapter
         cls._lora_ids = getattr(cls, "_lora_ids", 1) + 1
         generator.lora_id = cls._lora_ids
-        if not copy:
-            generator.copy_vocabulary = generator.copy_guards = None
+        generator.copy_guards = copy_guards
+        if copy_guards is None:
+            generator.copy_vocabulary = None
         return generator
 
     def prompt_length(self, prompt: str) -> int:
