@@ -183,7 +183,7 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
         prompt_tokens, source = longest_prompt(script, records, tokenizer, config)
         config.vllm_max_model_length = vllm_context_length(prompt_tokens, config, source)
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn
-    funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards)
+    funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards, script.scorer)
     return LamarGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=to_dataset(records),
                             processing_class=tokenizer, peft_config=peft_config(model_args))
 
