@@ -32,6 +32,7 @@ from ensemble.tuning import cross_validate, default_trial_value, make_objective,
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import OptimizeArguments
 from utils.fileio import InputError, check_output_path, file_sha256, write_json_atomic
+from utils.fingerprint import punkt_fingerprint
 from utils.meddec.predictions import Predictions, write_predictions
 
 
@@ -109,7 +110,8 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
           f"(scorer: {scorer.rule})")
     prepared = prepare_predictions(models, ids)
     evaluate = make_objective(prepared, scorer)
-    fingerprint = {"objective": objective, "scorer": scorer.rule, **inputs_fingerprint(args, ids)}
+    fingerprint = {"objective": objective, "scorer": scorer.rule, **inputs_fingerprint(args, ids),
+                   **punkt_fingerprint()}
     run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, progress, fingerprint)
     study, best = run.study, run.best_thresholds
     report: dict[str, Any] = {

@@ -42,7 +42,9 @@ def read_official_text(path: str | os.PathLike[str]) -> str:
 
 
 def raw_text_path(raw_text_dir: str | os.PathLike[str], note_id: str) -> Path:
-    return Path(raw_text_dir) / f"{note_id}.txt"
+    from utils.guards import note_text_path
+
+    return note_text_path(raw_text_dir, note_id)
 
 
 def load_official_texts(raw_text_dir: str | os.PathLike[str], note_ids: Iterable[str]) -> dict[str, str]:
@@ -70,6 +72,8 @@ def read_official_split(path: str | os.PathLike[str], rule: str = DEFAULT_SCORER
             return {official_split_id(line, rule) for line in handle}
     except FileNotFoundError:
         raise InputError(path, "", "split file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise InputError(path, "", "expected a split file: UTF-8 text with one note id per line") from None
 
 
 def official_gold_id(raw_id: str, rule: str = DEFAULT_SCORER) -> str:

@@ -40,7 +40,8 @@ from utils.training.dft import (
     TokenSums, check_kernel_ran, check_loss_in_effect, expected_step_losses, token_sums,
 )
 from utils.training.models import cuda_available, load_causal_lm, peft_config, resolve_dtype
-from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
+from utils.training.finite import FiniteTrainingCallback
+from utils.training.runs import claim_output_dir, output_dir_lock, resolve_resume, run_fingerprint, save_run_config
 from utils.training.trl_cpu import install_cpu_fused_head
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,14 @@ def build_trainer(script: DFTScriptArguments, model_args: DFTModelConfig, config
 def train(script: DFTScriptArguments, model_args: DFTModelConfig, config: DFTConfig) -> SFTTrainer:
     """Train (resuming if a checkpoint exists), then save adapter, tokenizer and the resolved run config."""
     trainer = build_trainer(script, model_args, config)
+    trainer.add_callback(FiniteTrainingCallback(config.output_dir))
+    with output_dir_lock(config.output_dir, main_process=config.process_index == 0):
+        return _train_claimed(trainer, script, model_args, config)
+
+
+def _train_claimed(trainer: SFTTrainer, script: DFTScriptArguments, model_args: DFTModelConfig,
+                   config: DFTConfig) -> SFTTrainer:
+    """The run itself, with ``--output_dir`` locked: record its inputs, resume, train, save."""
     run_settings = {"script": {k: getattr(script, k) for k in ("backend", "loss", "dft_route", "max_train_samples")},
                     "model": model_args}
     with config.main_process_first(local=config.save_on_each_node, desc="claiming the output folder"):
