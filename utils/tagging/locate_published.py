@@ -199,9 +199,13 @@ def _search_suffix(text: str, note: str) -> tuple[int, int] | None:
 class FuzzyWindows:
     """The published sliding-window search of one span text in one note, scored with difflib.
 
-    Exactly the published windows and scores. A window is skipped only when it cannot beat the best so far:
-    difflib's matching blocks form a common subsequence, so its ratio is at most 2 * (longest common subsequence,
-    rapidfuzz's ``LCSseq``) / (total length); the best window and its score are those of scoring every window.
+    Exactly the published result: scanning the windows in order and keeping one only when it scores strictly
+    more than the best so far picks the FIRST window (in scan order) with the highest score. Here every window
+    gets an upper bound first: difflib's matching blocks form a common subsequence, so its ratio is at most
+    2 * (longest common subsequence, rapidfuzz's ``LCSseq``) / (total length). Windows are scored in order of
+    decreasing bound until no remaining bound can reach the best score, and ties go to the earlier window; the
+    best window and its score are those of scoring every window (tests/test_locate_published.py checks this
+    against the plain scan).
     """
 
     def __init__(self, text: str, note: str) -> None:
@@ -210,25 +214,33 @@ class FuzzyWindows:
         self.widths = (len(text), max(int(len(text) * 0.8), 1), min(int(len(text) * 1.2), len(note)))
         self.matcher = SequenceMatcher(None)
         self.matcher.set_seq1(text)
+        self.scores: dict[tuple[int, int], float] = {}
         self.best = 0.0
         self.window: tuple[int, int] | None = None
         self._scan(lambda width: range(0, len(note) - width + 1, self.step))
         self.coarse_best, self.coarse_window = self.best, self.window
         self.refined = False
 
+    def _score(self, window: tuple[int, int]) -> float:
+        if window not in self.scores:
+            self.matcher.set_seq2(self.note[window[0] : window[1]])
+            self.scores[window] = self.matcher.ratio()
+        return self.scores[window]
+
     def _scan(self, starts_for) -> None:  # noqa: ANN001 - width -> iterable of starts
+        """Update (best, window) as scanning these windows in order, replacing on a strictly higher score, would."""
+        windows = [(start, start + width) for width in self.widths if width <= len(self.note) for start in starts_for(width)]
         total = len(self.text)
-        for width in self.widths:
-            if width > len(self.note):
-                continue
-            for start in starts_for(width):
-                window = self.note[start : start + width]
-                if 2.0 * LCSseq.similarity(self.text, window) / (total + width) <= self.best:
-                    continue
-                self.matcher.set_seq2(window)
-                score = self.matcher.ratio()
-                if score > self.best:
-                    self.best, self.window = score, (start, start + width)
+        bounds = [2.0 * LCSseq.similarity(self.text, self.note[a:b]) / (total + b - a) for a, b in windows]
+        found: int | None = None  # index of the best window among these, None while the incumbent stands
+        for k in sorted(range(len(windows)), key=lambda k: -bounds[k]):
+            if bounds[k] < self.best or (bounds[k] == self.best and found is None):
+                break
+            score = self._score(windows[k])
+            if score > self.best or (score == self.best and found is not None and k < found):
+                self.best, found = score, k
+        if found is not None:
+            self.window = windows[found]
 
     def refine(self) -> None:
         """Try every start within one step before the coarse best (once)."""
