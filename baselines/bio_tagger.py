@@ -381,7 +381,7 @@ def score_predictions(args: BaselineArguments, predictions: dict[str, list[Span]
     from utils.metric import Scorer
 
     scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                               stats_csv=args.stats_csv, extra_ids=list(predictions))
+                               stats_csv=args.stats_csv, extra_ids=list(predictions), rule=args.scorer)
     return scorer.score(predictions)
 
 
@@ -406,5 +406,5 @@ def run(args: BaselineArguments, training: BaselineTrainingArguments, progress: 
         if args.gold_dir:
             report = score_predictions(args, predictions)
             print(f"{out}: span F1 {report.span.f1:.4f}, token F1 {report.token_f1:.4f}, base {report.base:.4f}"
-                  + (f", final {report.final:.4f}" if report.final is not None else ""))
+                  + (f", final {report.final:.4f}" if report.final is not None else "") + f" ({report.scorer} scorer)")
     return written

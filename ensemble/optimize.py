@@ -32,6 +32,7 @@ from ensemble.tuning import cross_validate, default_trial_value, make_objective,
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import OptimizeArguments
 from utils.fileio import InputError, check_output_path, file_sha256, write_json_atomic
+from utils.fingerprint import punkt_fingerprint
 from utils.meddec.predictions import Predictions, write_predictions
 
 
@@ -87,8 +88,8 @@ def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[s
     require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     models = [read_model_predictions(path) for path in args.predictions]
     scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                               stats_csv=args.stats_csv)
-    wanted = set(read_official_split(args.split_file)) if args.split_file else set(scorer.gold_ids)
+                               stats_csv=args.stats_csv, rule=args.scorer)
+    wanted = set(read_official_split(args.split_file, args.scorer)) if args.split_file else set(scorer.gold_ids)
     ids = [i for i in note_ids_of(models) if i in wanted]
     if not ids:
         raise InputError(args.predictions[0], "", "no predicted note is in the gold/split set: check --split_file")
@@ -105,10 +106,12 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
     models, scorer, ids = load_inputs(args)
     apply_models = [read_model_predictions(path) for path in args.apply] if args.apply else None
     objective = "final" if args.stats_csv else "base"
-    print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score")
+    print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score "
+          f"(scorer: {scorer.rule})")
     prepared = prepare_predictions(models, ids)
     evaluate = make_objective(prepared, scorer)
-    fingerprint = {"objective": objective, **inputs_fingerprint(args, ids)}
+    fingerprint = {"objective": objective, "scorer": scorer.rule, **inputs_fingerprint(args, ids),
+                   **punkt_fingerprint()}
     run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, progress, fingerprint)
     study, best = run.study, run.best_thresholds
     report: dict[str, Any] = {
@@ -116,6 +119,7 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
         "best_value": study.best_value,
         "best_trial": study.best_trial.number,
         "objective": objective,
+        "scorer": {"name": scorer.rule, "reference": scorer.reference},
         "default_thresholds": Thresholds().as_dict(),
         "default_value": default_trial_value(study, args.per_category),
         "per_category": args.per_category,
@@ -132,7 +136,7 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
         report["default_value"] = evaluate(Thresholds())
     if args.cv:
         with tempfile.TemporaryDirectory(prefix="lamar_cv_") as workdir:
-            make_scorer = scorer_factory(args.gold_dir, args.raw_text_dir, args.stats_csv, workdir)
+            make_scorer = scorer_factory(args.gold_dir, args.raw_text_dir, args.stats_csv, workdir, args.scorer)
             report["cv"] = cross_validate(prepared, make_scorer, args.cv, args.cv_trials or args.n_trials, args.seed,
                                           args.per_category, progress)
         report["cv"]["in_sample_score"] = study.best_value
@@ -151,6 +155,7 @@ def format_report(report: dict[str, Any]) -> str:
     """A short honest summary: best vs defaults in sample, and the cross-validated view when asked."""
     lines = [
         f"trials: {report['n_trials']} ({report['n_trials_this_run']} this run, {report['seconds_this_run']} s)",
+        f"scorer: {report['scorer']['name']} ({report['scorer']['reference']})",
         f"defaults {report['objective']} score: {report['default_value']:.6f}",
         f"best {report['objective']} score (in sample, trial {report['best_trial']}): {report['best_value']:.6f}",
         "best thresholds: " + ", ".join(

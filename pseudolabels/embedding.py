@@ -5,10 +5,11 @@ product is the cosine similarity). Both sides are documents, so no query instruc
 (``--prompt_name`` picks one of the model's saved prompts if wanted).
 
 Embeddings are cached in shards: ``<out>/shard_00000.npy`` (float32, one row per note) and
-``shard_00000.ids.txt`` (the note ids, one per line, written last = the shard is complete), plus
-``meta.json`` (model, shard size). A killed run resumes at the first missing shard; a shard whose ids no
-longer match the input, or a cache made with another model or shard size, is an input error (use a new
-output folder). Memory: the pool CSV is streamed one shard at a time.
+``shard_00000.texts.sha256`` (the sha256 of each note's text) and ``shard_00000.ids.txt`` (the note ids, one per
+line, written last = the shard is complete), plus ``meta.json`` (model, its content fingerprint, dtype, truncation,
+shard size). A killed run resumes at the first missing shard and re-embeds a shard whose vector file is cut
+short; a shard whose ids or note texts no longer match the input, or a cache made with another model (by
+content) or settings, is an input error (use a new output folder). Memory: the pool CSV is streamed one shard at a time.
 
 Several devices (``--devices cuda:0 cuda:1 ...``): each shard is split into chunks that sentence-transformers'
 multi-process pool encodes on all devices at once and returns in input order (``SentenceTransformer.
@@ -42,6 +43,9 @@ import numpy as np
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import EmbeddingArguments
 from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic
+from utils.fingerprint import (
+    check_shard_texts, path_fingerprint, read_shard_digests, vectors_complete, write_shard_digests,
+)
 from utils.meddec.corpus import read_raw_text, read_split
 from utils.meddec.tables import iter_notes_table
 from utils.training.models import check_model_reference, loading_error
@@ -96,22 +100,24 @@ def prepare_cache(out_dir: str | Path, meta: dict[str, Any]) -> Path:
     return out_dir
 
 
-def _save_shard(out_dir: Path, index: int, ids: list[str], vectors: np.ndarray) -> None:
-    """Vectors first, ids last: an ids file marks a complete shard."""
+def _save_shard(out_dir: Path, index: int, ids: list[str], vectors: np.ndarray, texts: list[str]) -> None:
+    """Vectors first, then the texts' digests, ids last: an ids file marks a complete shard."""
     npy_path, ids_path = _shard_paths(out_dir, index)
     with atomic_open(npy_path, "wb") as handle:
         np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32))
+    write_shard_digests(ids_path, texts)
     write_text_atomic(ids_path, "".join(f"{i}\n" for i in ids))
 
 
-def _shard_is_done(out_dir: Path, index: int, ids: list[str]) -> bool:
+def _shard_is_done(out_dir: Path, index: int, ids: list[str], texts: list[str]) -> bool:
     npy_path, ids_path = _shard_paths(out_dir, index)
     if not (ids_path.is_file() and npy_path.is_file()):
         return False
     cached = _read_ids(ids_path)
     if cached != ids:
         raise InputError(ids_path, "", "cached shard holds other note ids than the input; use a new output folder")
-    return True
+    check_shard_texts(ids_path, ids, texts)
+    return vectors_complete(npy_path, len(ids))  # a vector file cut short is embedded again
 
 
 def embed_batches(
@@ -123,12 +129,12 @@ def embed_batches(
     out_dir = Path(out_dir)
     computed = 0
     for index, (ids, texts) in enumerate(tqdm(batches, total=total, desc=f"embed {out_dir.name}", disable=not progress)):
-        if _shard_is_done(out_dir, index, ids):
+        if _shard_is_done(out_dir, index, ids, texts):
             continue
         vectors = np.asarray(encode(texts), dtype=np.float32)
         if vectors.shape[0] != len(ids):
             raise RuntimeError(f"encoder returned {vectors.shape[0]} vectors for {len(ids)} texts")
-        _save_shard(out_dir, index, ids, vectors)
+        _save_shard(out_dir, index, ids, vectors, texts)
         computed += 1
     return computed
 
@@ -146,6 +152,9 @@ def load_embeddings(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
         if not ids_path.is_file():
             break
         shard_ids = _read_ids(ids_path)
+        read_shard_digests(ids_path, len(shard_ids))
+        if not vectors_complete(npy_path, len(shard_ids)):
+            raise InputError(npy_path, "", "vector file incomplete or damaged; resume pseudolabels/embedding.py")
         vectors = np.load(npy_path)
         if vectors.shape[0] != len(shard_ids):
             raise InputError(npy_path, "", f"{vectors.shape[0]} vectors for {len(shard_ids)} ids; re-embed")
@@ -288,7 +297,8 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
 
 
 def _embed_sources(args: EmbeddingArguments, encode: EncodeFn, progress: bool) -> dict[str, int]:
-    meta = {"model": args.model, "shard_size": args.shard_size, "normalized": True, "prompt_name": args.prompt_name}
+    meta = {"model": args.model, "shard_size": args.shard_size, "normalized": True, "prompt_name": args.prompt_name,
+            **encoder_content(args)}
     done: dict[str, int] = {}
     if "meddec" in args.sources:
         ids = meddec_ids(args.meddec_splits)  # validates the split files before any model is loaded
@@ -304,6 +314,12 @@ def _embed_sources(args: EmbeddingArguments, encode: EncodeFn, progress: bool) -
         out = prepare_cache(args.pool_out, meta)
         done["pool"] = embed_batches(_prepend(first, batches), out, encode, progress=progress)
     return done
+
+
+def encoder_content(args: EmbeddingArguments) -> dict[str, Any]:
+    """What else determines the vectors: the model by content (a folder replaced at the same path is another
+    model), its dtype and its truncation length."""
+    return {"model_content": path_fingerprint(args.model), "dtype": args.dtype, "max_seq_length": args.max_seq_length}
 
 
 def _prepend(first: Batch | None, rest: Iterator[Batch]) -> Iterator[Batch]:

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import DemoArguments
 from utils.fileio import write_json_atomic, write_text_atomic
+from utils.metric.rules import DEFAULT_SCORER
 from utils.paths import REPO_ROOT
 
 DISCLAIMER = (
@@ -469,14 +470,16 @@ def run_demo(args: DemoArguments) -> list[dict[str, object]]:
     table = format_table(rows)
     checks = stage_checks(work)
     wall = round(time.perf_counter() - started, 1)
-    write_json_atomic(work / "results.json", {"profile": asdict(profile), "results": rows, "stages": checks,
-                                              "step_seconds": pipeline.timings, "wall_seconds": wall})
+    write_json_atomic(work / "results.json", {"profile": asdict(profile), "scorer": DEFAULT_SCORER, "results": rows,
+                                              "stages": checks, "step_seconds": pipeline.timings,
+                                              "wall_seconds": wall})
     comparison = comparison_sentences(work)
     stages = stage_sentences(checks, work)
     write_text_atomic(work / "results.md",
-                      f"{DISCLAIMER}\n\nTest split of the synthetic corpus:\n\n{table}\n{stages}{comparison}")
-    print(f"\nTest split of the synthetic corpus (profile {args.profile}, {wall} s this run):\n{table}\n{stages}"
-          f"{comparison}\n{DISCLAIMER}")
+                      f"{DISCLAIMER}\n\nTest split of the synthetic corpus ({DEFAULT_SCORER} scorer):\n\n{table}\n"
+                      f"{stages}{comparison}")
+    print(f"\nTest split of the synthetic corpus (profile {args.profile}, {DEFAULT_SCORER} scorer, {wall} s this run):"
+          f"\n{table}\n{stages}{comparison}\n{DISCLAIMER}")
     return rows
 
 

@@ -99,7 +99,8 @@ def test_a_killed_run_resumes_to_the_same_embeddings(tmp_path, encoder, pool_csv
     with pytest.raises(KeyboardInterrupt):
         embed_batches(iter_notes_table(pool_csv, 2), out, dies_on_third_shard, progress=False)
     assert sorted(p.name for p in out.glob("shard_*")) == [
-        "shard_00000.ids.txt", "shard_00000.npy", "shard_00001.ids.txt", "shard_00001.npy"
+        "shard_00000.ids.txt", "shard_00000.npy", "shard_00000.texts.sha256",
+        "shard_00001.ids.txt", "shard_00001.npy", "shard_00001.texts.sha256",
     ]
     encoded: list[int] = []
 

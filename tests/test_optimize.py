@@ -243,6 +243,26 @@ def test_a_study_refuses_other_predictions(corpus, tmp_path, capsys):
     assert "(seed differ)" in capsys.readouterr().err
 
 
+def test_the_objective_is_the_chosen_scorer_and_a_study_keeps_its_scorer(corpus, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--n_trials", "2")]) == 0
+    report = json.loads((tmp_path / "best.json").read_text())
+    assert report["scorer"]["name"] == "published"  # the default
+    assert report["default_value"] == corpus["evaluate"](Thresholds())
+    assert "scorer: published (github.com/biodatlab/medexact-lamar" in capsys.readouterr().out
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--n_trials", "3",
+                                                                     "--scorer", "meddec")]) == 2
+    assert "(scorer differ)" in capsys.readouterr().err
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, "none", "--n_trials", "1",
+                                                                     "--scorer", "meddec")]) == 0
+    report = json.loads((tmp_path / "best.json").read_text())
+    scorer = Scorer.from_files(gold_dir=corpus["root"] / "data", raw_text_dir=corpus["root"] / "raw_text",
+                               split_file=corpus["root"] / "splits" / "val.txt",
+                               stats_csv=corpus["root"] / "stats.csv", rule="meddec")
+    assert report["scorer"]["name"] == "meddec"
+    assert report["default_value"] == scorer.final_score(merge_predictions(corpus["models"], Thresholds()))
+
+
 def test_a_second_tuner_on_one_study_stops_at_once(corpus, tmp_path):
     from ensemble.storage import StudyLock
 

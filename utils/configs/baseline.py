@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from utils.configs import BASELINE_MODEL, MEDDEC, TAGGED_DIR
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 
 WINDOW = 512
 OVERLAP_RULES = ("later_wins", "first_wins")
@@ -24,6 +25,7 @@ class BaselineArguments:
     raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ (for scoring)."})
     split_file: str | None = field(default=None, metadata={"help": "Split file restricting the scored notes."})
     stats_csv: str | None = field(default=None, metadata={"help": "stats.csv (adds worst/final to the score)."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={"help": SCORER_HELP, "choices": list(SCORERS)})
     eval_csv: str | None = field(default=str(TAGGED_DIR / "val.csv"), metadata={
         "help": "gt_to_tag CSV scored every --eval_steps with the published span F1 (exact token spans, micro); the "
                 "best checkpoint is kept and loaded at the end, as published. '' trains without selection (last "
@@ -31,7 +33,7 @@ class BaselineArguments:
     overlap_rule: str = field(default="later_wins", metadata={
         "help": "Labels of overlapping gold spans. later_wins (published): spans in (start, end) order, a later span "
                 "relabels the tokens it shares with an earlier one unless it would cover an earlier span's B token; "
-                "first_wins: a token keeps the first gold span overlapping it (the official token score's rule).",
+                "first_wins: a token keeps the first gold span overlapping it (the meddec scorer's token rule).",
         "choices": list(OVERLAP_RULES)})
     orphan_inside: str = field(default="ignore", metadata={
         "help": "Decoding of an I- label that continues no span of its category. ignore (published): it starts a span "

@@ -12,6 +12,7 @@ from utils.configs import (
     EMBEDDING_MODEL, MEDDEC, MIXED_TRAIN_CSV, OPTUNA_STORAGE, OPTUNA_STUDY, RELEASED_MODEL_1, TAGGED_DIR, WORK_DIR,
     split_files,
 )
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 from utils.tagging.locate import DEFAULT_LOCATOR, LOCATORS
 from utils.training.models import MODEL_CLASSES
 
@@ -256,6 +257,7 @@ class EvaluateArguments:
     stats_csv: str | None = field(default=None, metadata={"help": "Optional: path to stats.csv for shared-task final scoring"})
     split_file: str | None = field(default=None, metadata={"help": "Optional: path to split file (e.g. splits/val.txt)"})
     output: str | None = field(default=None, metadata={"help": "Optional: output file for results (JSON)"})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={"help": SCORER_HELP, "choices": list(SCORERS)})
 
 
 @dataclass
@@ -299,6 +301,7 @@ class OptimizeArguments:
         "help": "Note ids to tune on (e.g. splits/val.txt); default: all gold notes."})
     stats_csv: str | None = field(default=None, metadata={
         "help": "stats.csv: objective = final score; without it the base score."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={"help": SCORER_HELP, "choices": list(SCORERS)})
     n_trials: int = field(default=5000, metadata={"help": "Total finished trials the study should hold."})
     storage: str = field(default=OPTUNA_STORAGE, metadata={
         "help": "Optuna storage URL, resumable; 'none' for in memory only."})

@@ -14,6 +14,7 @@ from typing import Any
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from utils.configs import BASE_MODEL, RELEASED_MODEL_1, TAGGED_DIR
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 from utils.training.backend import DEFAULT_DFT_BACKEND, DEFAULT_DFT_ROUTE, DFT_BACKENDS, DFT_ROUTES
 from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, resolve_optim
 
@@ -121,6 +122,19 @@ class DFTConfig(SFTConfig):
     completion_only_loss: bool | None = True
     assistant_only_loss: bool = False
     loss_type: str = field(default="dft", metadata={"help": "Set by --loss; do not set directly."})
+    # The defaults Unsloth's UnslothSFTConfig.__init__ gives (unsloth/models/rl.py `replacements`, 2026.10.9) that the
+    # published run kept (it passed neither): this dataclass has its own __init__, so that one never runs.
+    # utils.training.sft.UNSLOTH_CONFIG_INIT lists them all; tests/test_train_dft.py checks them against the wheel.
+    logging_nan_inf_filter: bool = field(default=False, metadata={
+        "help": "Log nan/inf losses as they are (published: Unsloth's default False)."})
+    torch_empty_cache_steps: int | None = field(default=250, metadata={
+        "help": "Empty the CUDA cache every N steps (published: Unsloth's default 250)."})
+    per_device_eval_batch_size: int = field(default=4, metadata={
+        "help": "Evaluation batch size (published: Unsloth's default 4; the run does not evaluate)."})
+    eval_accumulation_steps: int | None = field(default=2, metadata={
+        "help": "Evaluation accumulation steps (published: Unsloth's default 2; the run does not evaluate)."})
+    padding_free: bool | None = field(default=None, metadata={
+        "help": "None (published, Unsloth's default): Unsloth's trainer chooses; the hf backend reads None as False."})
 
     def __post_init__(self) -> None:
         require_positive(self, ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -155,6 +169,9 @@ class GRPOScriptArguments:
         "help": "auto: vLLM when a GPU and vLLM are present; true / false to force.", "choices": list(USE_VLLM_MODES)})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={
+        "help": "Scorer of the 'official' reward (not published; only used when --rewards names it). "
+                + SCORER_HELP, "choices": list(SCORERS)})
 
 
 @dataclass

@@ -23,6 +23,7 @@ import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from utils.fileio import InputError, atomic_open, checked_chunks, first_line, reading_errors
+from utils.guards import check_text_sizes
 from utils.meddec.predictions import Span
 
 NOTE_COLUMNS = ("file_id", "raw_text")
@@ -39,6 +40,8 @@ def read_csv_strings(path: str | os.PathLike[str], required: Sequence[str]) -> "
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(path, "", f"not a readable CSV ({first_line(err)})") from None
+    check_unique_columns(path)
+    check_text_sizes(path, frame)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
@@ -112,10 +115,23 @@ def read_csv_header(path: str | os.PathLike[str], required: Sequence[str]) -> li
         header = list(pd.read_csv(path, nrows=0).columns)
     except ValueError as err:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
         raise InputError(path, "line 1", f"not a readable CSV ({first_line(err)})") from None
+    check_unique_columns(path)
     missing = [c for c in required if c not in header]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
     return header
+
+
+def check_unique_columns(path: str | os.PathLike[str]) -> None:
+    """Refuse a header naming a column twice: pandas would silently rename the second (``raw_text.1``) and the
+    first one would be used without a word."""
+    with reading_errors(path, "CSV"), open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise InputError(path, "line 1", f"column {name!r} appears twice; expected each column once")
+        seen.add(name)
 
 
 # ----------------------------------------------------------------------------------------------- tagged split

@@ -32,7 +32,8 @@ from utils.training.data import count_prompt_tokens, grpo_records, read_training
 from utils.training.models import (
     check_model_reference, cuda_available, loading_error, merge_adapter, peft_config, resolve_dtype,
 )
-from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
+from utils.training.finite import FiniteTrainingCallback
+from utils.training.runs import claim_output_dir, output_dir_lock, resolve_resume, run_fingerprint, save_run_config
 from utils.training.trl_cpu import install_cpu_fused_head
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
         prompt_tokens, source = longest_prompt(script, records, tokenizer, config)
         config.vllm_max_model_length = vllm_context_length(prompt_tokens, config, source)
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn
-    funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards)
+    funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards, script.scorer)
     return LamarGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=to_dataset(records),
                             processing_class=tokenizer, peft_config=peft_config(model_args))
 
@@ -192,6 +193,14 @@ def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: Lama
           reward_funcs: Sequence[Callable[..., list[float]]] | None = None) -> LamarGRPOTrainer:
     """Train (resuming when a checkpoint exists), then save the adapter, tokenizer and resolved run config."""
     trainer = build_trainer(script, model_args, config, reward_funcs)
+    trainer.add_callback(FiniteTrainingCallback(config.output_dir))
+    with output_dir_lock(config.output_dir, main_process=config.process_index == 0):
+        return _train_claimed(trainer, script, model_args, config)
+
+
+def _train_claimed(trainer: LamarGRPOTrainer, script: GRPOScriptArguments, model_args: GRPOModelConfig,
+                   config: LamarGRPOConfig) -> LamarGRPOTrainer:
+    """The run itself, with ``--output_dir`` locked: record its inputs, resume, train, save."""
     run_settings = {"script": {k: getattr(script, k) for k in ("adapter", "rewards", "max_prompt_length",
                                                                "max_train_samples", "prompt_stray_quote",
                                                                "enable_thinking")}, "model": model_args}
