@@ -171,22 +171,51 @@ def load_embeddings(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
 # ----------------------------------------------------------------------------------------------- model
 
 
+def uses_cuda(device: str | None, devices: Sequence[str]) -> bool:
+    """Whether the encoder runs on a GPU (sentence-transformers picks CUDA by itself when no device is named)."""
+    import torch
+
+    named = list(devices) or ([device] if device else [])
+    if not named:
+        return torch.cuda.is_available()
+    return any(name.split(":")[0] == "cuda" for name in named)
+
+
+def resolve_model_kwargs(dtype: str, attn_implementation: str | None, on_gpu: bool) -> dict[str, Any]:
+    """The published float16 + flash_attention_2 where they apply: half precision on GPU only (CPU: float32),
+    FlashAttention 2 only with a GPU and the flash-attn package (else transformers picks its default kernel)."""
+    kwargs: dict[str, Any] = {"dtype": "float32" if dtype == "float16" and not on_gpu else dtype}
+    if attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if not (on_gpu and importlib.util.find_spec("flash_attn") is not None):
+            attn_implementation = None
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
 def load_sentence_encoder(
     model: str,
     device: str | None = None,
-    dtype: str = "auto",
+    dtype: str = "float16",
     max_seq_length: int | None = None,
     batch_size: int = 8,
     prompt_name: str | None = None,
     devices: Sequence[str] = (),
+    attn_implementation: str | None = "flash_attention_2",
+    padding_side: str = "left",
 ) -> EncodeFn:
     """A function texts -> L2-normalised float32 embeddings, backed by sentence-transformers (on several devices at
-    once with ``devices``: a :class:`PooledEncoder`, to be closed)."""
+    once with ``devices``: a :class:`PooledEncoder`, to be closed). Defaults: the published fp16, FlashAttention 2
+    and left padding (see :func:`resolve_model_kwargs`)."""
     from sentence_transformers import SentenceTransformer
 
     check_model_reference("--model", model)
+    model_kwargs = resolve_model_kwargs(dtype, attn_implementation, uses_cuda(device, devices))
     try:
-        encoder = SentenceTransformer(model, device="cpu" if devices else device, model_kwargs={"dtype": dtype})
+        encoder = SentenceTransformer(model, device="cpu" if devices else device, model_kwargs=model_kwargs,
+                                      processor_kwargs={"padding_side": padding_side})
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", model, err) from None
     if max_seq_length is not None:
@@ -287,7 +316,8 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     check_devices(args.devices, args.device)
     encode = LazyEncoder(
         lambda: load_sentence_encoder(
-            args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name, args.devices
+            args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name, args.devices,
+            args.attn_implementation, args.padding_side,
         )
     )
     try:
@@ -318,8 +348,9 @@ def _embed_sources(args: EmbeddingArguments, encode: EncodeFn, progress: bool) -
 
 def encoder_content(args: EmbeddingArguments) -> dict[str, Any]:
     """What else determines the vectors: the model by content (a folder replaced at the same path is another
-    model), its dtype and its truncation length."""
-    return {"model_content": path_fingerprint(args.model), "dtype": args.dtype, "max_seq_length": args.max_seq_length}
+    model), its dtype, truncation length, padding side and attention kernel."""
+    return {"model_content": path_fingerprint(args.model), "dtype": args.dtype, "max_seq_length": args.max_seq_length,
+            "padding_side": args.padding_side, "attn_implementation": args.attn_implementation}
 
 
 def _prepend(first: Batch | None, rest: Iterator[Batch]) -> Iterator[Batch]:

@@ -221,7 +221,8 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
             "-m", "pseudolabels.embedding", "--model", embedding_model_dir(), "--pool_csv", pseudo / "unlabeled.csv",
             "--pool_out", pseudo / "embeddings" / "pool", "--meddec_raw_text", corpus / "raw_text",
             "--meddec_splits", split["train"], split["val"], split["test"],
-            "--meddec_out", pseudo / "embeddings" / "meddec", "--device", "cpu")),
+            "--meddec_out", pseudo / "embeddings" / "meddec", "--device", "cpu",
+            "--padding_side", "right")),  # as when the README's demo table was measured (published: left)
         Step("6c. pseudo-labels: greedy unique retrieval", [pseudo / "candidates.csv"], argv=py(
             "-m", "pseudolabels.retrieve", "--pool_embeddings", pseudo / "embeddings" / "pool",
             "--meddec_embeddings", pseudo / "embeddings" / "meddec", "--pool_csv", pseudo / "unlabeled.csv",
@@ -262,8 +263,8 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
     steps += [
         Step("11. tune the Span-Cluster Consensus thresholds on val, apply to test", [ens / "best.json", ens / "test_submission.json"], argv=py(
             "-m", "ensemble.optimize", "--predictions", *[infer / m / "val_predictions.json" for m in MODELS],
-            "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text", "--split_file", split["val"],
-            "--stats_csv", corpus / "stats.csv", "--n_trials", profile.n_trials, "--seed", args.seed,
+            "--gold_csv", "", "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text", "--split_file",
+            split["val"], "--stats_csv", corpus / "stats.csv", "--n_trials", profile.n_trials, "--seed", args.seed,
             "--storage", f"sqlite:///{ens / 'study.db'}", "--study_name", "demo", "--output", ens / "best.json",
             "--history_plot", ens / "history.png", "--importance_plot", ens / "importance.png",
             "--apply", *[infer / m / "test_predictions.json" for m in MODELS],

@@ -12,6 +12,8 @@ from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 WINDOW = 512
 OVERLAP_RULES = ("later_wins", "first_wins")
 ORPHAN_RULES = ("ignore", "new_span")
+WINDOW_LAYOUTS = ("raw", "wrapped")
+WINDOW_LAYOUT = "raw"  # published: plain slices of the note tokenised with its special tokens
 
 @dataclass
 class BaselineArguments:
@@ -21,6 +23,12 @@ class BaselineArguments:
     train_csv: str | None = field(default=str(TAGGED_DIR / "train.csv"), metadata={"help": "gt_to_tag CSV with gold_offsets ('' to only predict)."})
     predict_csv: list[str] = field(default_factory=list, metadata={"help": "CSVs (file_id, raw_text) to predict."})
     window: int = field(default=WINDOW, metadata={"help": "Tokens per window, special tokens included."})
+    window_layout: str = field(default=WINDOW_LAYOUT, metadata={
+        "help": "raw (published): the note is tokenised once with its special tokens (<s> ... </s>, labelled O and "
+                "trained), a note shorter than --window is padded to it (pads labelled O, attended), and windows are "
+                "plain slices of that sequence, so no position is ignored by the loss; wrapped: each window is "
+                "<s> + window - 2 note tokens + </s>, the special tokens ignored by the loss.",
+        "choices": list(WINDOW_LAYOUTS)})
     gold_dir: str | None = field(default=None, metadata={"help": "MedDec data/: score the predictions."})
     raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ (for scoring)."})
     split_file: str | None = field(default=None, metadata={"help": "Split file restricting the scored notes."})

@@ -231,6 +231,14 @@ def generate_rows(generator: Generator, tokenizer: Any, ids: Sequence[str], text
     return [r for r in results if r is not None]
 
 
+def rows_per_step(args: InferenceArguments, pending: int) -> int:
+    """Rows generated (and written) at a time: one padded batch with transformers; with vLLM --flush_every prompts
+    per ``llm.generate`` call, or every pending row in one call with 0 (published: vLLM schedules them itself)."""
+    if args.backend == "transformers":
+        return args.batch_size
+    return args.flush_every if args.flush_every > 0 else max(pending, 1)
+
+
 GeneratorFactory = Callable[[], tuple[Generator, Any]]
 
 
@@ -262,7 +270,7 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
     done = {i: r for i, r in cached.items() if i in texts and r.get("text_sha256") == text_digest(texts[i])}
     own = job.own_rows(ids)
     pending = [i for i in own if i not in done]
-    step = args.batch_size if args.backend == "transformers" else max(args.flush_every, 1)
+    step = rows_per_step(args, len(pending))
     if pending:
         generator, tokenizer = generator_factory()
         writer = PartialWriter(job.partial, settings, fresh=args.overwrite)
@@ -363,6 +371,8 @@ def validate(args: InferenceArguments) -> list[Job]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number (or nothing for no limit), "
                                               f"got {getattr(args, name)}")
+    if args.flush_every < 0:
+        raise InputError("--flush_every", "", f"expected 0 (all rows in one call) or a positive number, got {args.flush_every}")
     check_sharding(args)
     if args.vllm_kwargs:
         try:

@@ -183,6 +183,21 @@ def parse_spans_json(value: str, path: str | os.PathLike[str], where: str, colum
     return spans
 
 
+def tagged_gold(path: str | os.PathLike[str]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """(note id -> gold annotations, note id -> text) of a tagged split table, as the published tuner scores them:
+    the ``gold_offsets`` spans (categories 1-9, duplicates kept, as gt_to_tag wrote them) as official gold dicts and
+    the ``raw_text`` cell as the note text (exact, CRLF kept; the gold JSON route reads CRLF as LF)."""
+    frame = read_tagged_table(path)
+    gold, texts = {}, {}
+    for row, (file_id, raw_text, offsets) in enumerate(zip(frame["file_id"], frame["raw_text"], frame["gold_offsets"]),
+                                                       start=1):
+        spans = parse_spans_json(offsets, path, f"row {row} (file_id {file_id})", "gold_offsets")
+        gold[file_id] = [{"start_offset": s.start, "end_offset": s.end, "category": f"Category {s.category}"}
+                         for s in spans]
+        texts[file_id] = raw_text
+    return gold, texts
+
+
 # ------------------------------------------------------------------------------------------- inference output
 
 

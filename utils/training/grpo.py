@@ -9,7 +9,8 @@ As published, every note is used (the published script computed a prompt limit o
 it); with ``--max_prompt_length`` notes whose prompt is longer are left out with a warning instead of being
 truncated. Also as published: the prompt starts with a stray ``"`` (``--prompt_stray_quote``), the chat template
 gets no thinking switch (``--enable_thinking template``; Qwen3.5-4B's template then opens a think block, which the
-rewards skip), and the seed is TRL's 42. Generation uses vLLM (colocated) when a GPU and vLLM are present
+rewards skip), and seed 3407 and weight decay 0.01 (the defaults of the Unsloth ``GRPOConfig`` the published
+script imported: Unsloth 2026.4.3; TRL's own are 42 and 0.0). Generation uses vLLM (colocated) when a GPU and vLLM are present
 (``--use_vllm_mode auto``), transformers otherwise; the published run generated with the trained model itself
 (no vLLM), hence no min-p and no vLLM importance-sampling correction by default.
 Qwen3.5's cached ``rope_deltas`` are cleared before every training forward, so a stale value from generation can
