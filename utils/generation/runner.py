@@ -37,13 +37,13 @@ from utils.guards import check_paths_apart
 from utils.meddec.predictions import predictions_to_json
 from utils.meddec.tables import inference_output_frame, read_notes_table, write_frame
 from utils.prompt import render_chat_prompt
-from utils.tagging.locate import locate_spans, note_report, summarize_reports
+from utils.tagging.locate import DEFAULT_LOCATOR, locate_spans, note_report, summarize_reports
 from utils.training.layout import adapter_for_vllm
 from utils.training.models import check_model_reference, loading_error
 
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
-               "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
+               "logprobs", "unclosed", "locate", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
                "copy_word_boundaries", "copy_text_mass", "copy_max_span_chars",
                "copy_allow_unclosed")
 
@@ -185,10 +185,11 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def result_record(file_id: str, note: str, generation: Generation, unclosed: str = "drop") -> dict[str, Any]:
+def result_record(file_id: str, note: str, generation: Generation, unclosed: str = "drop",
+                  locator: str = DEFAULT_LOCATOR) -> dict[str, Any]:
     """One row's result: the output, its entropy, and its spans located in the note (the one conversion)."""
     entropy = generation.entropy
-    located = locate_spans(note, generation.text, unclosed)
+    located = locate_spans(note, generation.text, unclosed, locator)
     return {
         "file_id": file_id,
         "text_sha256": text_digest(note),
@@ -279,7 +280,7 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
                       disable=not progress) as bar:
                 for chunk in batches(pending, step):
                     generations = generate_rows(generator, tokenizer, chunk, [texts[i] for i in chunk], args)
-                    records = [result_record(i, texts[i], g, args.unclosed) for i, g in zip(chunk, generations)]
+                    records = [result_record(i, texts[i], g, args.unclosed, args.locate) for i, g in zip(chunk, generations)]
                     writer.write(records)
                     done.update((r["file_id"], r) for r in records)
                     bar.update(len(chunk))
