@@ -13,8 +13,6 @@ import pytest
 
 from utils.paths import REPO_ROOT
 
-from conftest import NLTK_DATA
-
 BENCHMARKS = sorted(p.name for p in (REPO_ROOT / "benchmarks").glob("bench_*.py"))
 # What each benchmark's report must contain (its last section), so a run that prints nothing fails too.
 REPORT_MARKERS = {
@@ -35,8 +33,8 @@ def test_every_benchmark_has_a_smoke_check():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BENCHMARKS)
-def test_benchmark_smoke_run_completes(name, tmp_path):
-    env = {**os.environ, "NLTK_DATA": str(NLTK_DATA), "PYTHONHASHSEED": "0"}
+def test_benchmark_smoke_run_completes(name, offline_punkt_model):
+    env = {**os.environ, "NLTK_DATA": str(offline_punkt_model), "PYTHONHASHSEED": "0"}
     result = subprocess.run([sys.executable, f"benchmarks/{name}", "--smoke"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
