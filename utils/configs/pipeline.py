@@ -363,3 +363,6 @@ class DemoArguments:
                                                    "choices": ["full", "ci"]})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic corpus and tiny models."})
     force: bool = field(default=False, metadata={"help": "Run every step again even if its outputs exist."})
+    portable_numerics: bool = field(default=True, metadata={
+        "help": "Pin torch's CPU kernels (ATen AVX2, MKL's CNR COMPATIBLE branch, oneDNN AVX2, one thread) so every "
+                "x86-64 CPU with AVX2 prints the same table; false uses the machine's fastest kernels."})
