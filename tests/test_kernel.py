@@ -198,6 +198,35 @@ def case_install_into_unsloth_rebinds_every_importer_and_counts_calls(kernel, mo
     torch.testing.assert_close(importer.fast_cross_entropy_loss(logits, labels), dft_loss(logits, labels, dft=False))
 
 
+def case_loss_reaches_kernel_only_through_what_the_loss_holds(kernel) -> None:
+    """Closures, partials, wrappers and bound methods count; a module-global lookup at call time does not."""
+    import functools
+
+    ours = functools.partial(kernel.fast_cross_entropy_loss, dft=True)
+
+    def build(fn):
+        def fixed(x, y):
+            return fn(x, y)
+
+        def causal(x, y):
+            return fixed(x, y)
+
+        return causal
+
+    @functools.wraps(build(ours))
+    def compiled(*args):  # torch.compile's wrapper keeps the original under __wrapped__
+        raise AssertionError
+
+    assert kernel.loss_reaches_kernel(build(ours)) and kernel.loss_reaches_kernel(compiled)
+    assert kernel.loss_reaches_kernel(kernel.fast_cross_entropy_loss)
+
+    def by_global_lookup(x, y):
+        return kernel.fast_cross_entropy_loss(x, y)
+
+    assert not kernel.loss_reaches_kernel(by_global_lookup)
+    assert not kernel.loss_reaches_kernel(build(dft_loss))
+
+
 def case_install_refuses_an_unsloth_without_the_kernel_entry_points(kernel) -> None:
     with pytest.raises(RuntimeError, match="has no fast_cross_entropy_loss"):
         kernel.install_into_unsloth(target=types.ModuleType("fake_unsloth_without_kernel"))
@@ -219,4 +248,4 @@ else:
         report = result.stdout[-8000:] + result.stderr[-2000:]
         assert result.returncode == 0, report
         n_cases = sum(1 for line in result.stdout.splitlines() if line.startswith("PASSED "))
-        assert n_cases == 16 and "skipped" not in result.stdout, report
+        assert n_cases == 17 and "skipped" not in result.stdout, report

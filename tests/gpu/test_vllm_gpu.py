@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 
+from utils.testing.gpu_acceptance import DFT_PACKAGES, require_in_strict_mode
 from utils.testing.gpu_checks import (
     ENTROPY_ABS_TOL, PACKED_PARTS, adapter_modules, missing_distribution, record, report, run_script,
     set_lora_weights, tokens_per_second,
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.gpu
 def test_vllm_applies_each_backends_adapter_and_matches_teacher_forcing(tiny, dft_run, tmp_path) -> None:
     if reason := missing_distribution("vllm"):
         pytest.skip(reason)
+    require_in_strict_mode("vllm (every DFT backend's adapter)", DFT_PACKAGES)
     from safetensors import safe_open
 
     adapters = {}

@@ -19,6 +19,20 @@ This folder has no ``__init__.py`` on purpose (the real Unsloth must win ``impor
 ``utils.paths.load_module_from_path("unsloth/kernels/cross_entropy_loss.py", "lamar_dft_cross_entropy")``.
 ``install_into_unsloth()`` then swaps our functions into the installed Unsloth at run time and counts the
 calls, so a training script can prove the kernel really ran (Unsloth may route a model through another loss).
+
+How a model's loss reaches this kernel (Unsloth 2026.10.9 / unsloth_zoo 2026.10.9): with ``UNSLOTH_RETURN_LOGITS=1``
+Unsloth's compiled forward calls ``self.loss_function(logits, labels, ...)``. That is the entry of transformers'
+``LOSS_MAPPING`` frozen onto the model at load (``post_patch_loss_function``), and the entry is the closure that
+unsloth_zoo's ``loss_utils.patch_loss_functions(_fast_cross_entropy_loss)`` builds around the function it is
+*given* (``UnslothForCausalLMLoss`` -> ``unsloth_fixed_cross_entropy`` -> ``_fast_cross_entropy_loss``). Unsloth
+calls it from ``FastModel.from_pretrained`` (``torch_compile=False``) with its module global
+``fast_cross_entropy_loss``, but its loop only replaces entries still named ``ForCausalLMLoss``: if the mapping was
+patched earlier in the process, the old closure stays, holding Unsloth's own ``fast_cross_entropy_loss``, which would
+reach our kernel only through its call-time lookup of the module global ``Fast_CrossEntropyLoss``. So
+``install_into_unsloth`` does not rely on either: it rebuilds every causal-LM entry of ``LOSS_MAPPING`` through
+``patch_loss_functions`` with our function, uncompiled as ``from_pretrained`` does, and checks that each entry's
+closure holds our function (``loss_reaches_kernel``); ``check_model_loss`` checks the loss frozen onto a loaded model.
+``tests/test_unsloth_loss_route.py`` runs this against the real Unsloth code on CPU.
 On CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1`` set before this file is loaded).
 """
 
@@ -311,13 +325,100 @@ def _replace_everywhere(original: Any, replacement: Any, name: str) -> list[str]
     return sorted(patched)
 
 
-def install_into_unsloth(dft: bool = True, target: ModuleType | None = None) -> InstallReport:
-    """Swap our kernel into the installed Unsloth (``unsloth.kernels.cross_entropy_loss``) and every importer.
+def loss_reaches_kernel(fn: Any) -> bool:
+    """Whether calling ``fn`` reaches our ``fast_cross_entropy_loss`` through what ``fn`` itself holds: its closure
+    cells, ``functools.partial``, ``__wrapped__`` (torch.compile and functools wrappers), bound methods. A module-global
+    lookup at call time does not count: that is exactly the dependency the kernel route must not have."""
+    stack, seen = [fn], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or obj is None:
+            continue
+        seen.add(id(obj))
+        if obj is fast_cross_entropy_loss:
+            return True
+        if isinstance(obj, functools.partial):
+            stack.append(obj.func)
+            continue
+        stack += [getattr(obj, name, None) for name in ("__wrapped__", "_torchdynamo_orig_callable", "__func__")]
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                stack.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+    return False
 
-    Call after ``import unsloth`` and before building the trainer. The replacements compute the gradient in
+
+def _is_causal_lm_loss(fn: Any) -> bool:
+    """transformers' stock causal-LM loss or Unsloth's replacement of it (by name, as Unsloth itself matches)."""
+    return getattr(fn, "__name__", "") in ("ForCausalLMLoss", "UnslothForCausalLMLoss")
+
+
+def route_loss_mapping(loss_fn: Any) -> list[str]:
+    """Every causal-LM entry of transformers' ``LOSS_MAPPING`` becomes Unsloth's loss closure over ``loss_fn``.
+
+    Entries Unsloth already patched are reset to the stock loss first, since unsloth_zoo's ``patch_loss_functions``
+    replaces only stock entries. Uncompiled, as ``FastModel.from_pretrained`` builds it. Returns the keys."""
+    import transformers.loss.loss_utils as loss_utils
+    from unsloth_zoo.loss_utils import patch_loss_functions
+
+    mapping = loss_utils.LOSS_MAPPING
+    keys = sorted(key for key, fn in mapping.items() if _is_causal_lm_loss(fn))
+    for key in keys:
+        mapping[key] = loss_utils.ForCausalLMLoss
+    patch_loss_functions(loss_fn, torch_compile=False)
+    missed = [key for key in keys if not loss_reaches_kernel(mapping[key])]
+    if missed:
+        raise RuntimeError(f"LOSS_MAPPING entries {missed} do not reach our DFT kernel after patch_loss_functions: "
+                           "this unsloth_zoo version builds its loss differently (pinned: 2026.10.9)")
+    return keys
+
+
+def effective_loss_function(module: Any) -> Any:
+    """The loss a model's forward calls as ``self.loss_function``: the one frozen onto the instance at load
+    (Unsloth's ``post_patch_loss_function``), else the class's lookup (a property, or a method after Unsloth)."""
+    frozen = module.__dict__.get("loss_function")
+    if frozen is not None:
+        return frozen
+    fn = module.loss_function
+    if getattr(fn, "__self__", None) is module and getattr(fn, "__name__", "") == "loss_function":
+        fn = fn()  # Unsloth replaced the property by its undecorated getter
+    return fn
+
+
+def check_model_loss(model: Any) -> None:
+    """Stop unless the loss a loaded model's forward calls reaches our kernel (walks every submodule that defines a
+    loss function: the PEFT wrapper, the task model, the inner model)."""
+    checked = []
+    for name, module in model.named_modules():
+        if "loss_function" not in module.__dict__ and not hasattr(type(module), "loss_function"):
+            continue
+        try:
+            fn = effective_loss_function(module)
+        except Exception:  # e.g. a submodule whose class maps to no loss type: its forward computes no loss
+            continue
+        if not _is_causal_lm_loss(fn) and not loss_reaches_kernel(fn):
+            continue  # not a causal-LM loss (e.g. a vision tower's)
+        checked.append(name or type(module).__name__)
+        if not loss_reaches_kernel(fn):
+            raise RuntimeError(f"--dft_route kernel: the loss of {name or type(module).__name__} "
+                               f"({getattr(fn, '__qualname__', fn)!r}) does not reach our DFT kernel")
+    if not checked:
+        raise RuntimeError("--dft_route kernel: the model defines no causal-LM loss function to route")
+
+
+def install_into_unsloth(dft: bool = True, target: ModuleType | None = None,
+                         loss_mapping: bool | None = None) -> InstallReport:
+    """Swap our kernel into the installed Unsloth (``unsloth.kernels.cross_entropy_loss``) and every importer, and
+    rebuild transformers' causal-LM ``LOSS_MAPPING`` entries around it (``loss_mapping``, default: when ``target`` is
+    the installed Unsloth; see the module docstring for why both).
+
+    Call after ``import unsloth`` and before building the model. The replacements compute the gradient in
     place like Unsloth's kernel. Returns which modules were patched; ``kernel_call_count()`` then shows whether
     training really reaches the kernel.
     """
+    if loss_mapping is None:
+        loss_mapping = target is None
     if target is None:
         import importlib
 
@@ -342,4 +443,6 @@ def install_into_unsloth(dft: bool = True, target: ModuleType | None = None) -> 
             modules.update(_replace_everywhere(old, replacement, name))
         seen.append(replacement)
         report.patched[name] = sorted(modules)
+    if loss_mapping:
+        report.patched["LOSS_MAPPING"] = route_loss_mapping(patched_fn)
     return report

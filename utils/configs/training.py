@@ -121,6 +121,19 @@ class DFTConfig(SFTConfig):
     completion_only_loss: bool | None = True
     assistant_only_loss: bool = False
     loss_type: str = field(default="dft", metadata={"help": "Set by --loss; do not set directly."})
+    # The defaults Unsloth's UnslothSFTConfig.__init__ gives (unsloth/models/rl.py `replacements`, 2026.10.9) that the
+    # published run kept (it passed neither): this dataclass has its own __init__, so that one never runs.
+    # utils.training.sft.UNSLOTH_CONFIG_INIT lists them all; tests/test_train_dft.py checks them against the wheel.
+    logging_nan_inf_filter: bool = field(default=False, metadata={
+        "help": "Log nan/inf losses as they are (published: Unsloth's default False)."})
+    torch_empty_cache_steps: int | None = field(default=250, metadata={
+        "help": "Empty the CUDA cache every N steps (published: Unsloth's default 250)."})
+    per_device_eval_batch_size: int = field(default=4, metadata={
+        "help": "Evaluation batch size (published: Unsloth's default 4; the run does not evaluate)."})
+    eval_accumulation_steps: int | None = field(default=2, metadata={
+        "help": "Evaluation accumulation steps (published: Unsloth's default 2; the run does not evaluate)."})
+    padding_free: bool | None = field(default=None, metadata={
+        "help": "None (published, Unsloth's default): Unsloth's trainer chooses; the hf backend reads None as False."})
 
     def __post_init__(self) -> None:
         require_positive(self, ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",

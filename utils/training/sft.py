@@ -7,7 +7,8 @@ Backends, each training DFT through the code its pinned library really executes:
 - ``hf`` (any machine): transformers + PEFT + TRL 1.15 ``SFTTrainer(loss_type="dft")`` on the same fused head.
 - ``--dft_route kernel`` (unsloth only): our Triton DFT cross-entropy (``unsloth/kernels/cross_entropy_loss.py``, the
   published artefact) through Unsloth's full-logits path: ``UNSLOTH_RETURN_LOGITS=1`` and the kernel swapped into
-  Unsloth before the model is built, trainer ``loss_type="nll"`` so the model's own loss function (our kernel) runs.
+  Unsloth before the model is built (transformers' ``LOSS_MAPPING`` rebuilt around it, see ``install_kernel_route``),
+  trainer ``loss_type="nll"`` so the model's own loss function (our kernel) runs.
   Full logits cost 24,576 x 248,320 x 2 bytes = 12.2 GB in bf16 (24.4 GB in fp32) on top of the fused route; the
   kernel's call counter must move during the first step.
 
@@ -52,6 +53,48 @@ FULL_LOGITS_BYTES_BF16 = 24576 * 248320 * 2
 TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "optim", "max_length", "seed", "loss_type", "bf16",
                  "completion_only_loss", "assistant_only_loss", "packing", "max_grad_norm")
+
+
+# What UnslothSFTConfig.__init__ (Unsloth 2026.10.9, unsloth/models/rl.py) does beyond TRL's SFTConfig, and where the
+# published run (trl.SFTConfig after `import unsloth`, i.e. UnslothSFTConfig) and ours stand. DFTConfig is a
+# dataclass with its own __init__, so Unsloth's never runs: the defaults the published run kept are DFTConfig's
+# defaults, the post-init step is `apply_unsloth_config_init` (unsloth backend).
+UNSLOTH_CONFIG_INIT = {
+    # default replacements: published value -> ours
+    "logging_nan_inf_filter": "False (Unsloth's default; DFTConfig default)",
+    "torch_empty_cache_steps": "250 (Unsloth's default; DFTConfig default)",
+    "per_device_eval_batch_size": "4 (Unsloth's default; DFTConfig default; no evaluation in the run)",
+    "eval_accumulation_steps": "2 (Unsloth's default; DFTConfig default; no evaluation in the run)",
+    "padding_free": "None = Unsloth's trainer decides (Unsloth's default; DFTConfig default)",
+    "per_device_train_batch_size": "passed by the published script (1)",
+    "gradient_accumulation_steps": "passed (8)", "weight_decay": "passed (0.001)", "seed": "passed (3407)",
+    "optim": "passed (adamw_8bit)", "learning_rate": "passed (2e-4)", "logging_steps": "passed (1)",
+    "bf16": "passed (True; ours: resolve_bf16)", "report_to": "passed (tensorboard)",
+    "warmup_steps": "published passed warmup_ratio 0.05; ours warmup_steps 0.05 (a ratio below 1)",
+    "loss_type": "nll (Unsloth's SFT default); the published DFT came from its patched kernel, ours sets it per route",
+    "fp16": "False, as TrainingArguments", "output_dir": "passed",
+    "include_tokens_per_second": "False (TrainingArguments: None, the same: off)",
+    "include_num_input_tokens_seen": "False (TrainingArguments 5.17: 'no', the same: off)",
+    "auto_find_batch_size": "False, as TrainingArguments", "dataloader_pin_memory": "True, as TrainingArguments",
+    "max_seq_length": "None (a field Unsloth adds; its trainer fills it from max_length when it needs it)",
+    "num_generations": "GRPO only (absent from SFTConfig)", "vllm_mode": "GRPO only", "generation_kwargs": "GRPO only",
+    # code in __init__
+    "gradient_checkpointing_kwargs": "use_reentrant forced True whenever gradient_checkpointing (published passed "
+                                     "False, overwritten): apply_unsloth_config_init",
+    "dataset_num_proc": "None -> Unsloth's auto-size (get_dataset_num_proc); Unsloth's dataset prep also auto-sizes a "
+                        "None, so ours ends the same",
+}
+
+
+def apply_unsloth_config_init(config: DFTConfig) -> DFTConfig:
+    """The one setting UnslothSFTConfig.__init__ changes after TRL's __init__ that DFTConfig does not default:
+    gradient checkpointing is made reentrant (Unsloth's compiled regions abort on non-reentrant recompute)."""
+    if config.gradient_checkpointing:
+        kwargs = dict(config.gradient_checkpointing_kwargs or {})
+        if kwargs.get("context_fn") is None and not kwargs.get("debug", False):
+            kwargs["use_reentrant"] = True
+            config.gradient_checkpointing_kwargs = kwargs
+    return config
 
 
 class FirstStepGuard(TrainerCallback):
@@ -156,9 +199,14 @@ class KernelCallGuard(TrainerCallback):
 def install_kernel_route(dft: bool):
     """Our Triton kernel in place of Unsloth's ``fast_cross_entropy_loss`` and full logits switched on.
 
-    Must run before ``FastModel.from_pretrained``: it re-runs Unsloth's ``patch_loss_functions``, which captures the
-    module global in the loss it writes into transformers' ``LOSS_MAPPING`` and freezes per model instance. The compiled
-    Qwen3.5 forward reaches that loss only with ``UNSLOTH_RETURN_LOGITS=1``; otherwise it uses Unsloth's fused CE.
+    Must run before ``FastModel.from_pretrained``, which freezes a ``LOSS_MAPPING`` entry onto the model instance:
+    ``install_into_unsloth`` rebinds Unsloth's kernel names and rebuilds transformers' causal-LM ``LOSS_MAPPING``
+    entries itself, through unsloth_zoo's ``patch_loss_functions`` given our function (uncompiled, as
+    ``from_pretrained`` builds them), and checks that each entry's closure holds our kernel; it does not rely on
+    ``from_pretrained``'s own ``patch_loss_functions`` call (a no-op on entries already patched) nor on the call-time
+    lookup of ``Fast_CrossEntropyLoss`` inside Unsloth's own loss. The compiled Qwen3.5 forward calls that loss only
+    with ``UNSLOTH_RETURN_LOGITS=1``; otherwise it uses Unsloth's fused CE. After loading, ``check_model_loss``
+    verifies the loss frozen onto the model.
     """
     os.environ["UNSLOTH_RETURN_LOGITS"] = "1"
     kernel = load_module_from_path(KERNEL_PATH, KERNEL_MODULE)
@@ -198,6 +246,7 @@ def load_unsloth_model(script: DFTScriptArguments, model_args: DFTModelConfig, c
     )
     if kernel is not None:  # modules Unsloth compiled while loading import the loss by name: patch them too
         kernel.install_into_unsloth(dft=script.loss == "dft")
+        kernel.check_model_loss(model)  # the loss frozen onto the model at load holds our kernel
     return model, getattr(tokenizer, "tokenizer", tokenizer), kernel  # a VLM comes with a processor
 
 
@@ -244,6 +293,7 @@ def build_trainer(script: DFTScriptArguments, model_args: DFTModelConfig, config
     check_unsloth_backend(script)
     # fused: Unsloth's own DFT branch (or its NLL); kernel: the model's loss function = our kernel, DFT inside it.
     config.loss_type = script.loss if script.dft_route == "fused" else "nll"
+    apply_unsloth_config_init(config)
     model, tokenizer, kernel = load_unsloth_model(script, model_args, config)
     callbacks = [KernelCallGuard(kernel.kernel_call_count)] if kernel is not None and script.dft_guard else []
     return unsloth_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
