@@ -78,8 +78,8 @@ def print_grpo(runs: Sequence[dict[str, object]]) -> None:
           "GRPO reward per step (sampled, train)")
     for run in runs:
         held = run["stages"]["heldout_reward"]
-        print(f"{run['seed']:>4} {run['setting']:<8} {run['wall_s']:>7} {held['model1']:>11.4f} {held['model2']:>11.4f} "
-              f"{held['model2'] - held['model1']:>+8.4f}  {run['stages']['grpo_rewards']}")
+        print(f"{run['seed']:>4} {run['setting']:<8} {run['wall_s']:>7} {held['model1']:>11.4f} "
+              f"{held['model2']:>11.4f} {held['model2'] - held['model1']:>+8.4f}  {run['stages']['grpo_rewards']}")
 
 
 def smoke() -> int:
@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return smoke()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.work_dir or scratch)
-        first = [run_demo(root / f"seed{args.seeds[0]}_{s}", args.profile, args.seeds[0], s, True) for s in args.settings]
+        seed = args.seeds[0]
+        first = [run_demo(root / f"seed{seed}_{s}", args.profile, seed, s, True) for s in args.settings]
         print_side_by_side(first)
         same = identical(first)
         print(f"tables and stage figures identical across {', '.join(args.settings)}: {same}")

@@ -10,7 +10,8 @@ from utils.meddec.tables import write_tagged_table
 from utils.training.heldout import heldout_comparison, heldout_reward
 
 NOTE = "Started aspirin 81 mg daily.\nCT head negative."
-GOLD = "<drug_decision>Started aspirin 81 mg daily</drug_decision>.\n<evaluate_result>CT head negative</evaluate_result>."
+GOLD = ("<drug_decision>Started aspirin 81 mg daily</drug_decision>.\n"
+        "<evaluate_result>CT head negative</evaluate_result>.")
 HALF = "<drug_decision>Started aspirin 81 mg daily</drug_decision>.\nCT head negative."
 
 

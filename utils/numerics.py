@@ -73,7 +73,8 @@ def fingerprint(steps: int = 30, new_tokens: int = 40) -> dict[str, object]:
     from utils.testing.tiny_models import build_tiny_tokenizer, tiny_qwen35_config
 
     torch.set_num_threads(1)
-    texts = [f"patient {i} was started on <define_problem>aspirin {i}</define_problem> for chest pain" for i in range(20)]
+    texts = [f"patient {i} was started on <define_problem>aspirin {i}</define_problem> for chest pain"
+             for i in range(20)]
     tokenizer = build_tiny_tokenizer(texts, vocab_size=600)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_qwen35_config(tokenizer, hidden_size=96, num_layers=2)).float()

@@ -47,7 +47,8 @@ def heldout_reward(outputs: Mapping[str, str], notes: Mapping[str, str], gold: M
     """Score ``outputs`` (file_id -> text) with the named rewards against each note's text and gold tagged text."""
     missing = sorted(set(notes) - set(outputs))
     if missing:
-        raise InputError("predictions", f"note {missing[0]}", f"an output for every held-out note ({len(missing)} missing)")
+        raise InputError("predictions", f"note {missing[0]}",
+                         f"an output for every held-out note ({len(missing)} missing)")
     ids = sorted(notes)
     completions = [outputs[i] for i in ids]
     columns = {"raw_text": [notes[i] for i in ids], "gold_span": [gold[i] for i in ids]}
