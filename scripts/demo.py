@@ -447,7 +447,7 @@ def stage_sentences(checks: dict[str, object], work: Path) -> str:
         "the README's differences).",
         f"- Model 2 (GRPO from Model 1): {checks['model2_test_outputs_differing_from_model1']} of "
         f"{checks['test_notes']} test outputs differ from Model 1's; mean reward per GRPO step "
-        f"{checks['grpo_rewards']} (sampled rollouts on train notes; plot: {work / 'grpo_rewards.png'}).",
+        f"{checks['grpo_rewards']} (sampled rollouts on one training note per step, so they follow the note; plot: {work / 'grpo_rewards.png'}).",
         f"- GRPO on held-out notes: mean reward (fidelity, token F1, exact F1; each in [0, 1]) of the greedy "
         f"copy-decoded outputs on the {checks['heldout_notes']} val + test notes: Model 1 "
         f"{checks['heldout_reward']['model1']:.4f}, Model 2 {checks['heldout_reward']['model2']:.4f}.",
