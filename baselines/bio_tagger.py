@@ -1,7 +1,8 @@
 """The encoder baseline: a RoBERTa-style token classifier with B/I/O labels (SPEC section 6).
 
 As published: 9 categories as B/I/O (19 labels), 512-token windows (a random crop of each note for
-training, consecutive windows for inference), lr 2e-5, AdamW (weight decay 0.001), cosine schedule with 5 %
+training, consecutive windows for inference; ``--window_layout raw``: plain slices of the note tokenised once
+with its special tokens, which are labelled O, so no position is ignored by the loss), lr 2e-5, AdamW (weight decay 0.001), cosine schedule with 5 %
 warm-up, seed 3407, 250 epochs of batch 32, and the checkpoint with the best validation span F1 (scored every
 500 steps on ``--eval_csv``; the published metric: micro F1 over exact token spans, x 100) is the one kept.
 Runs on transformers' ``Trainer``: one process by default, several GPUs with ``accelerate launch`` or
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.categories import TAGS
-from utils.configs.baseline import WINDOW, BaselineArguments, BaselineTrainingArguments
+from utils.configs.baseline import WINDOW, WINDOW_LAYOUT, BaselineArguments, BaselineTrainingArguments
 from utils.fileio import InputError
 from utils.meddec.predictions import Span, write_predictions
 from utils.meddec.tables import parse_spans_json, read_notes_table, read_tagged_table
@@ -189,8 +190,9 @@ class EncodedNote:
 
 
 def encode_note(tokenizer: Any, file_id: str, text: str, spans: Sequence[tuple[int, int, int]] = (),
-                overlap_rule: str = "first_wins") -> EncodedNote:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+                overlap_rule: str = "first_wins", special_tokens: bool = False) -> EncodedNote:
+    """With ``special_tokens`` (the raw layout) the note's own <s> ... </s> are in, zero-width, so labelled O."""
+    enc = tokenizer(text, add_special_tokens=special_tokens, return_offsets_mapping=True, verbose=False)
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     return EncodedNote(file_id, list(enc["input_ids"]), offsets, token_labels(offsets, spans, overlap_rule))
 
@@ -216,12 +218,27 @@ def with_special_tokens(wrapping: tuple[list[int], list[int]], ids: list[int], l
     }
 
 
-class RandomCropDataset:
-    """One item per note; each access takes a random window of the note (published: random crop)."""
+def padded_to_window(note: EncodedNote, window: int, pad_id: int) -> EncodedNote:
+    """The published encoding of a short note (``padding='max_length'``): pads up to ``window``, labelled O and
+    attended (a crop of it is always a full window); longer notes are left as they are."""
+    missing = max(0, window - len(note.input_ids))
+    return EncodedNote(note.file_id, note.input_ids + [pad_id] * missing, note.offsets + [(0, 0)] * missing,
+                       note.labels + [0] * missing)
 
-    def __init__(self, notes: list[EncodedNote], tokenizer: Any, window: int, seed: int) -> None:
-        self.notes = notes
-        self.wrapping = special_wrapping(tokenizer)
+
+class RandomCropDataset:
+    """One item per note; each access takes a random window of the note (published: random crop). ``raw``: a plain
+    slice of the note encoded with its special tokens (pass notes from ``encode_note(special_tokens=True)``);
+    ``wrapped``: <s> + slice + </s> with the special tokens' labels ignored."""
+
+    def __init__(self, notes: list[EncodedNote], tokenizer: Any, window: int, seed: int, layout: str = WINDOW_LAYOUT) -> None:
+        self.layout = layout
+        if layout == "raw":
+            self.notes = [padded_to_window(n, window, tokenizer.pad_token_id) for n in notes]
+            self.wrapping: tuple[list[int], list[int]] = ([], [])
+        else:
+            self.notes = notes
+            self.wrapping = special_wrapping(tokenizer)
         self.body = window - sum(map(len, self.wrapping))
         self.rng = random.Random(seed)
 
@@ -253,12 +270,15 @@ def read_predict_csv(path: str) -> list[tuple[str, str]]:
 
 
 def predict_note(model: Any, tokenizer: Any, text: str, window: int = WINDOW, batch_size: int = 8,
-                 orphan_inside: str = "new_span") -> list[Span]:
-    """Consecutive windows over the note, argmax label per token, decoded to character spans."""
+                 orphan_inside: str = "new_span", layout: str = WINDOW_LAYOUT) -> list[Span]:
+    """Consecutive windows over the note, argmax label per token, decoded to character spans. ``raw`` (published):
+    slices of the note encoded once with its special tokens (their labels are dropped by decoding, being
+    zero-width); ``wrapped``: each window between the model's own special tokens."""
     import torch
 
-    note = encode_note(tokenizer, "", text)
-    wrapping = special_wrapping(tokenizer)
+    raw = layout == "raw"
+    note = encode_note(tokenizer, "", text, special_tokens=raw)
+    wrapping = ([], []) if raw else special_wrapping(tokenizer)
     body = window - sum(map(len, wrapping))
     windows = [with_special_tokens(wrapping, note.input_ids[s : s + body], [0] * len(note.input_ids[s : s + body]))
                for s in range(0, len(note.input_ids), body)]
@@ -279,12 +299,13 @@ def predict_note(model: Any, tokenizer: Any, text: str, window: int = WINDOW, ba
 
 
 def predict_rows(model: Any, tokenizer: Any, rows: Sequence[tuple[str, str]], window: int, batch_size: int,
-                 name: str = "notes", progress: bool = True, orphan_inside: str = "new_span") -> dict[str, list[Span]]:
+                 name: str = "notes", progress: bool = True, orphan_inside: str = "new_span",
+                 layout: str = WINDOW_LAYOUT) -> dict[str, list[Span]]:
     """Spans of every (file_id, text) row."""
     from tqdm.auto import tqdm
 
     model.eval()
-    return {file_id: predict_note(model, tokenizer, text, window, batch_size, orphan_inside)
+    return {file_id: predict_note(model, tokenizer, text, window, batch_size, orphan_inside, layout)
             for file_id, text in tqdm(rows, desc=f"predict {name}", unit="note", disable=not progress)}
 
 
@@ -303,15 +324,15 @@ def trainer_class():
 
         def __init__(self, *args: Any, validation: Sequence[tuple[str, str]] = (),
                      validation_gold: dict[str, set] | None = None, window: int = WINDOW,
-                     orphan_inside: str = "ignore", **kwargs: Any) -> None:
+                     orphan_inside: str = "ignore", layout: str = WINDOW_LAYOUT, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.validation, self.validation_gold = list(validation), validation_gold or {}
-            self.window, self.orphan_inside = window, orphan_inside
+            self.window, self.orphan_inside, self.layout = window, orphan_inside, layout
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
             predicted = predict_rows(self.model, self.processing_class, self.validation, self.window,
                                      self.args.per_device_eval_batch_size, "validation", progress=False,
-                                     orphan_inside=self.orphan_inside)
+                                     orphan_inside=self.orphan_inside, layout=self.layout)
             spans = {i: {(s.category, s.start, s.end) for s in found} for i, found in predicted.items()}
             metrics = {f"{metric_key_prefix}_f1": published_span_f1(self.validation_gold, spans)}
             self.log(metrics)
@@ -358,8 +379,9 @@ def train(args: BaselineArguments, training: BaselineTrainingArguments,
         return model, tokenizer
     if not validation:
         without_selection(training)
-    notes = [encode_note(tokenizer, i, t, s, args.overlap_rule) for i, t, s in rows]
-    dataset = RandomCropDataset(notes, tokenizer, args.window, training.seed)
+    raw = args.window_layout == "raw"
+    notes = [encode_note(tokenizer, i, t, s, args.overlap_rule, special_tokens=raw) for i, t, s in rows]
+    dataset = RandomCropDataset(notes, tokenizer, args.window, training.seed, args.window_layout)
     trainer = trainer_class()(
         model=model,
         args=training,
@@ -371,6 +393,7 @@ def train(args: BaselineArguments, training: BaselineTrainingArguments,
         validation_gold=validation_gold(tokenizer, validation or ()),
         window=args.window,
         orphan_inside=args.orphan_inside,
+        layout=args.window_layout,
     )
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     trainer.save_model(training.output_dir)
@@ -381,7 +404,7 @@ def score_predictions(args: BaselineArguments, predictions: dict[str, list[Span]
     from utils.metric import Scorer
 
     scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                               stats_csv=args.stats_csv, extra_ids=list(predictions))
+                               stats_csv=args.stats_csv, extra_ids=list(predictions), rule=args.scorer)
     return scorer.score(predictions)
 
 
@@ -399,12 +422,12 @@ def run(args: BaselineArguments, training: BaselineTrainingArguments, progress: 
         return written
     for path, rows in to_predict.items():
         predictions = predict_rows(model, tokenizer, rows, args.window, training.per_device_eval_batch_size,
-                                   Path(path).name, progress, args.orphan_inside)
+                                   Path(path).name, progress, args.orphan_inside, args.window_layout)
         out = Path(training.output_dir) / f"{Path(path).stem}_predictions.json"
         write_predictions(out, predictions)
         written[path] = out
         if args.gold_dir:
             report = score_predictions(args, predictions)
             print(f"{out}: span F1 {report.span.f1:.4f}, token F1 {report.token_f1:.4f}, base {report.base:.4f}"
-                  + (f", final {report.final:.4f}" if report.final is not None else ""))
+                  + (f", final {report.final:.4f}" if report.final is not None else "") + f" ({report.scorer} scorer)")
     return written

@@ -43,6 +43,7 @@ from ensemble.consensus import Thresholds, merge_prepared, prepare_predictions
 from utils.meddec.corpus import load_notes, read_split
 from utils.meddec.predictions import Predictions, Span, write_predictions
 from utils.metric import Scorer
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 
 # (drop rate, boundary shift rate, max shift in characters, wrong-category rate, false positives per gold span)
 MODEL_NOISE = ((0.15, 0.25, 6, 0.05, 0.10), (0.20, 0.35, 10, 0.08, 0.15), (0.25, 0.20, 4, 0.10, 0.20))
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv", type=int, default=5, help="folds for the CV-vs-in-sample gap (0: skip)")
     parser.add_argument("--cv_trials", type=int, default=300, help="TPE trials per CV fold")
     parser.add_argument("--official", help="path of the official evaluate.py to time instead of a fresh Scorer")
+    parser.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER, help=SCORER_HELP)
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     from utils.fileio import report_input_error
@@ -126,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         ids = read_split(paths.split("val"))
         notes = load_notes(paths.gold_dir, paths.raw_text_dir, ids)
         models = [perturbed_predictions(notes, args.seed * 100 + i, noise) for i, noise in enumerate(MODEL_NOISE)]
+        results["scorer"] = args.scorer
         results["spans_per_note_per_model"] = round(sum(len(s) for m in models for s in m.values()) / len(models) / len(ids), 1)
 
         def fresh_scorer() -> Scorer:
             return Scorer.from_files(gold_dir=paths.gold_dir, raw_text_dir=paths.raw_text_dir,
-                                     split_file=paths.split("val"), stats_csv=paths.stats_csv)
+                                     split_file=paths.split("val"), stats_csv=paths.stats_csv, rule=args.scorer)
 
         # -- ours ------------------------------------------------------------------------------------
         started = time.perf_counter()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from utils.meddec.corpus import Annotation, MedDecPaths, read_gold_dir, read_split
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORER_REFERENCES, SCORERS
 from utils.paths import load_module_from_path
 from utils.meddec.predictions import Predictions, Span, write_predictions
 
@@ -114,12 +115,13 @@ def _official_main(official, args: list[str]) -> dict:
 
 def _official_view(report_dict: dict) -> dict:
     """Our JSON restricted to the official keys."""
-    view = {k: v for k, v in report_dict.items() if k != "per_category"}
+    view = {k: v for k, v in report_dict.items() if k not in ("per_category", "scorer")}
     view["span_f1"] = {k: report_dict["span_f1"][k] for k in ("precision", "recall", "f1")}
     return view
 
 
-def run_benchmark(paths: MedDecPaths, official_path: str | None, repeats: int, work_dir: Path) -> int:
+def run_benchmark(paths: MedDecPaths, official_path: str | None, repeats: int, work_dir: Path,
+                  rule: str = DEFAULT_SCORER) -> int:
     from utils.metric import Scorer, load_official_texts
     from utils.metric.punkt import require_punkt
 
@@ -132,9 +134,10 @@ def run_benchmark(paths: MedDecPaths, official_path: str | None, repeats: int, w
     n_spans = sum(len(v) for v in gold.values())
     n_chars = sum(len(t) for t in texts.values())
     print(f"{len(ids)} notes, {n_chars / len(ids):.0f} chars and {n_spans / len(ids):.0f} gold spans per note; "
-          f"{len(sets)} prediction sets")
+          f"{len(sets)} prediction sets; scorer: {rule} ({SCORER_REFERENCES[rule]})")
     official = load_module_from_path(official_path, "lamar_bench_official_evaluate") if official_path else None
-    files = dict(gold_dir=paths.gold_dir, raw_text_dir=paths.raw_text_dir, split_file=split, stats_csv=paths.stats_csv)
+    files = dict(gold_dir=paths.gold_dir, raw_text_dir=paths.raw_text_dir, split_file=split, stats_csv=paths.stats_csv,
+                 rule=rule)
     mismatches = 0
     ratios, official_times = [], []
     for name, predictions in sets.items():
@@ -193,7 +196,8 @@ def run_benchmark(paths: MedDecPaths, official_path: str | None, repeats: int, w
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", help="path to a local copy of the official evaluate.py (compares and times it)")
+    parser.add_argument("--official", help="path to a local copy of the --scorer's evaluate.py (compares and times it)")
+    parser.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER, help=SCORER_HELP)
     parser.add_argument("--data_root",
                         help="a MedDec-layout folder with splits/val.txt (default: generate the synthetic val set)")
     parser.add_argument("--repeats", type=int, default=20, help="re-scoring repeats for the medians")
@@ -201,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_scorer.") as tmp:
         work = Path(tmp)
         paths = MedDecPaths(Path(args.data_root)) if args.data_root else generate_synthetic_val(work / "corpus")
-        return run_benchmark(paths, args.official, args.repeats, work)
+        return run_benchmark(paths, args.official, args.repeats, work, args.scorer)
 
 
 if __name__ == "__main__":

@@ -917,6 +917,19 @@ def _write_corpus_files(root: Path, seed: int, splits: Mapping[str, Sequence[_No
     return len(rows)
 
 
+#: The files a synthetic corpus consists of (relative glob patterns); anything else in its folder is the user's.
+CORPUS_PATTERNS = ("data/*.json", "raw_text/*.txt", "splits/*.txt", "stats.csv", "NOTEEVENTS.csv")
+
+
+def _foreign_files(out_dir: Path) -> list[Path]:
+    """Files (or links, pipes...) in an earlier corpus folder that the generator did not write."""
+    ours = {p for pattern in (*CORPUS_PATTERNS, MARKER_FILE) for p in out_dir.glob(pattern)
+            if p.is_file() and not p.is_symlink()}
+    folders = {out_dir / "data", out_dir / "raw_text", out_dir / "splits"}
+    return sorted(p for p in out_dir.rglob("*") if p not in ours and not (p in folders and p.is_dir()
+                                                                         and not p.is_symlink()))
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` to ``out_dir``; an earlier synthetic corpus there is replaced, anything else kept."""
     if out_dir.exists():
@@ -926,6 +939,11 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
             raise InputError(out_dir, "", f"not empty and not a synthetic corpus (no {MARKER_FILE}); "
                                           "choose another --out_dir")
         if any(out_dir.iterdir()):
+            foreign = _foreign_files(out_dir)
+            if foreign:
+                raise InputError(foreign[0], "", f"not part of the synthetic corpus in {out_dir} ({len(foreign)} such "
+                                                 "file(s)); replacing the corpus would delete them: move them or "
+                                                 "choose another --out_dir")
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.replace(out_dir, old / "corpus")
             os.replace(tmp, out_dir)

@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ensemble.consensus import Thresholds, merge_predictions, note_ids_of, prepare_predictions
 from ensemble.mbr import read_model_predictions
@@ -32,7 +32,9 @@ from ensemble.tuning import cross_validate, default_trial_value, make_objective,
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import OptimizeArguments
 from utils.fileio import InputError, check_output_path, file_sha256, write_json_atomic
+from utils.fingerprint import punkt_fingerprint
 from utils.meddec.predictions import Predictions, write_predictions
+from utils.metric.rules import DEFAULT_SCORER
 
 
 def check_arguments(args: OptimizeArguments) -> None:
@@ -63,17 +65,26 @@ def plot_paths(args: OptimizeArguments) -> tuple[str | None, str | None]:
     return args.history_plot or f"{stem}_history.png", args.importance_plot or f"{stem}_importance.png"
 
 
+def gold_from_csv(args: OptimizeArguments) -> bool:
+    """Whether the gold comes from the tagged table (published) rather than the gold JSON files."""
+    return bool(args.gold_csv) and args.gold_csv.lower() != "none"
+
+
 def inputs_fingerprint(args: OptimizeArguments, note_ids: Sequence[str]) -> dict[str, Any]:
     """What determines a study's trials: every input's content (not its name) and the objective's settings."""
-    gold_files = [Path(args.gold_dir) / name for name in sorted(os.listdir(args.gold_dir)) if name.endswith(".json")]
     texts = hashlib.sha256()
-    for note_id in sorted(note_ids):
-        texts.update(f"{note_id}\0{file_sha256(Path(args.raw_text_dir) / f'{note_id}.txt')}\0".encode())
-    gold = hashlib.sha256("".join(f"{p.name}\0{file_sha256(p)}\0" for p in gold_files).encode()).hexdigest()
+    if gold_from_csv(args):  # one file holds both the gold and the texts
+        gold = texts_digest = file_sha256(args.gold_csv)
+    else:
+        gold_files = [Path(args.gold_dir) / name for name in sorted(os.listdir(args.gold_dir)) if name.endswith(".json")]
+        for note_id in sorted(note_ids):
+            texts.update(f"{note_id}\0{file_sha256(Path(args.raw_text_dir) / f'{note_id}.txt')}\0".encode())
+        gold = hashlib.sha256("".join(f"{p.name}\0{file_sha256(p)}\0" for p in gold_files).encode()).hexdigest()
+        texts_digest = texts.hexdigest()
     return {
         "predictions": [file_sha256(path) for path in args.predictions],
         "gold": gold,
-        "texts": texts.hexdigest(),
+        "texts": texts_digest,
         "notes": hashlib.sha256("\n".join(sorted(note_ids)).encode()).hexdigest(),
         "stats": file_sha256(args.stats_csv) if args.stats_csv else None,
     }
@@ -82,19 +93,46 @@ def inputs_fingerprint(args: OptimizeArguments, note_ids: Sequence[str]) -> dict
 def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[str]]:
     """Models' predictions, the scorer, and the note ids to tune on."""
     from utils.metric.punkt import require_punkt
-    from utils.metric import Scorer, read_official_split
+    from utils.metric import Scorer
 
     require_punkt()  # the official token F1 needs NLTK's punkt_tab: say so before any work
     models = [read_model_predictions(path) for path in args.predictions]
-    scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                               stats_csv=args.stats_csv)
-    wanted = set(read_official_split(args.split_file)) if args.split_file else set(scorer.gold_ids)
+    if gold_from_csv(args):
+        scorer = csv_scorer_factory(args.gold_csv, args.split_file, args.stats_csv, args.scorer)(None)
+    else:
+        scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
+                                   stats_csv=args.stats_csv, rule=args.scorer)
+    wanted = scorer.split_ids if scorer.split_ids is not None else set(scorer.gold_ids)
     ids = [i for i in note_ids_of(models) if i in wanted]
     if not ids:
         raise InputError(args.predictions[0], "", "no predicted note is in the gold/split set: check --split_file")
     if args.cv > len(ids):  # refused before any trial is run, not after tuning
         raise InputError("<command line>", "--cv", f"K = {args.cv} folds need at least {args.cv} notes, got {len(ids)}")
     return models, scorer, ids
+
+
+def csv_scorer_factory(gold_csv: str, split_file: str | None, stats_csv: str | None,
+                       rule: str = DEFAULT_SCORER) -> Callable[[Sequence[str] | None], Any]:
+    """make_scorer(note_ids or None for all): a Scorer (token rule ``rule``) over the tagged table's gold and texts
+    (published optimize.py: every row's ``gold_offsets`` and ``raw_text``, the split file's ids with a ``.json``
+    suffix stripped, whichever scorer)."""
+    from utils.meddec.corpus import read_stats
+    from utils.meddec.tables import tagged_gold
+    from utils.metric import Scorer, read_official_split
+
+    gold, texts = tagged_gold(gold_csv)
+    split_ids = None
+    if split_file:
+        split_ids = {i.removesuffix(".json") for i in read_official_split(split_file)}
+        gold = {k: v for k, v in gold.items() if k in split_ids}
+    stats = read_stats(stats_csv) if stats_csv else None
+
+    def make_scorer(note_ids: Sequence[str] | None) -> Any:
+        wanted = gold if note_ids is None else {i: gold[i] for i in note_ids if i in gold}
+        ids = split_ids if note_ids is None else set(note_ids)
+        return Scorer(wanted, texts, stats, split_ids=ids, rule=rule)
+
+    return make_scorer
 
 
 def optimize(args: OptimizeArguments) -> dict[str, Any]:
@@ -105,10 +143,12 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
     models, scorer, ids = load_inputs(args)
     apply_models = [read_model_predictions(path) for path in args.apply] if args.apply else None
     objective = "final" if args.stats_csv else "base"
-    print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score")
+    print(f"tuning on {len(ids)} notes x {len(models)} models; objective: official {objective} score "
+          f"(scorer: {scorer.rule})")
     prepared = prepare_predictions(models, ids)
     evaluate = make_objective(prepared, scorer)
-    fingerprint = {"objective": objective, **inputs_fingerprint(args, ids)}
+    fingerprint = {"objective": objective, "scorer": scorer.rule, **inputs_fingerprint(args, ids),
+                   **punkt_fingerprint()}
     run = tune(evaluate, args.n_trials, storage, args.study_name, args.seed, args.per_category, progress, fingerprint)
     study, best = run.study, run.best_thresholds
     report: dict[str, Any] = {
@@ -116,6 +156,7 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
         "best_value": study.best_value,
         "best_trial": study.best_trial.number,
         "objective": objective,
+        "scorer": {"name": scorer.rule, "reference": scorer.reference},
         "default_thresholds": Thresholds().as_dict(),
         "default_value": default_trial_value(study, args.per_category),
         "per_category": args.per_category,
@@ -124,6 +165,7 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
         "seconds_this_run": round(run.seconds, 2),
         "n_notes": len(ids),
         "predictions": [str(p) for p in args.predictions],
+        "gold": args.gold_csv if gold_from_csv(args) else args.gold_dir,
         "storage": storage,
         "study_name": args.study_name if storage else None,
         "seed": args.seed,
@@ -132,7 +174,9 @@ def optimize(args: OptimizeArguments) -> dict[str, Any]:
         report["default_value"] = evaluate(Thresholds())
     if args.cv:
         with tempfile.TemporaryDirectory(prefix="lamar_cv_") as workdir:
-            make_scorer = scorer_factory(args.gold_dir, args.raw_text_dir, args.stats_csv, workdir)
+            make_scorer = (csv_scorer_factory(args.gold_csv, args.split_file, args.stats_csv, args.scorer)
+                           if gold_from_csv(args)
+                           else scorer_factory(args.gold_dir, args.raw_text_dir, args.stats_csv, workdir, args.scorer))
             report["cv"] = cross_validate(prepared, make_scorer, args.cv, args.cv_trials or args.n_trials, args.seed,
                                           args.per_category, progress)
         report["cv"]["in_sample_score"] = study.best_value
@@ -151,6 +195,7 @@ def format_report(report: dict[str, Any]) -> str:
     """A short honest summary: best vs defaults in sample, and the cross-validated view when asked."""
     lines = [
         f"trials: {report['n_trials']} ({report['n_trials_this_run']} this run, {report['seconds_this_run']} s)",
+        f"scorer: {report['scorer']['name']} ({report['scorer']['reference']})",
         f"defaults {report['objective']} score: {report['default_value']:.6f}",
         f"best {report['objective']} score (in sample, trial {report['best_trial']}): {report['best_value']:.6f}",
         "best thresholds: " + ", ".join(

@@ -35,6 +35,7 @@ from ensemble.storage import StudyLock, TrialWriter, open_persistent_study, quie
 from utils.categories import CATEGORY_IDS
 from utils.configs import OPTUNA_STUDY
 from utils.fileio import InputError
+from utils.metric.rules import DEFAULT_SCORER
 
 
 Evaluate = Callable[[Thresholds], float]
@@ -274,8 +275,10 @@ def cross_validate(
     }
 
 
-def scorer_factory(gold_dir: str, raw_text_dir: str, stats_csv: str | None, workdir: str) -> Callable[[Sequence[str]], Any]:
-    """make_scorer(note_ids): a Scorer over just those notes (through a split file, as a user would)."""
+def scorer_factory(gold_dir: str, raw_text_dir: str, stats_csv: str | None, workdir: str,
+                   rule: str = DEFAULT_SCORER) -> Callable[[Sequence[str]], Any]:
+    """make_scorer(note_ids): a Scorer (token rule ``rule``) over just those notes (through a split file, as a user
+    would)."""
     from utils.metric import Scorer
 
     counter = [0]
@@ -284,7 +287,8 @@ def scorer_factory(gold_dir: str, raw_text_dir: str, stats_csv: str | None, work
         counter[0] += 1
         split = Path(workdir) / f"fold_{counter[0]}.txt"
         split.write_text("".join(f"{i}\n" for i in note_ids), encoding="utf-8")
-        return Scorer.from_files(gold_dir=gold_dir, raw_text_dir=raw_text_dir, split_file=str(split), stats_csv=stats_csv)
+        return Scorer.from_files(gold_dir=gold_dir, raw_text_dir=raw_text_dir, split_file=str(split), stats_csv=stats_csv,
+                                 rule=rule)
 
     return make_scorer
 

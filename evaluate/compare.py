@@ -51,8 +51,9 @@ def run_comparison(systems_args: SystemsArguments, args: CompareArguments) -> Co
 
     report = compare(scorer, systems, args.bootstrap, args.seed, args.confidence, args.against_first, progress=True)
     print(report.format())
+    print(f"Scorer: {scorer.rule} ({scorer.reference})")
     if args.output:
-        write_json_atomic(args.output, report.to_dict())
+        write_json_atomic(args.output, {**report.to_dict(), "scorer": {"name": scorer.rule, "reference": scorer.reference}})
         print(f"\nComparison saved to: {args.output}")
     return report
 

@@ -65,7 +65,8 @@ def run_error_analysis(systems_args: SystemsArguments, args: ErrorArguments) -> 
     from utils.metric.error_plots import plot_boundary_offsets, plot_confusion
     from utils.metric.errors import classify_predictions, summarize
 
-    result: dict[str, Any] = {"definitions": DEFINITIONS, "systems": {}}
+    result: dict[str, Any] = {"definitions": DEFINITIONS, "scorer": {"name": scorer.rule, "reference": scorer.reference},
+                              "systems": {}}
     for (name, predictions), stem in zip(systems.items(), stems):
         summary = summarize(classify_predictions(scorer, predictions))
         result["systems"][name] = summary.to_dict()

@@ -1,8 +1,10 @@
 """Official MedExACT 2026 / MedDec scoring from the command line (same flags and numbers as the official script).
 
-Re-implements ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd (see utils/metric/scorer.py for
-what "identical" takes), prints the official report followed by a per-category table, and writes the
-official JSON (plus extra keys) with --output.
+By default re-implements the published ``evaluate/evaluate.py`` of github.com/biodatlab/medexact-lamar (the script
+LAMAR shipped and tuned with); ``--scorer meddec`` gives ``evaluate.py`` of github.com/CLU-UML/MedDec at commit
+f4374cd instead (SPEC section 2; utils/metric/scorer.py says what "identical" takes). Prints the official report
+followed by a per-category table and the scorer's name, and writes the official JSON (plus extra keys, ``scorer``
+among them) with --output.
 
     python evaluate/evaluate.py --gold_dir MedDec/data --raw_text_dir MedDec/raw_text \\
         --predictions predictions.json --split_file MedDec/splits/val.txt --stats_csv MedDec/stats.csv \\
@@ -53,14 +55,15 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     if args.output:
         check_output_path(args.output)
     from utils.metric import Scorer  # numpy and tqdm load here, not for --help
-    from utils.metric.checks import input_warnings
+    from utils.metric.checks import input_warnings, require_a_match
 
     require_punkt()
     predictions = read_predictions(args.predictions)
     scorer = Scorer.from_files(
         gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-        stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=list(predictions),
+        stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=list(predictions), rule=args.scorer,
     )
+    require_a_match(scorer, predictions, args.predictions)
     if args.split_file:
         kept = sum(1 for name in predictions if name in scorer.split_ids)
         print(f"Filtered to {len(scorer.gold_ids)} gold files and {kept} prediction files based on {args.split_file}")
@@ -69,6 +72,7 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     report = scorer.score(predictions)
     print(report.format_official())
     print(report.format_per_category())
+    print(report.format_scorer())
     result = report.to_official_dict()
     if boot.bootstrap > 0:
         from utils.metric.resampling import bootstrap

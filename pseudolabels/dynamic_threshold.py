@@ -6,8 +6,10 @@ entropies join the training set.
 
 ``explore`` checks that low entropy means good output: on Model 1's validation inference CSV it scores
 each note with the official scorer (per-note base score), reports the Spearman correlation between
-entropy and per-note score, the scores of entropy-quantile bins, and how many pool rows each candidate
-quantile would keep; ``--plot`` draws both.
+entropy and per-note score, the scores of entropy-quantile bins, for each candidate quantile (published:
+0.10 0.15 0.20 0.25 0.30 0.5 0.75) the validation notes at or below it with their mean per-note span and token
+F1 (the published explorer's table), and how many pool rows each candidate quantile would keep; ``--plot``
+draws both.
 
 ``select`` keeps the pool rows with entropy <= the ``--threshold`` quantile (linear interpolation,
 pandas' default; rows without an entropy never pass), turns each output into a training row and appends
@@ -113,7 +115,8 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
     ids = val["file_id"].tolist()
     texts = load_official_texts(args.raw_text_dir, ids)
     predictions = dict(zip(val["file_id"], val["spans"]))
-    per_note = [Scorer({i: gold[i]}, {i: texts[i]}).base_score({i: predictions[i]}) for i in ids]
+    reports = [Scorer({i: gold[i]}, {i: texts[i]}).score({i: predictions[i]}) for i in ids]
+    per_note = [r.base for r in reports]
     entropy = val["entropy"].to_numpy(dtype=float)
     finite = np.isfinite(entropy)
     with warnings.catch_warnings():
@@ -132,6 +135,7 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
             bins.append({"bin": b, "entropy_from": float(edges[b]), "entropy_to": float(edges[b + 1]),
                          "notes": len(members), "span_f1": report.span.f1, "token_f1": report.token_f1, "base": report.base})
 
+    val_quantiles = quantile_table(entropy, [r.span.f1 for r in reports], [r.token_f1 for r in reports], args.quantiles)
     pool_counts = []
     pool_entropy = None
     if args.pool_predictions:
@@ -143,15 +147,34 @@ def explore(args: ExploreArguments) -> dict[str, Any]:
         "val_notes": len(ids),
         "spearman_rho": None if math.isnan(rho) else float(rho),
         "spearman_p": None if math.isnan(p_value) else float(p_value),
-        "per_note": [{"file_id": i, "entropy": None if not f else float(e), "base": s}
-                     for i, e, f, s in zip(ids, entropy, finite, per_note)],
+        "per_note": [{"file_id": i, "entropy": None if not f else float(e), "base": r.base, "span_f1": r.span.f1,
+                      "token_f1": r.token_f1} for i, e, f, r in zip(ids, entropy, finite, reports)],
         "bins": bins,
+        "val_quantiles": val_quantiles,
         "pool": pool_counts,
     }
     write_json_atomic(args.report, result)
     if args.plot:
         draw_plot(args.plot, entropy, np.asarray(per_note), pool_entropy, pool_counts)
     return result
+
+
+def quantile_table(entropy: np.ndarray, span_f1: Sequence[float], token_f1: Sequence[float],
+                   quantiles: Sequence[float]) -> list[dict[str, Any]]:
+    """Per candidate quantile of the validation entropies (the published explorer's table): the notes at or below
+    it and their mean per-note span and token F1, base = the mean of the two."""
+    rows = []
+    for q in quantiles:
+        threshold = entropy_threshold(entropy, q)
+        kept = keep_mask(entropy, q)
+        if not kept.any():  # no finite entropy at all
+            rows.append({"quantile": q, "threshold": None, "kept": 0, "kept_frac": 0.0, "mean_span_f1": None,
+                         "mean_token_f1": None, "base": None})
+            continue
+        span, token = float(np.mean(np.asarray(span_f1)[kept])), float(np.mean(np.asarray(token_f1)[kept]))
+        rows.append({"quantile": q, "threshold": threshold, "kept": int(kept.sum()), "kept_frac": float(kept.mean()),
+                     "mean_span_f1": span, "mean_token_f1": token, "base": (span + token) / 2})
+    return rows
 
 
 def draw_plot(path: str, entropy: np.ndarray, scores: np.ndarray, pool_entropy: np.ndarray | None, pool_counts: list[dict]) -> None:
@@ -272,6 +295,10 @@ def run_command(command: str, args: Any) -> None:
         print(f"{result['val_notes']} validation notes; Spearman rho(entropy, per-note base) = {result['spearman_rho']}")
         for b in result["bins"]:
             print(f"  entropy {b['entropy_from']:.4f}-{b['entropy_to']:.4f}: {b['notes']} notes, base {b['base']:.4f}")
+        for q in result["val_quantiles"]:
+            if q["kept"]:
+                print(f"  val quantile {q['quantile']:g}: threshold {q['threshold']:.4f}, keeps {q['kept']} notes, mean span "
+                      f"F1 {q['mean_span_f1']:.4f}, token F1 {q['mean_token_f1']:.4f}, base {q['base']:.4f}")
         for p in result["pool"]:
             print(f"  pool quantile {p['quantile']:g}: threshold {p['threshold']:.4f}, keeps {p['kept']}/{p['pool']}")
         print(f"wrote {args.report}" + (f" and {args.plot}" if args.plot else ""))

@@ -5,10 +5,11 @@ product is the cosine similarity). Both sides are documents, so no query instruc
 (``--prompt_name`` picks one of the model's saved prompts if wanted).
 
 Embeddings are cached in shards: ``<out>/shard_00000.npy`` (float32, one row per note) and
-``shard_00000.ids.txt`` (the note ids, one per line, written last = the shard is complete), plus
-``meta.json`` (model, shard size). A killed run resumes at the first missing shard; a shard whose ids no
-longer match the input, or a cache made with another model or shard size, is an input error (use a new
-output folder). Memory: the pool CSV is streamed one shard at a time.
+``shard_00000.texts.sha256`` (the sha256 of each note's text) and ``shard_00000.ids.txt`` (the note ids, one per
+line, written last = the shard is complete), plus ``meta.json`` (model, its content fingerprint, dtype, truncation,
+shard size). A killed run resumes at the first missing shard and re-embeds a shard whose vector file is cut
+short; a shard whose ids or note texts no longer match the input, or a cache made with another model (by
+content) or settings, is an input error (use a new output folder). Memory: the pool CSV is streamed one shard at a time.
 
 Several devices (``--devices cuda:0 cuda:1 ...``): each shard is split into chunks that sentence-transformers'
 multi-process pool encodes on all devices at once and returns in input order (``SentenceTransformer.
@@ -42,6 +43,9 @@ import numpy as np
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import EmbeddingArguments
 from utils.fileio import InputError, atomic_open, read_json, write_json_atomic, write_text_atomic
+from utils.fingerprint import (
+    check_shard_texts, path_fingerprint, read_shard_digests, vectors_complete, write_shard_digests,
+)
 from utils.meddec.corpus import read_raw_text, read_split
 from utils.meddec.tables import iter_notes_table
 from utils.training.models import check_model_reference, loading_error
@@ -96,22 +100,24 @@ def prepare_cache(out_dir: str | Path, meta: dict[str, Any]) -> Path:
     return out_dir
 
 
-def _save_shard(out_dir: Path, index: int, ids: list[str], vectors: np.ndarray) -> None:
-    """Vectors first, ids last: an ids file marks a complete shard."""
+def _save_shard(out_dir: Path, index: int, ids: list[str], vectors: np.ndarray, texts: list[str]) -> None:
+    """Vectors first, then the texts' digests, ids last: an ids file marks a complete shard."""
     npy_path, ids_path = _shard_paths(out_dir, index)
     with atomic_open(npy_path, "wb") as handle:
         np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32))
+    write_shard_digests(ids_path, texts)
     write_text_atomic(ids_path, "".join(f"{i}\n" for i in ids))
 
 
-def _shard_is_done(out_dir: Path, index: int, ids: list[str]) -> bool:
+def _shard_is_done(out_dir: Path, index: int, ids: list[str], texts: list[str]) -> bool:
     npy_path, ids_path = _shard_paths(out_dir, index)
     if not (ids_path.is_file() and npy_path.is_file()):
         return False
     cached = _read_ids(ids_path)
     if cached != ids:
         raise InputError(ids_path, "", "cached shard holds other note ids than the input; use a new output folder")
-    return True
+    check_shard_texts(ids_path, ids, texts)
+    return vectors_complete(npy_path, len(ids))  # a vector file cut short is embedded again
 
 
 def embed_batches(
@@ -123,12 +129,12 @@ def embed_batches(
     out_dir = Path(out_dir)
     computed = 0
     for index, (ids, texts) in enumerate(tqdm(batches, total=total, desc=f"embed {out_dir.name}", disable=not progress)):
-        if _shard_is_done(out_dir, index, ids):
+        if _shard_is_done(out_dir, index, ids, texts):
             continue
         vectors = np.asarray(encode(texts), dtype=np.float32)
         if vectors.shape[0] != len(ids):
             raise RuntimeError(f"encoder returned {vectors.shape[0]} vectors for {len(ids)} texts")
-        _save_shard(out_dir, index, ids, vectors)
+        _save_shard(out_dir, index, ids, vectors, texts)
         computed += 1
     return computed
 
@@ -146,6 +152,9 @@ def load_embeddings(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
         if not ids_path.is_file():
             break
         shard_ids = _read_ids(ids_path)
+        read_shard_digests(ids_path, len(shard_ids))
+        if not vectors_complete(npy_path, len(shard_ids)):
+            raise InputError(npy_path, "", "vector file incomplete or damaged; resume pseudolabels/embedding.py")
         vectors = np.load(npy_path)
         if vectors.shape[0] != len(shard_ids):
             raise InputError(npy_path, "", f"{vectors.shape[0]} vectors for {len(shard_ids)} ids; re-embed")
@@ -162,22 +171,51 @@ def load_embeddings(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
 # ----------------------------------------------------------------------------------------------- model
 
 
+def uses_cuda(device: str | None, devices: Sequence[str]) -> bool:
+    """Whether the encoder runs on a GPU (sentence-transformers picks CUDA by itself when no device is named)."""
+    import torch
+
+    named = list(devices) or ([device] if device else [])
+    if not named:
+        return torch.cuda.is_available()
+    return any(name.split(":")[0] == "cuda" for name in named)
+
+
+def resolve_model_kwargs(dtype: str, attn_implementation: str | None, on_gpu: bool) -> dict[str, Any]:
+    """The published float16 + flash_attention_2 where they apply: half precision on GPU only (CPU: float32),
+    FlashAttention 2 only with a GPU and the flash-attn package (else transformers picks its default kernel)."""
+    kwargs: dict[str, Any] = {"dtype": "float32" if dtype == "float16" and not on_gpu else dtype}
+    if attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if not (on_gpu and importlib.util.find_spec("flash_attn") is not None):
+            attn_implementation = None
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
 def load_sentence_encoder(
     model: str,
     device: str | None = None,
-    dtype: str = "auto",
+    dtype: str = "float16",
     max_seq_length: int | None = None,
     batch_size: int = 8,
     prompt_name: str | None = None,
     devices: Sequence[str] = (),
+    attn_implementation: str | None = "flash_attention_2",
+    padding_side: str = "left",
 ) -> EncodeFn:
     """A function texts -> L2-normalised float32 embeddings, backed by sentence-transformers (on several devices at
-    once with ``devices``: a :class:`PooledEncoder`, to be closed)."""
+    once with ``devices``: a :class:`PooledEncoder`, to be closed). Defaults: the published fp16, FlashAttention 2
+    and left padding (see :func:`resolve_model_kwargs`)."""
     from sentence_transformers import SentenceTransformer
 
     check_model_reference("--model", model)
+    model_kwargs = resolve_model_kwargs(dtype, attn_implementation, uses_cuda(device, devices))
     try:
-        encoder = SentenceTransformer(model, device="cpu" if devices else device, model_kwargs={"dtype": dtype})
+        encoder = SentenceTransformer(model, device="cpu" if devices else device, model_kwargs=model_kwargs,
+                                      processor_kwargs={"padding_side": padding_side})
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", model, err) from None
     if max_seq_length is not None:
@@ -278,7 +316,8 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     check_devices(args.devices, args.device)
     encode = LazyEncoder(
         lambda: load_sentence_encoder(
-            args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name, args.devices
+            args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name, args.devices,
+            args.attn_implementation, args.padding_side,
         )
     )
     try:
@@ -288,7 +327,8 @@ def run(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
 
 
 def _embed_sources(args: EmbeddingArguments, encode: EncodeFn, progress: bool) -> dict[str, int]:
-    meta = {"model": args.model, "shard_size": args.shard_size, "normalized": True, "prompt_name": args.prompt_name}
+    meta = {"model": args.model, "shard_size": args.shard_size, "normalized": True, "prompt_name": args.prompt_name,
+            **encoder_content(args)}
     done: dict[str, int] = {}
     if "meddec" in args.sources:
         ids = meddec_ids(args.meddec_splits)  # validates the split files before any model is loaded
@@ -304,6 +344,13 @@ def _embed_sources(args: EmbeddingArguments, encode: EncodeFn, progress: bool) -
         out = prepare_cache(args.pool_out, meta)
         done["pool"] = embed_batches(_prepend(first, batches), out, encode, progress=progress)
     return done
+
+
+def encoder_content(args: EmbeddingArguments) -> dict[str, Any]:
+    """What else determines the vectors: the model by content (a folder replaced at the same path is another
+    model), its dtype, truncation length, padding side and attention kernel."""
+    return {"model_content": path_fingerprint(args.model), "dtype": args.dtype, "max_seq_length": args.max_seq_length,
+            "padding_side": args.padding_side, "attn_implementation": args.attn_implementation}
 
 
 def _prepend(first: Batch | None, rest: Iterator[Batch]) -> Iterator[Batch]:

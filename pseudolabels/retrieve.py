@@ -41,6 +41,7 @@ from pseudolabels.embedding import load_embeddings, meddec_ids
 from utils.cli import parse_args, run_cli
 from utils.configs.pipeline import RetrieveArguments
 from utils.fileio import InputError, atomic_open, check_output_path
+from utils.fingerprint import cached_text_digests, text_sha256
 from utils.meddec.tables import iter_notes_table
 
 OUTPUT_COLUMNS = ("file_id", "raw_text", "query_id", "similarity", "assign_rank")
@@ -133,7 +134,8 @@ def select_queries(meddec_ids_cached: list[str], split_files: Sequence[str]) -> 
 
 
 def write_assignments(
-    output: str | Path, assignments: list[Assignment], query_ids: list[str], pool_ids: list[str], pool_csv: str | Path
+    output: str | Path, assignments: list[Assignment], query_ids: list[str], pool_ids: list[str], pool_csv: str | Path,
+    pool_digests: list[str] | None = None,
 ) -> None:
     """Stream the pool CSV once for the assigned texts, then write the CSV atomically in assignment order."""
     wanted = {pool_ids[a.candidate]: None for a in assignments}
@@ -143,6 +145,9 @@ def write_assignments(
         for note_id, text in zip(ids, batch_texts):
             if row < len(pool_ids) and note_id != pool_ids[row]:
                 raise InputError(pool_csv, f"row {row + 1}", f"file_id {note_id!r} differs from the embedding cache ({pool_ids[row]!r}); re-embed")
+            if pool_digests is not None and row < len(pool_digests) and text_sha256(text) != pool_digests[row]:
+                raise InputError(pool_csv, f"row {row + 1}", f"the text of {note_id!r} differs from the one embedded "
+                                                             "(old vectors for a new text); re-embed")
             if note_id in wanted:
                 texts[note_id] = text
             row += 1
@@ -172,7 +177,7 @@ def run(args: RetrieveArguments) -> list[Assignment]:
     rows = select_queries(cached_ids, args.query_splits)
     query_ids = [cached_ids[r] for r in rows]
     assignments = assign_candidates(meddec[rows], pool, args.top_k, args.per_note, args.query_block)
-    write_assignments(args.output, assignments, query_ids, pool_ids, args.pool_csv)
+    write_assignments(args.output, assignments, query_ids, pool_ids, args.pool_csv, cached_text_digests(args.pool_embeddings))
     return assignments
 
 

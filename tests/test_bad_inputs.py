@@ -381,8 +381,8 @@ def cases() -> list[Case]:
     ])
 
     def opt(w):
-        return ["--gold_dir", str(w["gold"]), "--raw_text_dir", str(w["raw"]), "--split_file", str(w["val_split"]),
-                "--storage", "none", "--output", str(w["root"] / "best.json"), "--quiet", "--no_plots"]
+        return ["--gold_csv", "", "--gold_dir", str(w["gold"]), "--raw_text_dir", str(w["raw"]), "--split_file",
+                str(w["val_split"]), "--storage", "none", "--output", str(w["root"] / "best.json"), "--quiet", "--no_plots"]
     add(optimize.main, opt, [*[(f"optimize {n}", v) for n, v in bad_file_variants("--predictions")],
                              *[(f"optimize {n}", v) for n, v in config_variants()]])
     add(optimize.main, opt, [

@@ -124,7 +124,8 @@ def test_consecutive_windows_cover_the_note(setup):
     note = encode_note(tokenizer, "n", text)
     assert len(note.input_ids) > 3 * 10  # several windows of 10 tokens
     expected = decode_spans(note.offsets, table[note.input_ids].tolist())
-    assert predict_note(LookupModel(table), tokenizer, text, window=10, batch_size=3) == expected
+    assert predict_note(LookupModel(table), tokenizer, text, window=10, batch_size=3) == expected  # raw (published)
+    assert predict_note(LookupModel(table), tokenizer, text, window=10, batch_size=3, layout="wrapped") == expected
 
 
 def test_random_crops_are_windows_of_the_note(setup):
@@ -136,7 +137,7 @@ def test_random_crops_are_windows_of_the_note(setup):
     assert (prefix, suffix) == ([tokenizer.bos_token_id], [tokenizer.eos_token_id])
     text = (corpus.paths.raw_text_dir / f"{corpus.train_ids[0]}.txt").read_text(encoding="utf-8")
     note = encode_note(tokenizer, "n", text, [(0, 40, 3)])
-    data = RandomCropDataset([note], tokenizer, window=16, seed=1)
+    data = RandomCropDataset([note], tokenizer, window=16, seed=1, layout="wrapped")
     starts = set()
     for _ in range(20):
         item = data[0]
@@ -146,6 +147,37 @@ def test_random_crops_are_windows_of_the_note(setup):
         assert item["labels"][1:-1] == note.labels[start : start + 14]
         starts.add(start)
     assert len(starts) > 1
+
+
+def test_published_windows_are_raw_slices_with_the_special_tokens_labelled_o(setup):
+    """Published: the note tokenised once with <s> ... </s> (labelled O, trained); a crop is a plain slice of it, so
+    the first crop holds <s>, the last </s>, and no label is ignored (the loss's mean runs over every position)."""
+    from transformers import AutoTokenizer
+
+    from utils.configs.baseline import BaselineArguments as Args
+
+    corpus, _, model_dir = setup
+    assert Args().window_layout == "raw"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = (corpus.paths.raw_text_dir / f"{corpus.train_ids[0]}.txt").read_text(encoding="utf-8")
+    plain = encode_note(tokenizer, "n", text, [(0, 40, 3)])
+    note = encode_note(tokenizer, "n", text, [(0, 40, 3)], special_tokens=True)
+    assert note.input_ids == [tokenizer.bos_token_id, *plain.input_ids, tokenizer.eos_token_id]
+    assert note.labels == [0, *plain.labels, 0]  # the special tokens are O
+    data = RandomCropDataset([note], tokenizer, window=16, seed=1)
+    crops = [data[0] for _ in range(200)]
+    for item in crops:
+        assert len(item["input_ids"]) == 16 and -100 not in item["labels"] and set(item["attention_mask"]) == {1}
+        start = next(s for s in range(len(note.input_ids)) if note.input_ids[s : s + 16] == item["input_ids"])
+        assert item["labels"] == note.labels[start : start + 16]
+    assert len({tuple(c["input_ids"]) for c in crops}) > 1
+    two = RandomCropDataset([note], tokenizer, window=len(note.input_ids) - 1, seed=1)  # two possible crops
+    ends = {(item["input_ids"][0], item["input_ids"][-1]) for item in (two[0] for _ in range(60))}
+    assert ends == {(tokenizer.bos_token_id, note.input_ids[-2]), (note.input_ids[1], tokenizer.eos_token_id)}
+    short = encode_note(tokenizer, "s", "Start aspirin.", special_tokens=True)
+    padded = RandomCropDataset([short], tokenizer, window=16, seed=0)[0]  # published padding='max_length'
+    assert padded["input_ids"] == short.input_ids + [tokenizer.pad_token_id] * (16 - len(short.input_ids))
+    assert padded["labels"] == [0] * 16 and padded["attention_mask"] == [1] * 16
 
 
 @pytest.mark.slow
@@ -165,7 +197,8 @@ def test_a_few_training_steps_write_valid_scored_predictions(setup, capsys):
     for note_id, spans in predictions.items():
         length = len(read_raw_text(corpus.paths.raw_text_dir, note_id))
         assert all(0 <= s.start < s.end <= length and 1 <= s.category <= 9 for s in spans)
-    assert "span F1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "span F1" in printed and "(published scorer)" in printed  # the score names its scorer (the default)
     from safetensors.torch import load_file
 
     start, trained = load_file(model_dir / "model.safetensors"), load_file(root / "out" / "model.safetensors")

@@ -79,6 +79,14 @@ def test_explore_scores_each_note_and_correlates_with_entropy(tagged, tmp_path):
         {"quantile": 0.2, "threshold": pytest.approx(0.18), "kept": 1, "pool": 6},
         {"quantile": 1.0, "threshold": 0.5, "kept": 5, "pool": 6},
     ]
+    # The published explorer's table: validation notes at or below each quantile, their mean per-note F1s.
+    q20, q100 = result["val_quantiles"]
+    assert (q20["quantile"], q20["threshold"], q20["kept"], q20["kept_frac"]) == (0.2, pytest.approx(0.2), 2, 2 / 6)
+    assert q20["base"] == pytest.approx((q20["mean_span_f1"] + q20["mean_token_f1"]) / 2) and q20["base"] > 0.9
+    notes = result["per_note"]
+    assert q100["kept"] == 6 and q100["mean_span_f1"] == pytest.approx(sum(n["span_f1"] for n in notes) / 6)
+    assert q20["mean_token_f1"] == pytest.approx((notes[0]["token_f1"] + notes[1]["token_f1"]) / 2)
+    assert q100["base"] < q20["base"]
     assert json.loads((tmp_path / "r.json").read_text())["val_notes"] == 6
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

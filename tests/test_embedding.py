@@ -99,7 +99,8 @@ def test_a_killed_run_resumes_to_the_same_embeddings(tmp_path, encoder, pool_csv
     with pytest.raises(KeyboardInterrupt):
         embed_batches(iter_notes_table(pool_csv, 2), out, dies_on_third_shard, progress=False)
     assert sorted(p.name for p in out.glob("shard_*")) == [
-        "shard_00000.ids.txt", "shard_00000.npy", "shard_00001.ids.txt", "shard_00001.npy"
+        "shard_00000.ids.txt", "shard_00000.npy", "shard_00000.texts.sha256",
+        "shard_00001.ids.txt", "shard_00001.npy", "shard_00001.texts.sha256",
     ]
     encoded: list[int] = []
 
@@ -141,3 +142,31 @@ def test_cli_flags_and_one_line_errors(tmp_path, capsys, pool_csv):
     assert not (tmp_path / "o").exists()
     code = embedding.main(["--sources", "pool", "notes", "--pool_csv", str(pool_csv)])
     assert code == 2 and "unknown source(s) notes" in capsys.readouterr().err
+
+
+def test_published_precision_attention_and_padding_resolve_per_device():
+    """Published: fp16, flash_attention_2 and left padding on GPU; on CPU float32 and transformers' own kernel."""
+    from pseudolabels.embedding import resolve_model_kwargs
+
+    args = EmbeddingArguments()
+    assert (args.dtype, args.attn_implementation, args.padding_side) == ("float16", "flash_attention_2", "left")
+    assert resolve_model_kwargs("float16", "flash_attention_2", on_gpu=False) == {"dtype": "float32"}
+    assert resolve_model_kwargs("bfloat16", "sdpa", on_gpu=False) == {"dtype": "bfloat16", "attn_implementation": "sdpa"}
+    import importlib.util
+
+    on_gpu = resolve_model_kwargs("float16", "flash_attention_2", on_gpu=True)
+    assert on_gpu["dtype"] == "float16"
+    assert on_gpu.get("attn_implementation") == ("flash_attention_2" if importlib.util.find_spec("flash_attn") else None)
+
+
+@pytest.mark.slow
+def test_left_padding_is_the_default_and_changes_the_shorter_notes(model_path, encoder):
+    """Position ids are not shifted for left padding, so a padded note's embedding moves; an unpadded one does not."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        right = load_sentence_encoder(model_path, device="cpu", max_seq_length=64, batch_size=4, padding_side="right")
+    texts = ["Start aspirin 81 mg daily and follow up with cardiology in two weeks.", "Stop warfarin."]
+    left_vectors, right_vectors = encoder(texts), right(texts)
+    np.testing.assert_allclose(left_vectors[0], right_vectors[0], atol=1e-5)  # the longest note has no padding
+    assert float(left_vectors[1] @ right_vectors[1]) < 0.999  # the padded one moved
+    np.testing.assert_allclose(encoder(texts[1:]), right(texts[1:]), atol=1e-5)  # alone: no padding, same vector

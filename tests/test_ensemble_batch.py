@@ -137,11 +137,12 @@ def random_thresholds(n, seed):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rule", ["published", "meddec"])
 @pytest.mark.parametrize("with_stats", [True, False])
-def test_span_table_scores_equal_the_scorer(synthetic, with_stats):
+def test_span_table_scores_equal_the_scorer(synthetic, with_stats, rule):
     paths = synthetic["paths"]
     scorer = Scorer.from_files(gold_dir=paths.gold_dir, raw_text_dir=paths.raw_text_dir, split_file=paths.split("val"),
-                               stats_csv=paths.stats_csv if with_stats else None)
+                               stats_csv=paths.stats_csv if with_stats else None, rule=rule)
     prepared = prepare_predictions(synthetic["models"], synthetic["ids"])
     merger = BatchMerger(prepared)
     table = merger.table_scorer(scorer)

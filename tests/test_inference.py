@@ -222,7 +222,7 @@ def test_vllm_engine_gets_a_lora_rank_that_fits_the_adapter(tmp_path):
                                 extra={"enforce_eager": True})
     assert kwargs == dict(
         model="Qwen/Qwen3.5-4B", tokenizer="Qwen/Qwen3.5-4B", max_model_len=32768, max_num_seqs=8,
-        tensor_parallel_size=2, gpu_memory_utilization=0.9, dtype="auto", seed=3407,
+        tensor_parallel_size=2, gpu_memory_utilization=0.95, dtype="auto", seed=3407,
         enable_lora=True, max_lora_rank=256, max_loras=1, enforce_eager=True,
     )
     assert "enable_lora" not in vllm_engine_kwargs("merged")  # merged model: no LoRA
@@ -230,6 +230,18 @@ def test_vllm_engine_gets_a_lora_rank_that_fits_the_adapter(tmp_path):
     with pytest.raises(ValueError, match="above vLLM's largest"):
         vllm_max_lora_rank(1024)
     assert vllm_lora_request_kwargs(str(adapter)) == {"lora_name": "lamar_adapter", "lora_int_id": 1, "lora_path": str(adapter)}
+
+
+def test_vllm_generates_every_row_of_an_input_in_one_call_by_default():
+    """Published: one llm.generate over all prompts at gpu_memory_utilization 0.95; --flush_every N resumes in steps."""
+    from utils.generation.runner import rows_per_step
+
+    args = InferenceArguments()
+    assert (args.flush_every, args.gpu_memory_utilization) == (0, 0.95)
+    assert vllm_engine_kwargs("m")["gpu_memory_utilization"] == args.gpu_memory_utilization
+    assert rows_per_step(args, 1500) == 1500 and rows_per_step(args, 0) == 1
+    assert rows_per_step(InferenceArguments(flush_every=64), 1500) == 64
+    assert rows_per_step(InferenceArguments(backend="transformers", batch_size=4), 1500) == 4
 
 
 def test_vllm_sampling_is_greedy_with_the_chosen_token_logprob():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from utils.meddec.corpus import Annotation, Demographics
 from utils.metric.readers import (
-    demographic_groups, gold_rows, official_note_key, prediction_rows, read_official_text, subgroup_members,
+    demographic_groups, gold_rows, official_gold_id, official_note_key, official_split_id, prediction_rows,
+    read_gold_dir_official_order, read_official_gold_file, read_official_split, read_official_text, subgroup_members,
 )
 from utils.meddec.predictions import Span
 
@@ -46,3 +49,23 @@ def test_gold_and_prediction_rows_in_every_usual_shape():
     assert prediction_rows(spans) is spans  # tuples are used as they are
     mixed = [{"start_offset": 1, "end_offset": "4", "category": 2}, [5, 6, "7"]]
     assert prediction_rows(mixed) == [(1, 4, 2), (5, 6, 7)]
+
+
+def test_each_scorer_reads_gold_ids_and_split_lines_its_own_way(tmp_path):
+    # published: the first three '_' parts; f4374cd: trailing underscores stripped
+    assert official_gold_id("1_2_3_v2", "published") == "1_2_3" and official_gold_id("1_2_3_v2", "meddec") == "1_2_3_v2"
+    assert official_gold_id("1_2_", "published") == "1_2_" and official_gold_id("1_2_", "meddec") == "1_2"
+    assert official_gold_id("1_2_3-ann__", "published") == official_gold_id("1_2_3-ann__", "meddec") == "1_2_3-ann"
+    assert official_split_id(" 1_2_3.json \n", "published") == "1_2_3"
+    assert official_split_id(" 1_2_3.json \n", "meddec") == "1_2_3.json"
+    record = {"discharge_summary_id": "7_8_9_extra", "annotations": [
+        {"start_offset": 0, "end_offset": 3, "category": "Category 3: Defining problem"}]}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.json").write_text(json.dumps(record))
+    (tmp_path / "list.json").write_text(json.dumps([record]))
+    assert list(read_official_gold_file(tmp_path / "data" / "a.json", "published")) == ["7_8_9"]
+    assert list(read_official_gold_file(tmp_path / "data" / "a.json", "meddec")) == ["7_8_9_extra"]
+    assert list(read_official_gold_file(tmp_path / "list.json", "published")) == ["7_8_9_extra"]  # lists: rstrip only
+    assert list(read_gold_dir_official_order(tmp_path / "data")) == ["7_8_9"]  # the default is published
+    (tmp_path / "split.txt").write_text("\ufeff7_8_9.json\n10_11_12\n", encoding="utf-8")
+    assert read_official_split(tmp_path / "split.txt") == {"\ufeff7_8_9", "10_11_12"}  # the BOM stays, as officially

@@ -288,7 +288,8 @@ def test_evaluate_without_bootstrap_prints_and_writes_exactly_the_official_outpu
     split = val["paths"].split("val")
     assert len(val["sets"]["mixed"]) == 52  # the benchmark's "mixed" set omits one note
     expected = (f"Filtered to 53 gold files and 52 prediction files based on {split}\n"
-                f"{report.format_official()}\n{report.format_per_category()}\n\nResults saved to: {out}\n")
+                f"{report.format_official()}\n{report.format_per_category()}\n{report.format_scorer()}\n\n"
+                f"Results saved to: {out}\n")
     assert printed == expected
     expected_json = json.dumps(report.to_official_dict(), indent=2, ensure_ascii=False) + "\n"
     assert out.read_text(encoding="utf-8") == expected_json

@@ -1,14 +1,16 @@
 """Official tokens, token labels and per-note macro token F1 (utils/metric/tokens.py) against straightforward
-per-token re-statements of the official definitions."""
+per-token re-statements of both scorers' definitions (SPEC section 2): ``meddec`` (first overlapping span wins)
+and ``published`` (a token under two or more spans is ambiguous, -1; gold-ambiguous positions are dropped)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utils.metric.tokens import (
-    confusion, first_occurrence_order, label_order_of, macro_token_f1, official_tokens, token_labels, valid_span_array,
+    AMBIGUOUS, gold_label_order, note_token_f1, official_label_set, official_tokens, token_labels, valid_span_array,
 )
 
 
@@ -21,6 +23,43 @@ def naive_token_labels(tokens: list[tuple[int, int]], spans: list[tuple[int, int
             if tok_start < end and tok_end > start and labels[i] == 0:
                 labels[i] = category
     return labels
+
+
+def naive_published_labels(tokens: list[tuple[int, int]], spans: list[tuple[int, int, int]]) -> list[int]:
+    """-1 for a token under two or more in-scope spans, else the one span's category (0 if none)."""
+    covering: list[list[int]] = [[] for _ in tokens]
+    for start, end, category in spans:
+        if category in range(1, 10):
+            for i, (tok_start, tok_end) in enumerate(tokens):
+                if tok_start < end and tok_end > start:
+                    covering[i].append(category)
+    return [0 if not c else c[0] if len(c) == 1 else -1 for c in covering]
+
+
+def naive_published_f1(gold: list[int], pred: list[int]) -> float:
+    """Drop gold -1 positions; macro F1 over the labels other than 0/-1 in set(gold) | set(pred)."""
+    kept = [(g, p) for g, p in zip(gold, pred) if g != -1]
+    if not kept:
+        return 1.0
+    gold_kept, pred_kept = [g for g, _ in kept], [p for _, p in kept]
+    labels = set(gold_kept) | set(pred_kept)
+    labels.discard(0)
+    labels.discard(-1)
+    if not labels:
+        return 1.0 if gold_kept == pred_kept else 0.0
+    scores = []
+    for label in labels:
+        tp = sum(1 for g, p in zip(gold_kept, pred_kept) if g == label and p == label)
+        fp = sum(1 for g, p in zip(gold_kept, pred_kept) if g != label and p == label)
+        fn = sum(1 for g, p in zip(gold_kept, pred_kept) if g == label and p != label)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return sum(scores) / len(scores)
+
+
+def _codes(labels: list[int]) -> np.ndarray:
+    return np.array([AMBIGUOUS if label == -1 else label for label in labels], dtype=np.int64)
 
 
 def naive_macro_f1(gold: list[int], pred: list[int]) -> float:
@@ -57,7 +96,18 @@ def test_vectorised_token_labels_equal_per_token_loop(case):
     tokens, spans = case
     starts = np.array([t[0] for t in tokens], dtype=np.int64)
     ends = np.array([t[1] for t in tokens], dtype=np.int64)
-    assert token_labels(starts, ends, valid_span_array(spans)).tolist() == naive_token_labels(tokens, spans)
+    assert token_labels(starts, ends, valid_span_array(spans), "meddec").tolist() == naive_token_labels(tokens, spans)
+    published = token_labels(starts, ends, valid_span_array(spans), "published")
+    assert published.tolist() == _codes(naive_published_labels(tokens, spans)).tolist()
+
+
+def test_published_rule_marks_a_token_under_two_spans_ambiguous():
+    starts, ends = np.array([0, 5, 10]), np.array([4, 9, 14])
+    spans = valid_span_array([(0, 9, 3), (5, 14, 5), (5, 7, 5), (10, 14, 0)])  # category 0 never counts
+    assert token_labels(starts, ends, spans, "published").tolist() == [3, AMBIGUOUS, 5]
+    assert token_labels(starts, ends, spans, "meddec").tolist() == [3, 3, 5]
+    with pytest.raises(ValueError, match="unknown scorer 'official'"):
+        token_labels(starts, ends, spans, "official")
 
 
 def test_valid_span_array_keeps_order_drops_other_categories_and_clips_huge_offsets():
@@ -74,17 +124,36 @@ def test_valid_span_array_keeps_order_drops_other_categories_and_clips_huge_offs
 def test_bincount_macro_f1_equals_per_label_loop_bit_for_bit(labels):
     gold, pred = labels
     g, p = np.array(gold), np.array(pred)
-    order = label_order_of(first_occurrence_order(g), p, np.unique(p).tolist())
-    assert macro_token_f1(confusion(g, p), order) == naive_macro_f1(gold, pred)  # same summation order
+    assert note_token_f1(g, p, gold_label_order(g), "meddec")[0] == naive_macro_f1(gold, pred)  # same summation order
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40).flatmap(lambda n: st.tuples(
+    st.lists(st.sampled_from([0, 1, 9, 8, -1, 3]), min_size=n, max_size=n),
+    st.lists(st.sampled_from([0, 1, 8, 9, 2, -1, 7]), min_size=n, max_size=n),  # -1 (hash -2) collides too
+)))
+def test_published_macro_f1_equals_per_label_loop_bit_for_bit(labels):
+    gold, pred = labels
+    g, p = _codes(gold), _codes(pred)
+    assert note_token_f1(g, p, gold_label_order(g), "published")[0] == naive_published_f1(gold, pred)
+
+
+def test_published_edge_cases_all_gold_ambiguous_and_ambiguous_prediction_only():
+    assert naive_published_f1([-1, -1], [3, 0]) == 1.0  # nothing left after dropping gold -1
+    assert note_token_f1(_codes([-1, -1]), _codes([3, 0]), [], "published")[0] == 1.0
+    assert naive_published_f1([0, 0, -1], [0, -1, 2]) == 0.0  # no label left, but the lists differ
+    assert note_token_f1(_codes([0, 0, -1]), _codes([0, -1, 2]), [0], "published")[0] == 0.0
+    assert note_token_f1(_codes([0, 0, -1]), _codes([0, 0, 2]), [0], "published")[0] == 1.0
 
 
 def test_label_sum_order_follows_set_insertion_order():
     # {9, 1} and {1, 9} iterate differently in CPython (9 and 1 share a slot in an 8-slot table); with three
     # per-label F1 values the float sum depends on that order, and the official one is set(gold + pred)'s.
     gold, pred = [9, 9, 1, 1, 1, 0, 0], [9, 1, 1, 1, 0, 0, 9]
-    order = label_order_of(first_occurrence_order(np.array(gold)), np.array(pred))
-    assert list(set(order)) == list(set(gold + pred))
-    assert macro_token_f1(confusion(np.array(gold), np.array(pred)), order) == naive_macro_f1(gold, pred)
+    g = np.array(gold)
+    assert list(official_label_set(gold_label_order(g), [9, 1, 0], "meddec")) == list(set(gold + pred))
+    assert list(official_label_set([0, 1, 9], [1, 9], "published")) == list(set([0, 1, 9]) | set([1, 9]))
+    assert note_token_f1(g, np.array(pred), gold_label_order(g), "meddec")[0] == naive_macro_f1(gold, pred)
 
 
 def test_official_tokens_lose_rewritten_quotes():

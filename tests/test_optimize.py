@@ -89,6 +89,19 @@ def test_tuner_finds_the_known_optimum(corpus):
     assert merge_predictions(corpus["models"], run.best_thresholds) == corpus["truth"]
 
 
+def test_published_sampler_is_unseeded_and_a_seed_repeats_a_run(corpus):
+    """Published: TPESampler() with no seed, so two runs sample other thresholds after the enqueued defaults."""
+    from utils.configs.pipeline import OptimizeArguments
+
+    assert OptimizeArguments(predictions=["a.json"]).seed is None
+    params = lambda run: [t.params for t in run.study.trials]  # noqa: E731
+    unseeded = [tuning.tune(corpus["evaluate"], 4, seed=None, progress=False) for _ in range(2)]
+    assert params(unseeded[0])[0] == params(unseeded[1])[0] == tuning.default_params(False)
+    assert params(unseeded[0])[1:] != params(unseeded[1])[1:]
+    seeded = [tuning.tune(corpus["evaluate"], 4, seed=0, progress=False) for _ in range(2)]
+    assert params(seeded[0]) == params(seeded[1])
+
+
 def test_resume_keeps_trials_and_best_value(corpus, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     first = tuning.tune(corpus["evaluate"], 5, storage, "s", seed=3, progress=False)
@@ -172,7 +185,7 @@ def test_plots_and_importance_needing_variation(tmp_path):
 
 def test_cli_tunes_resumes_and_applies(corpus, tmp_path, capsys):
     root = corpus["root"]
-    common = ["--predictions", *corpus["paths"], "--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
+    common = ["--predictions", *corpus["paths"], "--gold_csv", "", "--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
               "--split_file", str(root / "splits" / "val.txt"), "--stats_csv", str(root / "stats.csv"),
               "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study_name", "cli", "--quiet"]
     out = tmp_path / "best.json"
@@ -194,11 +207,40 @@ def test_cli_tunes_resumes_and_applies(corpus, tmp_path, capsys):
     assert "2-fold CV" in printed and "in-sample" in printed
 
 
+def test_published_gold_is_the_tagged_tables_offsets_and_text(corpus, tmp_path):
+    """Published optimize.py scored against val.csv's gold_offsets and raw_text (exact text, CRLF kept), not the gold
+    JSON files read the official way (CRLF as LF); --gold_csv '' is the latter."""
+    from utils.meddec.corpus import read_stats
+    from utils.meddec.tables import tagged_gold
+    from utils.metric import Scorer
+    from utils.tagging.splits import RawTexts, convert_splits
+
+    root = corpus["root"]
+    convert_splits(root / "data", RawTexts(raw_text_dir=root / "raw_text"), {"val": root / "splits" / "val.txt"},
+                   tmp_path / "tagged", keep_duplicates=True, sort_notes=True)
+    val_csv = tmp_path / "tagged" / "val.csv"
+    gold, texts = tagged_gold(val_csv)
+    assert set(gold) == set(corpus["ids"]) and all(a["category"].startswith("Category ") for v in gold.values() for a in v)
+    assert any("\r\n" in t for t in texts.values())  # the CRLF notes keep their exact text
+    csv_scorer = Scorer(gold, texts, read_stats(root / "stats.csv"), split_ids=set(gold))
+    args = ["--predictions", *corpus["paths"], "--split_file", str(root / "splits" / "val.txt"), "--stats_csv",
+            str(root / "stats.csv"), "--storage", "none", "--n_trials", "1", "--seed", "0", "--quiet", "--no_plots"]
+    assert optimize.main([*args, "--gold_csv", str(val_csv), "--output", str(tmp_path / "csv.json")]) == 0
+    assert optimize.main([*args, "--gold_csv", "", "--gold_dir", str(root / "data"), "--raw_text_dir",
+                          str(root / "raw_text"), "--output", str(tmp_path / "json.json")]) == 0
+    published, files = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("csv", "json"))
+    assert published["gold"] == str(val_csv) and files["gold"] == str(root / "data")
+    defaults = merge_predictions(corpus["models"], Thresholds())
+    assert published["default_value"] == csv_scorer.final_score(defaults)
+    assert files["default_value"] == corpus["scorer"].final_score(defaults)
+    assert published["default_value"] != files["default_value"]
+
+
 def test_cli_bad_input_exits_2(corpus, tmp_path, capsys):
     root = corpus["root"]
     bad = tmp_path / "bad.json"
     bad.write_text("[{]")
-    code = optimize.main(["--predictions", str(bad), "--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
+    code = optimize.main(["--predictions", str(bad), "--gold_csv", "", "--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
                           "--output", str(tmp_path / "b.json"), "--storage", "none", "--quiet"])
     assert code == 2
     err = capsys.readouterr().err.strip()
@@ -221,7 +263,7 @@ def test_sqlite_storage_folder_is_created_only_inside_an_existing_folder(tmp_pat
 
 def _cli(corpus, tmp_path, storage, *extra):
     root = corpus["root"]
-    return ["--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
+    return ["--gold_csv", "", "--gold_dir", str(root / "data"), "--raw_text_dir", str(root / "raw_text"),
             "--split_file", str(root / "splits" / "val.txt"), "--stats_csv", str(root / "stats.csv"),
             "--storage", storage, "--study_name", "s", "--output", str(tmp_path / "best.json"), "--quiet",
             "--no_plots", *extra]
@@ -241,6 +283,26 @@ def test_a_study_refuses_other_predictions(corpus, tmp_path, capsys):
     assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--n_trials", "4",
                                                                      "--seed", "7")]) == 2
     assert "(seed differ)" in capsys.readouterr().err
+
+
+def test_the_objective_is_the_chosen_scorer_and_a_study_keeps_its_scorer(corpus, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--n_trials", "2")]) == 0
+    report = json.loads((tmp_path / "best.json").read_text())
+    assert report["scorer"]["name"] == "published"  # the default
+    assert report["default_value"] == corpus["evaluate"](Thresholds())
+    assert "scorer: published (github.com/biodatlab/medexact-lamar" in capsys.readouterr().out
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--n_trials", "3",
+                                                                     "--scorer", "meddec")]) == 2
+    assert "(scorer differ)" in capsys.readouterr().err
+    assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, "none", "--n_trials", "1",
+                                                                     "--scorer", "meddec")]) == 0
+    report = json.loads((tmp_path / "best.json").read_text())
+    scorer = Scorer.from_files(gold_dir=corpus["root"] / "data", raw_text_dir=corpus["root"] / "raw_text",
+                               split_file=corpus["root"] / "splits" / "val.txt",
+                               stats_csv=corpus["root"] / "stats.csv", rule="meddec")
+    assert report["scorer"]["name"] == "meddec"
+    assert report["default_value"] == scorer.final_score(merge_predictions(corpus["models"], Thresholds()))
 
 
 def test_a_second_tuner_on_one_study_stops_at_once(corpus, tmp_path):
@@ -281,7 +343,7 @@ def test_a_killed_tuner_resumes_to_exactly_the_uninterrupted_study(corpus, tmp_p
 
     def command(storage):
         return [sys.executable, "-m", "ensemble.optimize", "--predictions", *corpus["paths"],
-                *_cli(corpus, tmp_path, storage, "--n_trials", "200")]
+                *_cli(corpus, tmp_path, storage, "--n_trials", "200", "--seed", "0")]
 
     whole = f"sqlite:///{tmp_path / 'whole.db'}"
     subprocess.run(command(whole), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)

@@ -23,6 +23,7 @@ def test_model_1_and_3_dft_settings() -> None:
 
     script, model, config = parse_args(DFTScriptArguments, DFTModelConfig, DFTConfig, argv=[])
     assert (model.model_name_or_path, script.backend, script.loss) == ("Qwen/Qwen3.5-4B", "unsloth", "dft")
+    assert script.loss_mask == "response"  # train_on_responses_only: the empty think block is trained too
     assert model.model_name_or_path == BASE_MODEL
     assert (model.use_peft, model.lora_r, model.lora_alpha, model.lora_dropout, model.use_rslora) == (True, 256, 32, 0.0, True)
     assert set(model.lora_target_modules) == set(LANGUAGE_MODEL_PROJECTIONS)  # attention + MLP of the language model
@@ -30,6 +31,7 @@ def test_model_1_and_3_dft_settings() -> None:
     assert (config.num_train_epochs, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (2, 1, 8)
     assert config.optim == ("adamw_8bit" if ON_GPU else "adamw_torch")  # 8-bit AdamW needs a GPU
     assert (config.max_length, config.seed, config.gradient_checkpointing) == (24576, 3407, True)
+    assert (config.save_strategy, config.save_total_limit) == ("epoch", None)  # a checkpoint per epoch, all kept
     assert config.completion_only_loss is True and config.packing is False  # loss on the answer only
     assert config.bf16 is (ON_GPU and torch.cuda.is_bf16_supported())
 
@@ -54,7 +56,8 @@ def test_model_2_grpo_settings() -> None:
     assert (config.num_generations, config.temperature, config.min_p, config.top_p) == (8, 1.0, None, 1.0)
     assert (config.max_completion_length, config.save_steps) == (14547, 10)
     assert config.chat_template_kwargs is None
-    assert config.seed == 42  # TRL's default: the published GRPOConfig set no seed
+    # The published GRPOConfig (Unsloth's patched one) set neither: Unsloth 2026.4.3's defaults are 3407 and 0.01.
+    assert (config.seed, config.weight_decay) == (3407, 0.01)
     assert config.vllm_importance_sampling_correction is False  # no vLLM in the published run, so no correction
 
 
@@ -65,19 +68,25 @@ def test_inference_settings() -> None:
 
 
 def test_pseudo_label_settings() -> None:
-    assert EmbeddingArguments().model == "Qwen/Qwen3-Embedding-4B"
+    embedding = EmbeddingArguments()
+    assert embedding.model == "Qwen/Qwen3-Embedding-4B"
+    assert (embedding.dtype, embedding.attn_implementation, embedding.padding_side) == ("float16", "flash_attention_2", "left")
     retrieve = RetrieveArguments()
     assert (retrieve.top_k, retrieve.per_note) == (100, 5)
     assert retrieve.query_splits == split_files() == [f"MedDec/splits/{s}.txt" for s in ("train", "val", "test")]
     from utils.configs.pipeline import SelectArguments
 
     assert SelectArguments().threshold == 0.10
+    from utils.configs.pipeline import ExploreArguments
+
+    assert ExploreArguments().quantiles == [0.10, 0.15, 0.20, 0.25, 0.30, 0.5, 0.75]  # the explorer's candidates
 
 
 def test_ensemble_settings() -> None:
     assert Thresholds() == Thresholds(t_cluster=0.1, t_pair=0.1, t_support=0.34, t_dedup=0.8)
     args = OptimizeArguments(predictions=["a.json"])
     assert (args.n_trials, args.storage, args.study_name) == (5000, "sqlite:///mbr_optuna.db", "mbr_tuning_study")
+    assert args.seed is None  # TPESampler() unseeded
 
 
 @pytest.mark.parametrize("name, value", [
@@ -96,6 +105,7 @@ def test_baseline_labels_and_decoding() -> None:
 
     args = BaselineArguments()
     assert (args.overlap_rule, args.orphan_inside, args.eval_csv) == ("later_wins", "ignore", "data/tagged/val.csv")
+    assert args.window_layout == "raw"  # plain slices of the note with its special tokens, labelled O
 
 
 def test_data_preparation_and_pseudo_label_mix() -> None:

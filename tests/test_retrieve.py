@@ -69,9 +69,11 @@ def test_top_k_is_exact_and_best_first():
     assert idx.tolist() == [[1, 2, 4, 3, 0], [0, 1, 2, 3, 4]]
 
 
-def _cache(path, ids, vectors):
+def _cache(path, ids, vectors, texts=None):
+    """A cache of these vectors; ``texts`` are what they stand for (the pool CSV's texts: retrieve checks them)."""
+    texts = texts if texts is not None else [f"text of {i}" for i in ids]
     prepare_cache(path, {"model": "test", "shard_size": 4})
-    batches = [(ids[i : i + 4], list(range(i, min(i + 4, len(ids))))) for i in range(0, len(ids), 4)]
+    batches = [(ids[i : i + 4], texts[i : i + 4]) for i in range(0, len(ids), 4)]
     rows = iter(np.asarray(vectors, dtype=np.float32)[i : i + 4] for i in range(0, len(ids), 4))
     embed_batches(batches, path, lambda texts: next(rows), progress=False)
 
@@ -84,7 +86,8 @@ def test_run_writes_candidates_with_text_and_query_splits_are_a_flag(tmp_path):
         writer.writerow(["file_id", "raw_text"])
         writer.writerows((i, f"note {i}\r\nline, \"two\"") for i in pool_ids)
     angles = np.radians([45, 0, 180, 85, 12, 100, 165, 135, 60, 30])
-    _cache(tmp_path / "pool", pool_ids, np.c_[np.cos(angles), np.sin(angles)])
+    _cache(tmp_path / "pool", pool_ids, np.c_[np.cos(angles), np.sin(angles)],
+           [f"note {i}\r\nline, \"two\"" for i in pool_ids])
     meddec_ids = ["1_1_1", "2_2_2", "3_3_3"]
     _cache(tmp_path / "meddec", meddec_ids, [[1, 0], [0, 1], [-1, 0]])
     (tmp_path / "train.txt").write_text("1_1_1\n2_2_2\n", encoding="utf-8")

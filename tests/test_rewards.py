@@ -172,3 +172,20 @@ def test_official_score_reward_uses_located_spans_and_the_official_metric() -> N
     assert rewards[0] == 1.0
     assert rewards[1] == 0.0  # no spans at all
     assert 0.0 < rewards[2] < 1.0  # one extra (contact) span
+
+
+def test_official_reward_scores_with_the_chosen_scorer() -> None:
+    """Overlapping spans: the published rule leaves the shared tokens ambiguous, f4374cd gives them the first span."""
+    start = NOTE.index("CT head negative")
+    gold_offsets = json.dumps([[0, 27, 5], [start, start + 16, 7]])
+    kwargs = {"file_id": ["1_2_3"], "raw_text": [NOTE], "gold_offsets": [gold_offsets]}
+    nested = ("<drug_decision><evaluate_result>Started aspirin</evaluate_result> 81 mg daily</drug_decision>.\n"
+              "<evaluate_result>CT head negative</evaluate_result>. Follow up with [**Hospital1 18**] in 2 weeks.")
+    published, meddec = (reward_functions(["official"], scorer)[0] for scorer in ("published", "meddec"))
+    assert published is official_score_reward and published.rule == "published"  # the default
+    assert meddec.rule == "meddec"
+    scores = {f.rule: f([as_chat(nested)], **kwargs)[0] for f in (published, meddec)}
+    assert 0.0 < scores["published"] < 1.0 and 0.0 < scores["meddec"] < 1.0
+    assert scores["published"] != scores["meddec"]
+    with pytest.raises(ValueError, match="unknown scorer 'f4374cd'"):
+        reward_functions(["official"], "f4374cd")

@@ -211,6 +211,29 @@ def test_dft_steps_lower_answer_nll_and_raise_accuracy(tiny, tmp_path: Path) -> 
     assert acc_after > acc_before + 0.2
 
 
+def test_published_mask_trains_the_empty_think_block_with_the_answer(tiny, tmp_path: Path) -> None:
+    """Published train_on_responses_only(response_part='<|im_start|>assistant\\n'): the loss covers the empty think
+    block too; --loss_mask answer (TRL's completion) starts after it. Same tokens either way."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    datasets = {}
+    for mask in ("response", "answer"):
+        script, model_args, config = parse(["--model_name_or_path", str(tiny["model"]), "--train_csv", str(tiny["csv"]),
+                                            "--output_dir", str(tmp_path / mask), *FAST, "--loss_mask", mask])
+        datasets[mask] = sft.build_trainer(script, model_args, config).train_dataset
+    assert script.loss_mask == "answer" and DFTScriptArguments().loss_mask == "response"
+    assert len(datasets["response"]) == len(datasets["answer"]) == 2
+    for published, ours in zip(datasets["response"], datasets["answer"]):
+        assert published["input_ids"] == ours["input_ids"]
+        trained = [i for i, label in enumerate(published["labels"]) if label != -100]
+        answer = [i for i, label in enumerate(ours["labels"]) if label != -100]
+        assert trained[-len(answer):] == answer and trained == list(range(trained[0], len(published["input_ids"])))
+        extra = [published["input_ids"][i] for i in trained[: len(trained) - len(answer)]]
+        assert tokenizer.decode(extra) == "<think>\n\n</think>\n\n"
+        assert tokenizer.decode(published["input_ids"][: trained[0]]).endswith("<|im_start|>assistant\n")
+
+
 # --- the script -------------------------------------------------------------------------------------------------
 
 
@@ -233,7 +256,7 @@ def test_recipes_are_overlays_of_the_published_defaults() -> None:
 @pytest.mark.slow
 def test_cli_trains_saves_adapter_and_run_config_then_resumes(tiny, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert run_cli(tiny, out, "--max_steps", "2", "--save_steps", "1") == 0
+    assert run_cli(tiny, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1") == 0
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert (out / "checkpoint-2").is_dir()
     record = yaml.safe_load((out / "run_config.yaml").read_text())
@@ -242,7 +265,7 @@ def test_cli_trains_saves_adapter_and_run_config_then_resumes(tiny, tmp_path: Pa
     assert record["script"]["dft_route"] == "fused"
     assert json.loads((out / "run_config.json").read_text())["training"]["max_steps"] == 2
 
-    assert run_cli(tiny, out, "--max_steps", "3", "--save_steps", "1") == 0  # auto-resume from checkpoint-2
+    assert run_cli(tiny, out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1") == 0  # auto-resume from checkpoint-2
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]

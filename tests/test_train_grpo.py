@@ -78,15 +78,20 @@ def test_two_grpo_steps_change_the_new_lora_and_clear_rope_deltas(tiny, tmp_path
 
 @pytest.mark.slow
 def test_masked_truncated_completions_give_no_update_without_eos(tiny, tmp_path: Path) -> None:
-    """The documented trap: a random tiny model never emits EOS, so with masking on nothing is learned."""
-    script, model_args, config = parse(tiny_args(tiny, tmp_path / "masked", "--max_steps", "1",
-                                                 "--save_strategy", "no"))
-    trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[length_reward])
-    before = lora_state(trainer)
-    trainer.train()
-    after = lora_state(trainer)
-    assert all(torch.equal(before[n], after[n]) for n in before)
-    assert trainer.state.log_history[0]["completions/clipped_ratio"] == 1.0
+    """The documented trap: a random tiny model never emits EOS, so with masking on nothing is learned: the gradient
+    is zero, and only the published weight decay (0.01, decoupled) moves the weights, by exactly lr x decay."""
+    for decay in ("0.0", "0.01"):
+        script, model_args, config = parse(tiny_args(tiny, tmp_path / f"masked{decay}", "--max_steps", "1",
+                                                     "--save_strategy", "no", "--weight_decay", decay))
+        trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[length_reward])
+        before = lora_state(trainer)
+        trainer.train()
+        after = lora_state(trainer)
+        assert trainer.state.log_history[0]["completions/clipped_ratio"] == 1.0
+        shrink = 1.0 - config.learning_rate * config.weight_decay
+        for name in before:
+            torch.testing.assert_close(after[name], before[name] * shrink, rtol=1e-6, atol=0.0)
+        assert (decay == "0.0") == all(torch.equal(before[n], after[n]) for n in before)
 
 
 @pytest.mark.slow
@@ -143,15 +148,18 @@ def test_published_grpo_data_and_prompt_by_default_and_the_corrected_ones_by_fla
     prompts = [r["prompt"][0]["content"] for r in published.train_dataset]
     assert prompts == ['"' + build_prompt(t) for t in rows]  # the stray quote, every note kept
     assert published.chat_template_kwargs == {}  # no thinking switch: the template's own default
-    assert published.args.seed == 42 and published.generation_config.min_p is None
+    assert published.args.seed == 3407 and published.generation_config.min_p is None
+    decays = {g["weight_decay"] for g in published.create_optimizer().param_groups}
+    assert decays == {0.01, 0.0}  # Unsloth 2026.4.3's patched GRPOConfig default; biases and norms are not decayed
     assert published.args.vllm_importance_sampling_correction is False
     corrected = grpo.build_trainer(*parse(tiny_args(
         tiny, tmp_path / "ours", "--max_steps", "1", "--prompt_stray_quote", "false", "--enable_thinking", "false",
-        "--seed", "3407", "--min_p", "0.1", "--vllm_importance_sampling_correction", "true",
+        "--seed", "42", "--weight_decay", "0.001", "--min_p", "0.1", "--vllm_importance_sampling_correction", "true",
         "--max_prompt_length", "100000")), reward_funcs=[length_reward])
     assert [r["prompt"][0]["content"] for r in corrected.train_dataset] == [build_prompt(t) for t in rows]
     assert corrected.chat_template_kwargs == {"enable_thinking": False}
-    assert corrected.args.seed == 3407 and corrected.generation_config.min_p == 0.1
+    assert corrected.args.seed == 42 and corrected.generation_config.min_p == 0.1
+    assert corrected.args.weight_decay == 0.001
     assert corrected.args.vllm_importance_sampling_correction is True
 
 
@@ -188,7 +196,7 @@ def test_without_a_thinking_switch_qwen35_4b_opens_a_think_block(tiny) -> None:
 
 
 def test_the_seed_decides_which_notes_the_first_step_sees(tmp_path: Path) -> None:
-    """Published seed 42 (TRL's default) vs 3407: TRL's sampler orders the 350 synthetic train notes differently."""
+    """Published seed 3407 (Unsloth's patched GRPOConfig) vs 42 (TRL's): TRL's sampler orders the 350 synthetic train notes differently."""
     from trl.trainer.grpo_trainer import RepeatSampler
 
     def first_step(seed: int) -> list[int]:

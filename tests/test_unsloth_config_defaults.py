@@ -65,3 +65,15 @@ def test_the_unsloth_backend_makes_gradient_checkpointing_reentrant(tmp_path) ->
     assert published.gradient_checkpointing_kwargs == {"use_reentrant": True}  # the published False was overwritten
     off = apply_unsloth_config_init(DFTConfig(output_dir=str(tmp_path), gradient_checkpointing=False))
     assert off.gradient_checkpointing_kwargs is None
+
+
+def test_grpo_seed_and_weight_decay_are_the_patched_grpo_config_defaults(unsloth_rl_source, tmp_path) -> None:
+    """The published train_grpo.py passed neither seed nor weight_decay to Unsloth's patched GRPOConfig. Its seed
+    default is 3407 in the pinned source as in 2026.4.3; its weight decay was 0.01 in 2026.4.3 (the published era,
+    read from that wheel's rl.py) and is 0.001 in the pinned 2026.10.9: ours keeps the published 0.01."""
+    from utils.configs.training import LamarGRPOConfig
+
+    replacements = config_replacements(unsloth_rl_source)
+    config = LamarGRPOConfig(output_dir=str(tmp_path))
+    assert config.seed == replacements["seed"] == 3407
+    assert (replacements["weight_decay"], config.weight_decay) == (0.001, 0.01)

@@ -42,7 +42,9 @@ def test_the_models_loss_is_our_kernel_without_the_module_global_lookup(unsloth_
     out = tmp_path / "route.json"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{unsloth_path}{os.pathsep}{REPO_ROOT}",
            "HF_HUB_OFFLINE": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}
-    result = subprocess.run([sys.executable, "tests/unsloth_route_child.py", str(out)], cwd=REPO_ROOT, env=env,
+    # cwd: Unsloth writes its compiled trainers into ./unsloth_compiled_cache, which must not land in the repository.
+    child = REPO_ROOT / "tests" / "unsloth_route_child.py"
+    result = subprocess.run([sys.executable, str(child), str(out)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     seen = json.loads(out.read_text())

@@ -10,11 +10,13 @@ was expected (exit code 2), never a traceback, and recipe values are converted b
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 from utils.fileio import InputError, reading_errors, report_input_error
+from utils.guards import check_input_files, check_options
 
 COMMAND_LINE = "<command line>"
 CONFIG_HELP = ("--config FILE  a YAML recipe (e.g. recipes/*.yaml) setting any of the options above by name; "
@@ -36,6 +38,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     """A recipe: a YAML mapping of option names to values; any problem is a one-line InputError."""
     import yaml
 
+    check_input_files([("--config", path)])  # a pipe would block the parser forever
     try:
         with reading_errors(path, "YAML", prefix="--config: "), open(path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle)
@@ -50,22 +53,48 @@ def read_config_file(path: str) -> dict[str, Any]:
     return config
 
 
+def _recipe_value(convert: Any, value: Any) -> Any:
+    """One recipe value as the flag's type would give it: strings go through the flag's conversion; YAML numbers and
+    booleans must already be of the flag's kind (``2.5`` or ``.inf`` is no integer, ``true`` no number)."""
+    if convert is None or value is None:
+        return value
+    if isinstance(value, str):
+        return convert(value)
+    kind = getattr(convert, "__name__", "")
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError("not an integer")
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("not a number")
+        return float(value)
+    if kind == "string_to_bool" and not isinstance(value, bool):
+        raise ValueError("not true or false")
+    return value
+
+
 class LamarParser(_trl_parser_class()):
     """TrlParser whose recipe and flag problems are one-line :class:`InputError` s."""
 
     def known_options(self) -> dict[str, Any]:
-        return {action.dest: action for action in self._actions if action.dest not in ("help",)}
+        options: dict[str, Any] = {}
+        for action in self._actions:  # the first action of a dest is ``--name``; ``--no_name`` follows it
+            if action.dest != "help":
+                options.setdefault(action.dest, action)
+        return options
 
     def _convert(self, path: str, key: str, value: Any, action: Any) -> Any:
         """A recipe value converted like the flag's own value (so ``2e-4`` becomes a float), choices checked."""
+        import argparse
+
         convert = action.type
         try:
             if action.nargs in ("+", "*") and isinstance(value, (list, tuple)):
-                value = [convert(v) if convert is not None and isinstance(v, str) else v for v in value]
-            elif convert is not None and isinstance(value, str):
-                value = convert(value)
-        except (TypeError, ValueError) as err:
+                value = [_recipe_value(convert, v) for v in value]
+            else:
+                value = _recipe_value(convert, value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
             expected = getattr(convert, "__name__", "a valid value")
+            expected = "true or false" if expected == "string_to_bool" else expected
             raise InputError(path, f"key '{key}'", f"expected {expected}, got {value!r} ({err})") from None
         if action.choices is not None:
             values = value if isinstance(value, list) else [value]
@@ -76,16 +105,9 @@ class LamarParser(_trl_parser_class()):
         return value
 
     def apply_config(self, path: str) -> None:
-        """Set defaults from a recipe; unknown keys are an error naming the closest known option."""
-        import os
-
+        """Set defaults from a recipe; unknown keys are an error naming the closest known option. A recipe sets
+        options only (no environment variables: a recipe must not be able to run code or redirect an upload)."""
         config = read_config_file(path)
-        env = config.pop("env", None)
-        if env is not None:
-            if not isinstance(env, dict):
-                raise InputError(path, "key 'env'", "expected a mapping of environment variable: value")
-            for key, value in env.items():
-                os.environ[str(key)] = str(value)
         known = self.known_options()
         for key, value in config.items():
             if key not in known:
@@ -93,6 +115,19 @@ class LamarParser(_trl_parser_class()):
             action = known[key]
             action.default = self._convert(path, key, value, action)
             action.required = False
+
+    def field_defaults(self) -> dict[str, Any]:
+        """Each option's default as its dataclass declares it (a recipe changes the parser's defaults, not these)."""
+        import dataclasses
+
+        defaults: dict[str, Any] = {}
+        for dtype in self.dataclass_types:
+            for f in dataclasses.fields(dtype):
+                if f.default is not dataclasses.MISSING:
+                    defaults.setdefault(f.name, f.default)
+                elif f.default_factory is not dataclasses.MISSING:
+                    defaults.setdefault(f.name, f.default_factory())
+        return defaults
 
     def error(self, message: str) -> None:  # argparse's own errors (unknown flag, bad value, missing flag)
         raise InputError(COMMAND_LINE, "", message)
@@ -109,6 +144,7 @@ class LamarParser(_trl_parser_class()):
         if remaining:
             flag = next((a for a in remaining if a.startswith("-")), remaining[0])
             raise InputError(COMMAND_LINE, flag, f"unknown option{_closest(flag.lstrip('-'), self.known_options())}")
+        check_options(vars(namespace), self.field_defaults())
         outputs = []
         for dtype in self.dataclass_types:
             import dataclasses
@@ -133,3 +169,16 @@ def run_cli(body: Callable[[], int | None], extra_errors: tuple[type[BaseExcepti
         return body() or 0
     except (InputError, *extra_errors) as err:
         return report_input_error(err)
+    except BrokenPipeError:  # `command | head`: the reader left; stop quietly like any Unix filter
+        return quiet_broken_pipe()
+
+
+def quiet_broken_pipe() -> int:
+    """Point stdout at /dev/null (so Python's exit flush cannot fail again) and return the shell's code for a
+    process ended by SIGPIPE (128 + 13)."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141

@@ -21,6 +21,26 @@ class InputError(ValueError):
         super().__init__(f"{location}: {message}")
 
 
+def _disk_errors() -> dict[int, str]:
+    import errno
+
+    return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write there",
+            errno.EPERM: "no permission to write there", errno.EFBIG: "the file is too large for the file system"}
+
+
+#: Write failures that are the environment's, not a bug: one line naming the output instead of a traceback.
+_DISK_ERRORS = _disk_errors()
+
+
+def disk_error(path: str | os.PathLike[str], err: OSError) -> BaseException:
+    """A write failure of the environment (full disk, read-only file system) as a one-line InputError naming the file;
+    any other OSError is returned unchanged (a bug to see in full)."""
+    if err.errno in _DISK_ERRORS:
+        return InputError(path, "", f"cannot write: {_DISK_ERRORS[err.errno]}")
+    return err
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[TextIO]:
     """Open a temporary file beside ``path`` and move it into place only if the block succeeds.
@@ -34,15 +54,22 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     except (FileExistsError, NotADirectoryError, PermissionError):  # raced with another process
         check_output_path(path)
         raise
+    except OSError as err:
+        if err.errno in _DISK_ERRORS:
+            raise InputError(target, "", f"cannot write this output: {_DISK_ERRORS[err.errno]}") from None
+        raise
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
+            raise InputError(target, "", f"cannot write this output: {_DISK_ERRORS[err.errno]}; nothing was "
+                                         "written") from None
         raise
 
 
@@ -95,6 +122,10 @@ def reading_errors(path: str | os.PathLike[str], kind: str, prefix: str = "", ut
         raise InputError(path, "", f"{prefix}expected a {kind} file, got a folder") from None
     except UnicodeDecodeError as err:
         raise InputError(path, f"byte {err.start}", f"{prefix}not UTF-8 text{utf8_hint}") from None
+    except PermissionError:
+        raise InputError(path, "", f"{prefix}cannot be read (no permission)") from None
+    except RecursionError:
+        raise InputError(path, "", f"{prefix}nested too deeply to read (expected a {kind} file of records)") from None
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from utils.configs import BASELINE_MODEL, MEDDEC, TAGGED_DIR
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 
 WINDOW = 512
 OVERLAP_RULES = ("later_wins", "first_wins")
 ORPHAN_RULES = ("ignore", "new_span")
+WINDOW_LAYOUTS = ("raw", "wrapped")
+WINDOW_LAYOUT = "raw"  # published: plain slices of the note tokenised with its special tokens
 
 @dataclass
 class BaselineArguments:
@@ -20,10 +23,17 @@ class BaselineArguments:
     train_csv: str | None = field(default=str(TAGGED_DIR / "train.csv"), metadata={"help": "gt_to_tag CSV with gold_offsets ('' to only predict)."})
     predict_csv: list[str] = field(default_factory=list, metadata={"help": "CSVs (file_id, raw_text) to predict."})
     window: int = field(default=WINDOW, metadata={"help": "Tokens per window, special tokens included."})
+    window_layout: str = field(default=WINDOW_LAYOUT, metadata={
+        "help": "raw (published): the note is tokenised once with its special tokens (<s> ... </s>, labelled O and "
+                "trained), a note shorter than --window is padded to it (pads labelled O, attended), and windows are "
+                "plain slices of that sequence, so no position is ignored by the loss; wrapped: each window is "
+                "<s> + window - 2 note tokens + </s>, the special tokens ignored by the loss.",
+        "choices": list(WINDOW_LAYOUTS)})
     gold_dir: str | None = field(default=None, metadata={"help": "MedDec data/: score the predictions."})
     raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ (for scoring)."})
     split_file: str | None = field(default=None, metadata={"help": "Split file restricting the scored notes."})
     stats_csv: str | None = field(default=None, metadata={"help": "stats.csv (adds worst/final to the score)."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={"help": SCORER_HELP, "choices": list(SCORERS)})
     eval_csv: str | None = field(default=str(TAGGED_DIR / "val.csv"), metadata={
         "help": "gt_to_tag CSV scored every --eval_steps with the published span F1 (exact token spans, micro); the "
                 "best checkpoint is kept and loaded at the end, as published. '' trains without selection (last "
@@ -31,7 +41,7 @@ class BaselineArguments:
     overlap_rule: str = field(default="later_wins", metadata={
         "help": "Labels of overlapping gold spans. later_wins (published): spans in (start, end) order, a later span "
                 "relabels the tokens it shares with an earlier one unless it would cover an earlier span's B token; "
-                "first_wins: a token keeps the first gold span overlapping it (the official token score's rule).",
+                "first_wins: a token keeps the first gold span overlapping it (the meddec scorer's token rule).",
         "choices": list(OVERLAP_RULES)})
     orphan_inside: str = field(default="ignore", metadata={
         "help": "Decoding of an I- label that continues no span of its category. ignore (published): it starts a span "

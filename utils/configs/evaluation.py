@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
+
 
 @dataclass
 class BootstrapArguments:
@@ -35,6 +37,7 @@ class SystemsArguments:
         "help": "Optional: path to stats.csv (worst group and final score; without it the base score is compared)"})
     split_file: str | None = field(default=None, metadata={
         "help": "Optional: path to split file (e.g. splits/val.txt)"})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={"help": SCORER_HELP, "choices": list(SCORERS)})
 
 
 @dataclass

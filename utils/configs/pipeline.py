@@ -12,6 +12,7 @@ from utils.configs import (
     EMBEDDING_MODEL, MEDDEC, MIXED_TRAIN_CSV, OPTUNA_STORAGE, OPTUNA_STUDY, RELEASED_MODEL_1, TAGGED_DIR, WORK_DIR,
     split_files,
 )
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 from utils.training.models import MODEL_CLASSES
 
 ANY_DESCRIPTION = "any"
@@ -85,11 +86,13 @@ class InferenceArguments:
     max_new_tokens: int = field(default=24576, metadata={"help": "Generated tokens at most."})
     max_model_len: int = field(default=32768, metadata={"help": "Context length (prompt + generation)."})
     batch_size: int = field(default=8, metadata={"help": "Sequences generated at a time (vLLM max_num_seqs)."})
-    flush_every: int = field(default=64, metadata={"help": "vLLM: prompts per generate call = rows per resume step."})
+    flush_every: int = field(default=0, metadata={
+        "help": "vLLM: prompts per generate call = rows written per resume step. 0 (published): all rows of an input "
+                "in one call (a killed run then keeps nothing of that input); e.g. 64 to resume in steps."})
     logprobs: bool = field(default=True, metadata={"help": "Keep the chosen tokens' logprobs (needed for entropy)."})
     enable_thinking: bool = field(default=False, metadata={"help": "Chat template thinking switch (published: off)."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel GPUs."})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
+    gpu_memory_utilization: float = field(default=0.95, metadata={"help": "vLLM GPU memory share (published: 0.95)."})
     dtype: str = field(default="auto", metadata={"help": "Model dtype (auto, bfloat16, float32, ...)."})
     device: str = field(default="cpu", metadata={"help": "transformers backend device (cpu, cuda, ...)."})
     seed: int = field(default=3407, metadata={"help": "Engine seed (greedy decoding does not depend on it)."})
@@ -174,7 +177,15 @@ class EmbeddingArguments:
     batch_size: int = field(default=8, metadata={"help": "Encoding batch size."})
     max_seq_length: int | None = field(default=None, metadata={"help": "Truncate notes to this many tokens."})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: automatic)."})
-    dtype: str = field(default="auto", metadata={"help": "Model weights dtype: auto, bfloat16, float16, float32."})
+    dtype: str = field(default="float16", metadata={
+        "help": "Model weights dtype: float16 (published; float32 on CPU, where half precision is slow), auto (the "
+                "checkpoint's), bfloat16, float32."})
+    attn_implementation: str = field(default="flash_attention_2", metadata={
+        "help": "Attention kernel: flash_attention_2 (published; used where flash-attn and a GPU are present, else "
+                "transformers' default), sdpa or eager."})
+    padding_side: str = field(default="left", metadata={
+        "help": "Which side a batch's shorter notes are padded on (published: left; position ids are not shifted, "
+                "so it changes their embeddings).", "choices": ["left", "right"]})
     prompt_name: str | None = field(default=None, metadata={"help": "Saved prompt of the model to prepend."})
     devices: list[str] = field(default_factory=list, metadata={
         "help": "Encode on several devices at once, one process per entry (sentence-transformers' multi-process "
@@ -207,8 +218,8 @@ class ExploreArguments:
     raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ (texts as scored)."})
     pool_predictions: str | None = field(default=None, metadata={"help": "Inference CSV on the pool candidates."})
     bins: int = field(default=5, metadata={"help": "Entropy quantile bins of the validation notes."})
-    quantiles: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 1.0], metadata={
-        "help": "Candidate thresholds (quantiles)."})
+    quantiles: list[float] = field(default_factory=lambda: [0.10, 0.15, 0.20, 0.25, 0.30, 0.5, 0.75], metadata={
+        "help": "Candidate thresholds (quantiles; published: 0.10 0.15 0.20 0.25 0.30 0.5 0.75)."})
     report: str = field(default=str(WORK_DIR / "threshold_report.json"), metadata={"help": "JSON report."})
     plot: str | None = field(default=str(WORK_DIR / "threshold_explore.png"), metadata={"help": "PNG plot ('' for none)."})
 
@@ -249,6 +260,7 @@ class EvaluateArguments:
     stats_csv: str | None = field(default=None, metadata={"help": "Optional: path to stats.csv for shared-task final scoring"})
     split_file: str | None = field(default=None, metadata={"help": "Optional: path to split file (e.g. splits/val.txt)"})
     output: str | None = field(default=None, metadata={"help": "Optional: output file for results (JSON)"})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={"help": SCORER_HELP, "choices": list(SCORERS)})
 
 
 @dataclass
@@ -286,17 +298,25 @@ class OptimizeArguments:
     """``ensemble/optimize.py``: Optuna TPE tuning of the thresholds on validation (published: 5,000 trials)."""
 
     predictions: list[str] = field(metadata={"help": "Validation prediction JSON, one file per model."})
-    gold_dir: str = field(default=str(MEDDEC.gold_dir), metadata={"help": "MedDec data/ folder."})
-    raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={"help": "MedDec raw_text/ folder."})
+    gold_csv: str | None = field(default=str(TAGGED_DIR / "val.csv"), metadata={
+        "help": "Gold and note texts from this tagged table (utils/gt_to_tag.py): its gold_offsets and raw_text, as "
+                "the published optimize.py read them. '' scores against the gold JSON files (--gold_dir, "
+                "--raw_text_dir) as evaluate/evaluate.py reads them."})
+    gold_dir: str = field(default=str(MEDDEC.gold_dir), metadata={"help": "MedDec data/ folder (with --gold_csv '')."})
+    raw_text_dir: str = field(default=str(MEDDEC.raw_text_dir), metadata={
+        "help": "MedDec raw_text/ folder (with --gold_csv '')."})
     split_file: str | None = field(default=None, metadata={
         "help": "Note ids to tune on (e.g. splits/val.txt); default: all gold notes."})
     stats_csv: str | None = field(default=None, metadata={
         "help": "stats.csv: objective = final score; without it the base score."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={"help": SCORER_HELP, "choices": list(SCORERS)})
     n_trials: int = field(default=5000, metadata={"help": "Total finished trials the study should hold."})
     storage: str = field(default=OPTUNA_STORAGE, metadata={
         "help": "Optuna storage URL, resumable; 'none' for in memory only."})
     study_name: str = field(default=OPTUNA_STUDY, metadata={"help": "Optuna study name."})
-    seed: int = field(default=0, metadata={"help": "TPE sampler seed."})
+    seed: int | None = field(default=None, metadata={
+        "help": "TPE sampler seed (and the --cv folds'). Default: unseeded, as published (each run samples other "
+                "thresholds); give one, e.g. --seed 0, for a run that repeats exactly and resumes bit for bit."})
     output: str = field(default="outputs/ensemble/best.json", metadata={"help": "Best thresholds and scores as JSON."})
     history_plot: str | None = field(default=None, metadata={
         "help": "Optimisation-history PNG (default: <output stem>_history.png)."})

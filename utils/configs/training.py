@@ -14,6 +14,8 @@ from typing import Any
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from utils.configs import BASE_MODEL, RELEASED_MODEL_1, TAGGED_DIR
+from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
+from utils.training.data import LOSS_MASKS
 from utils.training.backend import DEFAULT_DFT_BACKEND, DEFAULT_DFT_ROUTE, DFT_BACKENDS, DFT_ROUTES
 from utils.training.models import LANGUAGE_MODEL_PROJECTIONS, resolve_bf16, resolve_optim
 
@@ -92,6 +94,11 @@ class DFTScriptArguments:
     guard_rel_tol: float = field(default=1e-2, metadata={"help": "Relative tolerance of the guard's comparisons."})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+    loss_mask: str = field(default="response", metadata={
+        "help": "Tokens the loss is computed on: response (published, Unsloth's train_on_responses_only after "
+                "'<|im_start|>assistant\\n': the empty think block, the tagged note and the end of turn) or answer "
+                "(TRL's completion after the generation prompt: the think block is prompt).",
+        "choices": list(LOSS_MASKS)})
 
 
 @dataclass
@@ -113,9 +120,11 @@ class DFTConfig(SFTConfig):
     gradient_checkpointing: bool = True  # published; saves activation memory on 24k-token sequences
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on where the GPU supports it)."})
     logging_steps: float = 1
-    save_strategy: str = "steps"
-    save_steps: float = 20
-    save_total_limit: int | None = 3
+    save_strategy: str = field(default="epoch", metadata={
+        "help": "When to checkpoint (published: epoch, every checkpoint kept; --save_strategy steps --save_steps 20 "
+                "--save_total_limit 3 bounds what a killed 24k-token run loses)."})
+    save_steps: float = 20  # read only with --save_strategy steps
+    save_total_limit: int | None = None
     report_to: None | str | list[str] = "tensorboard"
     packing: bool = False  # packing fails on Qwen3.5 without causal_conv1d
     completion_only_loss: bool | None = True
@@ -168,6 +177,9 @@ class GRPOScriptArguments:
         "help": "auto: vLLM when a GPU and vLLM are present; true / false to force.", "choices": list(USE_VLLM_MODES)})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
+    scorer: str = field(default=DEFAULT_SCORER, metadata={
+        "help": "Scorer of the 'official' reward (not published; only used when --rewards names it). "
+                + SCORER_HELP, "choices": list(SCORERS)})
 
 
 @dataclass
@@ -196,8 +208,15 @@ class LamarGRPOConfig(GRPOConfig):
     top_p: float = 1.0
     max_completion_length: int | None = 14547
     optim: str = "adamw_8bit"
-    seed: int = field(default=42, metadata={
-        "help": "Random seed (published: TRL's default 42, the published script set none; Model 1 used 3407)."})
+    # The published script set no seed or weight decay: the GRPOConfig it imported after `from unsloth import ...` is
+    # Unsloth's compiled UnslothGRPOConfig, whose signature defaults are seed 3407 and weight_decay 0.01 in unsloth
+    # 2026.4.3 (the published era; unsloth/models/rl.py `replacements`) and 3407 / 0.001 in the pinned 2026.10.9.
+    seed: int = field(default=3407, metadata={
+        "help": "Random seed (published: 3407, the default of Unsloth's patched GRPOConfig; the published script set "
+                "none; TRL's own default is 42)."})
+    weight_decay: float = field(default=0.01, metadata={
+        "help": "AdamW weight decay (published: 0.01, the default of the published-era Unsloth 2026.4.3's patched "
+                "GRPOConfig; the pinned Unsloth 2026.10.9 defaults to 0.001, TRL to 0.0)."})
     save_strategy: str = "steps"
     save_steps: float = 10
     logging_steps: float = 1

@@ -116,7 +116,7 @@ def vllm_engine_kwargs(
     max_model_len: int = 32768,
     max_num_seqs: int = 8,
     tensor_parallel_size: int = 1,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float = 0.95,  # published (utils.configs.pipeline.InferenceArguments)
     dtype: str = "auto",
     seed: int = 3407,
     extra: dict[str, Any] | None = None,

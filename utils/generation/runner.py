@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from utils.configs.pipeline import InferenceArguments
-from utils.fileio import InputError, atomic_files, check_output_path, dump_json
+from utils.fileio import InputError, atomic_files, check_output_path, disk_error, dump_json
 from utils.generation.backends import (
     Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, check_vllm_copy_settings, new_token_budget,
     vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards
+from utils.guards import check_paths_apart
 from utils.meddec.predictions import predictions_to_json
 from utils.meddec.tables import inference_output_frame, read_notes_table, write_frame
 from utils.prompt import render_chat_prompt
@@ -97,6 +98,8 @@ def plan_jobs(args: InferenceArguments) -> list[Job]:
     outputs = [output.resolve() for _, output in pairs]
     if len(set(outputs)) != len(outputs):
         raise InputError("--output", "", "two inputs would write the same output file")
+    written = [item for _, o in pairs for item in (("--output", str(o)), ("--output's JSON", str(o.with_suffix(".json"))))]
+    check_paths_apart([("--input", str(i)) for i, _ in pairs], written)
     for _, output in pairs:
         check_output_path(output)
         check_output_path(output.with_suffix(".json"))
@@ -107,8 +110,20 @@ def plan_jobs(args: InferenceArguments) -> list[Job]:
 
 
 def resume_settings(args: InferenceArguments) -> dict[str, Any]:
+    """What determines a row's output: the generation settings, and the model, adapter and tokenizer by content
+    (utils.fingerprint: a model replaced at the same path is another model)."""
     values = asdict(args)
-    return {k: values[k] for k in RESUME_KEYS}
+    return {**{k: values[k] for k in RESUME_KEYS}, **content_settings(args)}
+
+
+def content_settings(args: InferenceArguments) -> dict[str, Any]:
+    """The settings a path string hides: the weights' content, and the numerics (dtype, backend, batch size, the
+    engine's extra arguments)."""
+    from utils.fingerprint import path_fingerprint
+
+    return {"model_content": path_fingerprint(args.model), "adapter_content": path_fingerprint(args.adapter),
+            "tokenizer_content": path_fingerprint(args.tokenizer), "dtype": args.dtype, "backend": args.backend,
+            "batch_size": args.batch_size, "vllm_kwargs": args.vllm_kwargs}
 
 
 def load_partial(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -132,8 +147,11 @@ def load_partial(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, An
             raise InputError(path, f"line {number}", "not a JSON line; delete the file or use --overwrite") from None
         if number == 1:
             if record.get("settings") != settings:
-                raise InputError(path, "line 1", f"partial results made with other settings {record.get('settings')}; "
-                                 "delete the file or use --overwrite")
+                from utils.fingerprint import changed_keys
+
+                changed = ", ".join(changed_keys(record.get("settings"), settings))
+                raise InputError(path, "line 1", f"partial results made with other settings or another model "
+                                 f"({changed} differ); delete the file or use --overwrite")
         else:
             done[record["file_id"]] = record
         good_bytes += len(line.encode("utf-8"))
@@ -151,9 +169,12 @@ class PartialWriter:
             self.write([{"settings": settings}])
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        self.handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as err:  # a full disk: the rows before this batch stay; a rerun resumes after them
+            raise disk_error(self.handle.name, err) from None
 
     def close(self) -> None:
         self.handle.close()
@@ -209,6 +230,14 @@ def generate_rows(generator: Generator, tokenizer: Any, ids: Sequence[str], text
     return [r for r in results if r is not None]
 
 
+def rows_per_step(args: InferenceArguments, pending: int) -> int:
+    """Rows generated (and written) at a time: one padded batch with transformers; with vLLM --flush_every prompts
+    per ``llm.generate`` call, or every pending row in one call with 0 (published: vLLM schedules them itself)."""
+    if args.backend == "transformers":
+        return args.batch_size
+    return args.flush_every if args.flush_every > 0 else max(pending, 1)
+
+
 GeneratorFactory = Callable[[], tuple[Generator, Any]]
 
 
@@ -240,7 +269,7 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
     done = {i: r for i, r in cached.items() if i in texts and r.get("text_sha256") == text_digest(texts[i])}
     own = job.own_rows(ids)
     pending = [i for i in own if i not in done]
-    step = args.batch_size if args.backend == "transformers" else max(args.flush_every, 1)
+    step = rows_per_step(args, len(pending))
     if pending:
         generator, tokenizer = generator_factory()
         writer = PartialWriter(job.partial, settings, fresh=args.overwrite)
@@ -341,6 +370,8 @@ def validate(args: InferenceArguments) -> list[Job]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name}", "", f"expected a positive number (or nothing for no limit), "
                                               f"got {getattr(args, name)}")
+    if args.flush_every < 0:
+        raise InputError("--flush_every", "", f"expected 0 (all rows in one call) or a positive number, got {args.flush_every}")
     check_sharding(args)
     if args.vllm_kwargs:
         try:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from utils.categories import parse_gold_category
 from utils.fileio import InputError, checked_chunks, first_line, read_json, warn
+from utils.guards import check_text_size, note_text_path
 
 DISCHARGE_CATEGORY = "Discharge summary"
 NOTEEVENTS_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "CATEGORY", "DESCRIPTION", "TEXT")
@@ -150,10 +151,10 @@ def read_gold_dir(gold_dir: str | os.PathLike[str], ids: Iterable[str] | None = 
 
 def read_raw_text(raw_text_dir: str | os.PathLike[str], note_id: str) -> str:
     """The exact note text: UTF-8, no newline translation, no stripping."""
-    path = Path(raw_text_dir) / f"{note_id}.txt"
+    path = note_text_path(raw_text_dir, note_id)
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            return handle.read()
+            return check_text_size(path, handle.read())
     except FileNotFoundError:
         raise InputError(path, "", f"raw text of note {note_id} not found") from None
     except UnicodeDecodeError as err:

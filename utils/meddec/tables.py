@@ -23,6 +23,7 @@ import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from utils.fileio import InputError, atomic_open, checked_chunks, first_line, reading_errors
+from utils.guards import check_text_sizes
 from utils.meddec.predictions import Span
 
 NOTE_COLUMNS = ("file_id", "raw_text")
@@ -39,6 +40,8 @@ def read_csv_strings(path: str | os.PathLike[str], required: Sequence[str]) -> "
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(path, "", f"not a readable CSV ({first_line(err)})") from None
+    check_unique_columns(path)
+    check_text_sizes(path, frame)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
@@ -112,10 +115,23 @@ def read_csv_header(path: str | os.PathLike[str], required: Sequence[str]) -> li
         header = list(pd.read_csv(path, nrows=0).columns)
     except ValueError as err:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
         raise InputError(path, "line 1", f"not a readable CSV ({first_line(err)})") from None
+    check_unique_columns(path)
     missing = [c for c in required if c not in header]
     if missing:
         raise InputError(path, "line 1", f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
     return header
+
+
+def check_unique_columns(path: str | os.PathLike[str]) -> None:
+    """Refuse a header naming a column twice: pandas would silently rename the second (``raw_text.1``) and the
+    first one would be used without a word."""
+    with reading_errors(path, "CSV"), open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise InputError(path, "line 1", f"column {name!r} appears twice; expected each column once")
+        seen.add(name)
 
 
 # ----------------------------------------------------------------------------------------------- tagged split
@@ -165,6 +181,21 @@ def parse_spans_json(value: str, path: str | os.PathLike[str], where: str, colum
     except (ValueError, TypeError):
         raise InputError(path, where, f"field '{column}': expected JSON [[start, end, category], ...]") from None
     return spans
+
+
+def tagged_gold(path: str | os.PathLike[str]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """(note id -> gold annotations, note id -> text) of a tagged split table, as the published tuner scores them:
+    the ``gold_offsets`` spans (categories 1-9, duplicates kept, as gt_to_tag wrote them) as official gold dicts and
+    the ``raw_text`` cell as the note text (exact, CRLF kept; the gold JSON route reads CRLF as LF)."""
+    frame = read_tagged_table(path)
+    gold, texts = {}, {}
+    for row, (file_id, raw_text, offsets) in enumerate(zip(frame["file_id"], frame["raw_text"], frame["gold_offsets"]),
+                                                       start=1):
+        spans = parse_spans_json(offsets, path, f"row {row} (file_id {file_id})", "gold_offsets")
+        gold[file_id] = [{"start_offset": s.start, "end_offset": s.end, "category": f"Category {s.category}"}
+                         for s in spans]
+        texts[file_id] = raw_text
+    return gold, texts
 
 
 # ------------------------------------------------------------------------------------------- inference output

@@ -1,7 +1,12 @@
 """The official MedExACT 2026 / MedDec metric, re-implemented to give identical numbers (SPEC section 2).
 
+Two scorers, one implementation: ``published`` (the default: biodatlab/medexact-lamar ``evaluate/evaluate.py``)
+and ``meddec`` (CLU-UML/MedDec ``evaluate.py`` at f4374cd) differ in the token rule only (plus two input details);
+the rule is the ``rule`` argument of :class:`Scorer` and of the token functions (:mod:`~utils.metric.tokens`).
+
 Layers, each usable alone:
 
+- :mod:`~utils.metric.rules` the two scorers' names and the default (no numpy: for argument dataclasses)
 - :mod:`~utils.metric.readers` reading inputs the official way (texts, splits, gold folder, subgroups)
 - :mod:`~utils.metric.spans` span refinement (what a span's text is when spans are matched)
 - :mod:`~utils.metric.tokens` official tokens, token labels, per-note macro token F1
@@ -9,6 +14,8 @@ Layers, each usable alone:
 - :mod:`~utils.metric.report` the headline numbers and the official report/JSON
 - :mod:`~utils.metric.scorer` :class:`Scorer`: gold loaded once, many prediction sets scored
 - :mod:`~utils.metric.table` :class:`SpanTableScorer`: prediction sets named by rows of one span table
+- :mod:`~utils.metric.checks` what the official score accepts silently, as warnings; prediction sets matching no note
+  refused
 - :mod:`~utils.metric.punkt` NLTK's punkt_tab model that the token F1 needs (``python -m utils.metric.punkt``)
 
 Built on the per-note results, for researchers (not part of the official score):
@@ -34,7 +41,9 @@ _EXPORTS = {
     "readers": ("SUBGROUPS", "demographic_groups", "load_official_texts", "official_note_key",
                 "read_gold_dir_official_order", "read_official_split", "read_official_text"),
     "spans": ("refine_span", "refined_text"),
-    "tokens": ("N_LABELS", "confusion", "label_order_of", "macro_token_f1", "official_tokens", "prf", "token_labels"),
+    "tokens": ("AMBIGUOUS", "DEFAULT_SCORER", "N_LABELS", "SCORERS", "SCORER_HELP", "SCORER_REFERENCES",
+               "check_scorer", "confusion", "macro_token_f1", "note_token_f1", "official_tokens", "prf",
+               "token_labels"),
     "notes": ("NoteScores", "NoteSet", "aggregate"),
     "report": ("CategoryScore", "Headline", "ScoreReport", "SpanScore", "SubgroupScore"),
     "scorer": ("OFFICIAL_REFERENCE", "Scorer", "SpanKey", "score_files"),
@@ -82,5 +91,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from utils.metric.resampling import BootstrapReport, bootstrap, bootstrap_note_scores
     from utils.metric.viewer import write_viewer
     from utils.metric.tokens import (
-        N_LABELS, confusion, label_order_of, macro_token_f1, official_tokens, prf, token_labels,
+        AMBIGUOUS, DEFAULT_SCORER, N_LABELS, SCORER_HELP, SCORER_REFERENCES, SCORERS, check_scorer, confusion,
+        macro_token_f1, note_token_f1, official_tokens, prf, token_labels,
     )

@@ -17,7 +17,7 @@ import numpy as np
 from utils.categories import CATEGORY_IDS
 from utils.metric.notes import NoteSet
 from utils.metric.readers import prediction_rows
-from utils.metric.tokens import N_LABELS, confusion, token_labels, valid_span_array
+from utils.metric.tokens import AMBIGUOUS, confusion, token_labels, valid_span_array
 
 N_CATEGORIES = len(CATEGORY_IDS)  # column j holds category CATEGORY_IDS[j] (= j + 1)
 _COUNTS = ("span_tp", "span_fp", "span_fn", "token_tp", "token_fp", "token_fn")
@@ -68,11 +68,12 @@ def category_note_counts(scorer: Any, predictions: Mapping[str, Sequence[Any]], 
         if not notes.scored[i]:
             continue
         starts, ends = scorer.tokens(note_id)
-        matrix = confusion(scorer.gold_token_labels(note_id), token_labels(starts, ends, valid_span_array(rows)))
-        diagonal = matrix.diagonal()[1:N_LABELS]
+        pred_labels = token_labels(starts, ends, valid_span_array(rows), scorer.rule)
+        matrix = confusion(scorer.gold_token_labels(note_id), pred_labels)[:AMBIGUOUS]  # gold-ambiguous rows out
+        diagonal = matrix.diagonal()[1:AMBIGUOUS]
         arrays["token_tp"][i] = diagonal
-        arrays["token_fp"][i] = matrix.sum(axis=0)[1:N_LABELS] - diagonal
-        arrays["token_fn"][i] = matrix.sum(axis=1)[1:N_LABELS] - diagonal
+        arrays["token_fp"][i] = matrix.sum(axis=0)[1:AMBIGUOUS] - diagonal
+        arrays["token_fn"][i] = matrix.sum(axis=1)[1:AMBIGUOUS] - diagonal
     return CategoryNoteCounts(notes, **arrays)
 
 

@@ -1,12 +1,15 @@
 """Reading the scorer's inputs exactly as the official evaluator reads them.
 
-The official script (``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd, SPEC section 2) reads
+Both scorers' scripts (SPEC section 2: biodatlab/medexact-lamar ``evaluate/evaluate.py``, the default, and
+``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd) read
 texts with ``open(path, 'r')``: universal-newline translation (CRLF and lone CR become LF) in the
 platform's default encoding. That differs from :func:`utils.meddec.corpus.read_raw_text` (exact bytes, used for
 training and tagging): gold offsets of a CRLF file therefore point to slightly different characters when
 scored, exactly as officially. Gold files are read in ``os.listdir`` order and split ids are only
-stripped, because the official note sets (whose iteration order fixes the last bits of the token F1 sum)
-are built from them. Note ids are parsed loosely and demographics normalised as the official subgroup
+stripped (the published script also drops a ``.json`` suffix), because the official note sets (whose iteration
+order fixes the last bits of the token F1 sum) are built from them. A single-record gold file's id is its first
+three ``_``-separated parts under the published script, ``rstrip('_')`` under f4374cd (a list of records:
+``rstrip('_')`` under both). Note ids are parsed loosely and demographics normalised as the official subgroup
 code does.
 """
 
@@ -18,7 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from utils.categories import parse_gold_category
 from utils.meddec.corpus import Annotation, Demographics, read_gold_file
-from utils.fileio import InputError
+from utils.fileio import InputError, read_json
+from utils.metric.rules import DEFAULT_SCORER, check_scorer
 
 #: Subgroups of the shared-task score, in the official order (dimension -> group values).
 SUBGROUPS: dict[str, tuple[str, ...]] = {
@@ -38,7 +42,9 @@ def read_official_text(path: str | os.PathLike[str]) -> str:
 
 
 def raw_text_path(raw_text_dir: str | os.PathLike[str], note_id: str) -> Path:
-    return Path(raw_text_dir) / f"{note_id}.txt"
+    from utils.guards import note_text_path
+
+    return note_text_path(raw_text_dir, note_id)
 
 
 def load_official_texts(raw_text_dir: str | os.PathLike[str], note_ids: Iterable[str]) -> dict[str, str]:
@@ -52,16 +58,47 @@ def load_official_texts(raw_text_dir: str | os.PathLike[str], note_ids: Iterable
     return texts
 
 
-def read_official_split(path: str | os.PathLike[str]) -> set[str]:
-    """Split ids as the official script reads them: each line stripped, nothing else (no '_' stripping)."""
+def official_split_id(line: str, rule: str = DEFAULT_SCORER) -> str:
+    """A split line as the ``rule``'s script keeps it: stripped; the published script also drops ``.json``."""
+    line = line.strip()
+    return line.removesuffix(".json") if check_scorer(rule) == "published" else line
+
+
+def read_official_split(path: str | os.PathLike[str], rule: str = DEFAULT_SCORER) -> set[str]:
+    """Split ids as the ``rule``'s script reads them (:func:`official_split_id`; no '_' stripping, a UTF-8 BOM kept
+    as part of the first id, as officially)."""
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            return {line.strip() for line in handle}
+            return {official_split_id(line, rule) for line in handle}
     except FileNotFoundError:
         raise InputError(path, "", "split file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise InputError(path, "", "expected a split file: UTF-8 text with one note id per line") from None
 
 
-def read_gold_dir_official_order(gold_dir: str | os.PathLike[str]) -> dict[str, list[Annotation]]:
+def official_gold_id(raw_id: str, rule: str = DEFAULT_SCORER) -> str:
+    """The note id of a single-record gold file: the published script keeps the first three ``_``-separated parts,
+    f4374cd strips trailing underscores (what :func:`utils.meddec.corpus.read_gold_file` does)."""
+    if check_scorer(rule) == "published":
+        return "_".join(str(raw_id).split("_")[:3])
+    return str(raw_id).rstrip("_")
+
+
+def read_official_gold_file(path: str | os.PathLike[str], rule: str = DEFAULT_SCORER) -> dict[str, list[Annotation]]:
+    """One gold JSON file (a record or a list of records) keyed as the ``rule``'s script keys it."""
+    gold = read_gold_file(path)
+    if check_scorer(rule) == "meddec" or len(gold) != 1:
+        return gold
+    data = read_json(path)
+    if not isinstance(data, dict):  # a list of records: rstrip('_') under both scripts
+        return gold
+    raw_id = data.get("discharge_summary_id", os.path.basename(path).replace(".json", ""))
+    (annotations,) = gold.values()
+    return {official_gold_id(raw_id, rule): annotations}
+
+
+def read_gold_dir_official_order(gold_dir: str | os.PathLike[str],
+                                 rule: str = DEFAULT_SCORER) -> dict[str, list[Annotation]]:
     """All ``*.json`` gold files in ``os.listdir`` order, later files overriding earlier ones.
 
     The order is kept because the official script builds its note sets from this dict; set iteration
@@ -73,7 +110,7 @@ def read_gold_dir_official_order(gold_dir: str | os.PathLike[str]) -> dict[str, 
     gold: dict[str, list[Annotation]] = {}
     for name in os.listdir(gold_dir):
         if name.endswith(".json"):
-            gold.update(read_gold_file(gold_dir / name))
+            gold.update(read_official_gold_file(gold_dir / name, rule))
     return gold
 
 
@@ -184,6 +221,7 @@ def prediction_rows(spans: Sequence[Any]) -> Sequence[SpanRow]:
 
 __all__ = [
     "SUBGROUPS", "SpanRow", "demographic_groups", "gold_rows", "load_official_texts", "normalize_language",
-    "normalize_race", "normalize_sex", "official_note_key", "prediction_rows", "raw_text_path",
-    "read_gold_dir_official_order", "read_official_split", "read_official_text", "subgroup_members",
+    "normalize_race", "normalize_sex", "official_gold_id", "official_note_key", "official_split_id",
+    "prediction_rows", "raw_text_path", "read_gold_dir_official_order", "read_official_gold_file",
+    "read_official_split", "read_official_text", "subgroup_members",
 ]

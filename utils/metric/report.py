@@ -12,6 +12,7 @@ from typing import Any
 
 from utils.categories import ID_TO_NAME, ID_TO_TAG
 from utils.metric.readers import SUBGROUPS
+from utils.metric.rules import SCORER_REFERENCES
 from utils.metric.tokens import prf
 
 
@@ -86,9 +87,10 @@ class ScoreReport:
     gold_files: int = 0
     prediction_files: int = 0
     files_with_text: int = 0
+    scorer: str = "published"
 
     def to_official_dict(self) -> dict[str, Any]:
-        """The official ``--output`` JSON structure (tp/fp/fn and per_category are extra keys)."""
+        """The official ``--output`` JSON structure (tp/fp/fn, per_category and scorer are extra keys)."""
         result: dict[str, Any] = {
             "span_f1": {"precision": self.span.precision, "recall": self.span.recall, "f1": self.span.f1,
                         "tp": self.span.tp, "fp": self.span.fp, "fn": self.span.fn},
@@ -109,6 +111,7 @@ class ScoreReport:
                        **{k: v for k, v in asdict(score).items() if k != "span"}}
             for cat, score in self.per_category.items()
         }
+        result["scorer"] = {"name": self.scorer, "reference": SCORER_REFERENCES[self.scorer]}
         return result
 
     def format_official(self) -> str:
@@ -140,9 +143,13 @@ class ScoreReport:
                          f"{s.f1:7.4f} {score.token_f1:7.4f}")
         return "\n".join(lines)
 
+    def format_scorer(self) -> str:
+        """One line naming the scorer that made these numbers."""
+        return f"Scorer: {self.scorer} ({SCORER_REFERENCES[self.scorer]})"
+
     def format(self) -> str:
-        """The official printed report followed by the per-category table."""
-        return self.format_official() + "\n" + self.format_per_category()
+        """The official printed report followed by the per-category table and the scorer's name."""
+        return self.format_official() + "\n" + self.format_per_category() + "\n" + self.format_scorer()
 
 
 __all__ = ["CategoryScore", "Headline", "ScoreReport", "SpanScore", "SubgroupScore"]

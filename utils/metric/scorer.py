@@ -1,13 +1,16 @@
 """The official MedExACT 2026 score of many prediction sets against one fixed gold set.
 
-Reference: ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd (SPEC section 2). Every number
-(span precision/recall/F1 with tp/fp/fn, token F1, base, each subgroup, worst, final) equals the official
-one bit for bit. What that takes:
+References (SPEC section 2), chosen with ``rule`` (``--scorer``): ``published``, the default, is
+``evaluate/evaluate.py`` of github.com/biodatlab/medexact-lamar (the script LAMAR shipped and tuned with);
+``meddec`` is ``evaluate.py`` of github.com/CLU-UML/MedDec at commit f4374cd. Every number (span
+precision/recall/F1 with tp/fp/fn, token F1, base, each subgroup, worst, final) equals the chosen script's bit for
+bit. What that takes:
 
-- inputs are read the official way (:mod:`utils.metric.readers`: universal newlines, listdir order);
+- inputs are read the chosen script's way (:mod:`utils.metric.readers`: universal newlines, listdir order, its
+  gold-id and split-line rules);
 - spans are refined (:mod:`utils.metric.spans`) and compared as (note, category, lowercased refined
-  text); duplicates collapse;
-- token labels: first overlapping annotation in list order (:mod:`utils.metric.tokens`);
+  text); duplicates collapse (the same in both);
+- token labels under the chosen rule (:mod:`utils.metric.tokens`: ambiguous tokens, or first overlap wins);
 - float sums follow the official summation order, which is the iteration order of Python sets
   (``set(gold) | set(pred)`` for the token mean, one set per subgroup, the set of labels per note).
   String hashing is randomised per process, so the last bits of the official token F1 depend on
@@ -31,21 +34,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from utils.categories import VALID_CATEGORY_IDS
-from utils.meddec.corpus import Demographics, read_gold_file, read_stats
+from utils.meddec.corpus import Demographics, read_stats
 from utils.fileio import InputError
 from utils.metric.notes import NoteScores, NoteSet, aggregate
 from utils.metric.readers import (
-    SpanRow, gold_rows, load_official_texts, prediction_rows, read_gold_dir_official_order, read_official_split,
-    subgroup_members,
+    SpanRow, gold_rows, load_official_texts, prediction_rows, read_gold_dir_official_order, read_official_gold_file,
+    read_official_split, subgroup_members,
 )
 from utils.metric.report import CategoryScore, Headline, ScoreReport, SpanScore
 from utils.metric.spans import refined_text
 from utils.metric.tokens import (
-    N_LABELS, confusion, first_occurrence_order, label_order_of, macro_token_f1, official_tokens, prf, token_labels,
-    valid_span_array,
+    AMBIGUOUS, DEFAULT_SCORER, N_LABELS, SCORER_REFERENCES, check_scorer, gold_label_order, note_token_f1,
+    official_tokens, prf, token_labels, valid_span_array,
 )
 
-OFFICIAL_REFERENCE = "github.com/CLU-UML/MedDec evaluate.py at commit f4374cd"
+#: What the default scorer reproduces.
+OFFICIAL_REFERENCE = SCORER_REFERENCES[DEFAULT_SCORER]
 
 #: How spans are matched: (category, lowercased refined text) within a note.
 SpanKey = tuple[int, str]
@@ -126,14 +130,17 @@ class Scorer:
         *,
         split_ids: Iterable[str] | None = None,
         raw_text_dir: str | os.PathLike[str] | None = None,
+        rule: str = DEFAULT_SCORER,
     ) -> None:
         """``gold``: note id -> annotations (utils.meddec.corpus.Annotation, or official JSON dicts), in the order
         the official script would hold them; ``texts``: note id -> text as read by
         :func:`utils.metric.readers.read_official_text` (needed for every gold note and every predicted
         note; with ``raw_text_dir`` the texts of other predicted notes are read from there on demand);
         ``stats``: stats.csv rows (enables worst/final); ``split_ids``: predictions of other notes are
-        ignored, as with the official ``--split_file``.
+        ignored, as with the official ``--split_file``; ``rule``: the scorer whose token rule applies (``published``
+        or ``meddec``, see :mod:`utils.metric.tokens`).
         """
+        self.rule = check_scorer(rule)
         self.split_ids = None if split_ids is None else set(split_ids)
         self.raw_text_dir = raw_text_dir
         self._texts = dict(texts)
@@ -150,9 +157,9 @@ class Scorer:
             self._gold_rows[note_id] = tuple(rows)
             self._gold_sets[note_id] = note.span_set(rows)
             if note.scored:
-                labels = token_labels(note.starts, note.ends, valid_span_array(rows))
+                labels = token_labels(note.starts, note.ends, valid_span_array(rows), self.rule)
                 self._gold_labels[note_id] = labels
-                self._gold_order[note_id] = first_occurrence_order(labels)
+                self._gold_order[note_id] = gold_label_order(labels)
         self.has_stats = stats is not None
         self._groups: dict[str, dict[str, list[str]]] = {}
         if stats is not None:
@@ -167,19 +174,21 @@ class Scorer:
         stats_csv: str | os.PathLike[str] | None = None,
         gold_file: str | os.PathLike[str] | None = None,
         extra_ids: Iterable[str] = (),
+        rule: str = DEFAULT_SCORER,
     ) -> "Scorer":
-        """A scorer over a MedDec download, loaded as the official script loads it.
+        """A scorer over a MedDec download, loaded as the ``rule``'s script loads it.
 
         ``gold_file`` overrides ``gold_dir``; ``extra_ids`` are predicted notes outside the gold set
         whose texts should be read now (others are read on demand from ``raw_text_dir``).
         """
+        check_scorer(rule)
         if gold_file is not None:
-            gold = read_gold_file(gold_file)
+            gold = read_official_gold_file(gold_file, rule)
         elif gold_dir is not None:
-            gold = read_gold_dir_official_order(gold_dir)
+            gold = read_gold_dir_official_order(gold_dir, rule)
         else:
             raise InputError("<arguments>", "", "give gold_dir or gold_file")
-        split_ids = read_official_split(split_file) if split_file is not None else None
+        split_ids = read_official_split(split_file, rule) if split_file is not None else None
         extra_ids = list(extra_ids)
         if split_ids is not None:
             gold = {k: v for k, v in gold.items() if k in split_ids}
@@ -187,7 +196,7 @@ class Scorer:
         wanted = list(gold) + [i for i in extra_ids if i not in gold]
         texts = load_official_texts(raw_text_dir, wanted)
         stats = read_stats(stats_csv) if stats_csv is not None else None
-        return cls(gold, texts, stats, split_ids=split_ids, raw_text_dir=raw_text_dir)
+        return cls(gold, texts, stats, split_ids=split_ids, raw_text_dir=raw_text_dir, rule=rule)
 
     def _note(self, note_id: str) -> _Note:
         note = self._notes.get(note_id)
@@ -226,15 +235,21 @@ class Scorer:
         return _read_only(note.starts), _read_only(note.ends)
 
     def gold_token_labels(self, note_id: str) -> np.ndarray:
-        """Gold label (0-9) per token, read-only; all 0 for a note outside the gold set."""
+        """Gold label (0-9, or AMBIGUOUS under the published rule) per token, read-only; all 0 outside the gold set."""
         labels = self._gold_labels.get(note_id)
         if labels is None:
             return _read_only(np.zeros(len(self._note(note_id).starts), dtype=np.int64))
         return _read_only(labels)
 
+    @property
+    def reference(self) -> str:
+        """The script this scorer reproduces (named in reports)."""
+        return SCORER_REFERENCES[self.rule]
+
     def gold_label_order(self, note_id: str) -> list[int]:
-        """The distinct gold token labels in order of first occurrence ([0] outside the gold set), which
-        fixes the official summation order of the note's macro F1 (see :func:`utils.metric.tokens.label_order_of`)."""
+        """The distinct gold token labels of the kept (not ambiguous) tokens in order of first occurrence ([0]
+        outside the gold set), which fixes the official summation order of the note's macro F1 (see
+        :func:`utils.metric.tokens.official_label_set`)."""
         return list(self._gold_order.get(note_id, [0]))
 
     def gold_spans(self, note_id: str) -> frozenset[SpanKey]:
@@ -283,10 +298,8 @@ class Scorer:
             gold_order = [0]
         else:
             gold_order = self._gold_order[name]
-        pred_labels = token_labels(note.starts, note.ends, valid_span_array(rows))
-        matrix = confusion(gold_labels, pred_labels)
-        pred_present = np.flatnonzero(matrix.sum(axis=0)).tolist()
-        return macro_token_f1(matrix, label_order_of(gold_order, pred_labels, pred_present)), matrix
+        pred_labels = token_labels(note.starts, note.ends, valid_span_array(rows), self.rule)
+        return note_token_f1(gold_labels, pred_labels, gold_order, self.rule)
 
     def _pass(self, predictions: Mapping[str, Sequence[Any]], details: _Details | None) -> NoteScores:
         if self.split_ids is not None:
@@ -332,7 +345,7 @@ class Scorer:
             span=head.span, token_f1=head.token_f1, base=head.base, worst=head.worst, final=head.final,
             subgroups=head.subgroups, per_category=self._per_category(scores.notes, details),
             gold_files=len(self.gold_ids), prediction_files=scores.notes.n_prediction_files,
-            files_with_text=len(scores.notes),
+            files_with_text=len(scores.notes), scorer=self.rule,
         )
 
     def final_score(self, predictions: Mapping[str, Sequence[Any]]) -> float:
@@ -352,7 +365,7 @@ class Scorer:
             counts["tp"].update(cat for cat, _ in gold & pred)
             counts["fp"].update(cat for cat, _ in pred - gold)
             counts["fn"].update(cat for cat, _ in gold - pred)
-        total = sum(details.matrices.values(), np.zeros((N_LABELS, N_LABELS), dtype=np.int64))
+        total = sum(details.matrices.values(), np.zeros((N_LABELS, N_LABELS), dtype=np.int64))[:AMBIGUOUS]
         gold_tokens, pred_tokens, diagonal = total.sum(axis=1), total.sum(axis=0), total.diagonal()
         out = {}
         for cat in sorted(VALID_CATEGORY_IDS):
@@ -372,9 +385,11 @@ def score_files(
     split_file: str | os.PathLike[str] | None = None,
     stats_csv: str | os.PathLike[str] | None = None,
     gold_file: str | os.PathLike[str] | None = None,
+    rule: str = DEFAULT_SCORER,
 ) -> ScoreReport:
     """One-shot official scoring of predictions against a MedDec folder layout."""
-    scorer = Scorer.from_files(gold_dir, raw_text_dir, split_file, stats_csv, gold_file, extra_ids=list(predictions))
+    scorer = Scorer.from_files(gold_dir, raw_text_dir, split_file, stats_csv, gold_file, extra_ids=list(predictions),
+                               rule=rule)
     return scorer.score(predictions)
 
 

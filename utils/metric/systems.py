@@ -51,11 +51,13 @@ def scorer_for_systems(args: Any, systems: dict[str, dict[str, list[Any]]]) -> A
     if not args.gold_file and not args.gold_dir:
         raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
     from utils.fileio import warn
-    from utils.metric.checks import input_warnings
+    from utils.metric.checks import input_warnings, require_a_match
 
     extra = list(dict.fromkeys(name for predictions in systems.values() for name in predictions))
     scorer = Scorer.from_files(gold_dir=args.gold_dir, raw_text_dir=args.raw_text_dir, split_file=args.split_file,
-                               stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=extra)
+                               stats_csv=args.stats_csv, gold_file=args.gold_file, extra_ids=extra, rule=args.scorer)
+    for (name, predictions), path in zip(systems.items(), args.predictions):
+        require_a_match(scorer, predictions, path)  # a set that predicts none of the notes is never ranked
     for name, predictions in systems.items():  # what the official score accepts silently, as evaluate.py says it
         for line in input_warnings(scorer, predictions):
             warn(f"{name}: {line}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from utils.metric.notes import NoteScores, aggregate
 from utils.metric.scorer import Scorer
-from utils.metric.tokens import N_LABELS, label_order_of, macro_token_f1, token_labels
+from utils.metric.tokens import AMBIGUOUS, N_LABELS, macro_token_f1, pred_label_order, token_labels
 
 
 class SpanTableScorer:
@@ -132,15 +132,17 @@ class SpanTableScorer:
     def _token_f1(self, rows: np.ndarray) -> np.ndarray:
         """Token F1 per note (NaN for notes without tokens) when these rows, in this order, label the tokens."""
         spans = np.stack([self.row_axis_start[rows], self.row_axis_end[rows], self.row_category[rows]], axis=1)
-        pred_labels = token_labels(self.token_starts, self.token_ends, spans)
+        rule = self.scorer.rule
+        pred_labels = token_labels(self.token_starts, self.token_ends, spans, rule)
         n = len(self.scored)
         cells = self.token_note * (N_LABELS * N_LABELS) + self.gold_labels * N_LABELS + pred_labels
         matrices = np.bincount(cells, minlength=n * N_LABELS * N_LABELS).reshape(n, N_LABELS, N_LABELS)
-        present = matrices.sum(axis=1) > 0
+        present = matrices[:, :AMBIGUOUS].sum(axis=1) > 0  # prediction labels at tokens not ambiguous in gold
         out = np.full(len(self.files), np.nan)
         for i, (f, tokens, gold_order) in enumerate(self.scored):
-            order = label_order_of(gold_order, pred_labels[tokens], np.flatnonzero(present[i]).tolist())
-            out[f] = macro_token_f1(matrices[i], order)
+            kept = lambda tokens=tokens: pred_labels[tokens][self.gold_labels[tokens] != AMBIGUOUS]  # noqa: E731
+            order = pred_label_order(gold_order, np.flatnonzero(present[i]).tolist(), kept)
+            out[f] = macro_token_f1(matrices[i], gold_order, order, rule)
         return out
 
 

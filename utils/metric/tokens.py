@@ -1,21 +1,33 @@
-"""Official token F1: tokens, token labels, per-note macro F1 (SPEC section 2).
+"""Official token F1 under either scorer: tokens, token labels, per-note macro F1 (SPEC section 2).
 
-Tokens are NLTK ``word_tokenize`` over the whole note, each located with a forward ``str.find``; tokens
-it cannot find (quotes the tokenizer rewrote) vanish. Each token takes the category of the FIRST
-annotation in list order that overlaps it. Per note the F1 is a macro mean over the labels present on
-either side, summed in the iteration order of the official ``set(gold_labels + pred_labels)`` so the
-float result is bit-identical. Labels are painted with numpy and a note's counts come from one
-``bincount`` (a 10x10 confusion matrix).
+Two scripts define the token F1 and differ only in the token rule (the ``rule`` argument, one of
+:data:`SCORERS`; :data:`DEFAULT_SCORER` is the published one):
+
+- ``published`` (biodatlab/medexact-lamar ``evaluate/evaluate.py``): a token covered by exactly one annotation of
+  categories 1-9 takes its category; one covered by two or more is ambiguous (the script's -1, here
+  :data:`AMBIGUOUS`). Per note, positions whose GOLD label is ambiguous are dropped before the macro F1.
+- ``meddec`` (CLU-UML/MedDec ``evaluate.py`` at f4374cd): each token takes the category of the FIRST annotation in
+  list order that overlaps it (so the order of predictions matters); nothing is dropped.
+
+Tokens are NLTK ``word_tokenize`` over the whole note, each located with a forward ``str.find``; tokens it cannot
+find (quotes the tokenizer rewrote) vanish. Per note the F1 is a macro mean over the labels (not 0, not -1)
+present on either side, summed in the iteration order of the Python set each script builds
+(:func:`official_label_set`), so the float result is bit-identical. Labels are painted with numpy and a note's
+counts come from one ``bincount`` (an 11x11 confusion matrix: labels 0-9 and :data:`AMBIGUOUS`).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-N_LABELS = 10  # label 0 (no decision) and categories 1-9
+from utils.metric.rules import (  # noqa: F401 - re-exported: the token rule's names live with it
+    AMBIGUOUS, DEFAULT_SCORER, SCORER_HELP, SCORER_REFERENCES, SCORERS, check_scorer,
+)
+
+N_LABELS = 11  # label 0 (no decision), categories 1-9 and AMBIGUOUS
 
 
 def official_tokens(text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,12 +64,15 @@ def valid_span_array(rows: Sequence[tuple[int, int, int]]) -> np.ndarray:
     return array[(categories >= 1) & (categories <= 9)]
 
 
-def token_labels(starts: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> np.ndarray:
-    """Label per token: the category of the first span (in row order) that overlaps it, 0 if none.
+def token_labels(starts: np.ndarray, ends: np.ndarray, spans: np.ndarray, rule: str = DEFAULT_SCORER) -> np.ndarray:
+    """Label per token under ``rule``: 0 if no span overlaps it; else ``meddec``: the category of the first span
+    (in row order) that overlaps it; ``published``: that category if it is the only one, :data:`AMBIGUOUS` if two
+    or more spans overlap it.
 
     ``spans`` is an int array of rows (start, end, category) already restricted to categories 1-9.
     Tokens are sorted and disjoint, so the tokens a span overlaps (token.start < end and token.end >
-    start) are one index range found by binary search; the first span wins via ``np.minimum.at``.
+    start) are one index range found by binary search; the first span wins via ``np.minimum.at``, and
+    a ``bincount`` of the same positions counts the spans over each token.
     """
     n_tokens = len(starts)
     labels = np.zeros(n_tokens, dtype=np.int64)
@@ -75,7 +90,10 @@ def token_labels(starts: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> np.
     winner = np.full(n_tokens, len(spans), dtype=np.int64)
     np.minimum.at(winner, positions, owner)
     categories = np.append(spans[:, 2], 0)
-    return categories[winner]
+    labels = categories[winner]
+    if check_scorer(rule) == "published":
+        labels[np.bincount(positions, minlength=n_tokens) >= 2] = AMBIGUOUS
+    return labels
 
 
 def first_occurrence_order(labels: np.ndarray) -> list[int]:
@@ -97,20 +115,53 @@ def confusion(gold_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     return np.bincount(gold_labels * N_LABELS + pred_labels, minlength=N_LABELS * N_LABELS).reshape(N_LABELS, N_LABELS)
 
 
-def macro_token_f1(matrix: np.ndarray, label_order: Sequence[int]) -> float:
-    """Official per-note token F1 from a confusion matrix.
+def official_label_set(gold_order: Sequence[int], pred_order: Sequence[int], rule: str = DEFAULT_SCORER) -> set[int]:
+    """The set of labels a script iterates for a note's macro F1, built the way that script builds it, so its
+    iteration order (which fixes the float summation order) is the script's.
 
-    Macro mean over the labels present in gold or prediction, summed in the iteration order of
-    ``set(gold_labels + pred_labels)`` (``label_order`` is that list's first-occurrence order, which
-    builds the same set); 1.0 when no note token has a label on either side.
+    ``gold_order``/``pred_order``: the distinct labels of the note's (kept) gold and prediction token labels in
+    order of first occurrence (see :func:`pred_label_order`). ``meddec`` builds ``set(gold_labels +
+    pred_labels)``; ``published`` builds ``set(gold) | set(pred)`` over the kept positions, with -1 for ambiguous.
     """
-    labels = set(label_order)
-    labels.discard(0)
-    if not labels:
+    if check_scorer(rule) == "meddec":
+        return set([*gold_order, *pred_order])
+    official = lambda labels: [-1 if label == AMBIGUOUS else label for label in labels]  # noqa: E731
+    return set(official(gold_order)) | set(official(pred_order))
+
+
+def pred_label_order(
+    gold_order: Sequence[int], pred_present: Sequence[int], kept_pred_labels: Callable[[], np.ndarray]
+) -> list[int]:
+    """The distinct prediction labels in first-occurrence order, or in any order when at most one of them is
+    missing from ``gold_order`` (then the order cannot change either script's set): that case, the common one,
+    skips the search over ``kept_pred_labels()`` (the prediction's labels at the kept positions)."""
+    seen = set(gold_order)
+    if sum(1 for label in pred_present if label not in seen) <= 1:
+        return list(pred_present)
+    return first_occurrence_order(kept_pred_labels())
+
+
+def macro_token_f1(
+    matrix: np.ndarray, gold_order: Sequence[int], pred_order: Sequence[int], rule: str = DEFAULT_SCORER
+) -> float:
+    """A note's token F1 from its confusion matrix (rows gold, columns prediction, :data:`N_LABELS` each).
+
+    Rows of gold-ambiguous tokens are dropped (they are empty under ``meddec``): 1.0 if nothing remains; macro
+    mean over the labels other than 0 and ambiguous present on either side, summed in the iteration order of
+    :func:`official_label_set`; with no such label, 1.0 if the remaining labels agree (no ambiguous prediction
+    left) else 0.0.
+    """
+    kept = matrix[:AMBIGUOUS]
+    if not kept.any():
         return 1.0
-    gold_count = matrix.sum(axis=1).tolist()
-    pred_count = matrix.sum(axis=0).tolist()
-    diagonal = matrix.diagonal().tolist()
+    labels = official_label_set(gold_order, pred_order, rule)
+    labels.discard(0)
+    labels.discard(-1)
+    if not labels:
+        return 1.0 if not kept[:, AMBIGUOUS].any() else 0.0
+    gold_count = kept.sum(axis=1).tolist()
+    pred_count = kept.sum(axis=0).tolist()
+    diagonal = kept.diagonal().tolist()
     scores = []
     for label in labels:
         tp = diagonal[label]
@@ -118,24 +169,23 @@ def macro_token_f1(matrix: np.ndarray, label_order: Sequence[int]) -> float:
     return sum(scores) / len(scores)
 
 
-def label_order_of(
-    gold_order: Sequence[int], pred_labels: np.ndarray, pred_present: Iterable[int] | None = None
-) -> list[int]:
-    """First-occurrence order of ``gold_labels + pred_labels`` given the gold part's order.
+def gold_label_order(gold_labels: np.ndarray) -> list[int]:
+    """The distinct gold labels of the kept (not ambiguous) tokens in first-occurrence order."""
+    return first_occurrence_order(gold_labels[gold_labels != AMBIGUOUS])
 
-    ``pred_present`` (the labels occurring in ``pred_labels``, if already known) skips the search when
-    the prediction brings at most one label that gold lacks, which is the common case.
-    """
-    seen = set(gold_order)
-    if pred_present is None:
-        pred_present = np.unique(pred_labels).tolist()
-    new = [label for label in pred_present if label not in seen]
-    if len(new) > 1:
-        new = [label for label in first_occurrence_order(pred_labels) if label not in seen]
-    return [*gold_order, *new]
+
+def note_token_f1(
+    gold_labels: np.ndarray, pred_labels: np.ndarray, gold_order: Sequence[int], rule: str = DEFAULT_SCORER
+) -> tuple[float, np.ndarray]:
+    """(token F1, confusion matrix) of one note from its gold and prediction token labels under ``rule``."""
+    matrix = confusion(gold_labels, pred_labels)
+    pred_present = np.flatnonzero(matrix[:AMBIGUOUS].sum(axis=0)).tolist()
+    order = pred_label_order(gold_order, pred_present, lambda: pred_labels[gold_labels != AMBIGUOUS])
+    return macro_token_f1(matrix, gold_order, order, rule), matrix
 
 
 __all__ = [
-    "N_LABELS", "confusion", "first_occurrence_order", "label_order_of", "macro_token_f1", "official_tokens", "prf",
-    "token_labels", "valid_span_array",
+    "AMBIGUOUS", "DEFAULT_SCORER", "N_LABELS", "SCORERS", "SCORER_HELP", "SCORER_REFERENCES", "check_scorer",
+    "confusion", "first_occurrence_order", "gold_label_order", "macro_token_f1", "note_token_f1",
+    "official_label_set", "official_tokens", "pred_label_order", "prf", "token_labels", "valid_span_array",
 ]

@@ -85,6 +85,7 @@ def viewer_data(scorer: Any, systems: Mapping[str, Mapping[str, Sequence[Any]]],
                       "spans": spans})
     return {
         "title": title, "systems": names, "classes": list(CLASSES),
+        "scorer": {"name": scorer.rule, "reference": scorer.reference},
         "categories": [{"id": c.id, "tag": c.tag, "name": c.name, "color": color}
                        for c, color in zip(CATEGORIES, CATEGORY_COLORS)],
         "notes": notes,

@@ -18,6 +18,10 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 EDLIB_MAX_SYMBOLS = 256
+#: Largest output x note size aligned whole (~2-3 s on a shared CPU core): alignment time grows with the product, so a
+#: 1 MB note took 209 s and a 20 MB one hours. Real discharge summaries (< 60k characters) stay far below it; above
+#: it, spans are placed by search alone (exact, normalised, then fuzzy near their proportional position).
+MAX_ALIGNED_CELLS = 10_000_000_000
 
 
 @dataclass
@@ -86,7 +90,7 @@ def _alignment_from_opcodes(plain: str, note: str) -> Alignment:
 
 def align_to_note(plain: str, note: str) -> Alignment:
     """Map every character of the de-tagged output onto the note (edlib infix alignment with a path)."""
-    if not plain or not note:
+    if not plain or not note or len(plain) * len(note) > MAX_ALIGNED_CELLS:
         return Alignment(np.full(len(plain), -1, dtype=np.int64), np.zeros(len(plain), dtype=bool), max(len(plain), len(note)))
     compact = compact_bytes(plain, note)
     if compact is None:

@@ -32,6 +32,36 @@ def sft_records(frame) -> list[dict[str, Any]]:
     return records
 
 
+# The published train_dft.py masked with Unsloth's train_on_responses_only(response_part=RESPONSE_MARKER): every token
+# after the assistant header is trained, the empty think block the chat template writes there included.
+RESPONSE_MARKER = "<|im_start|>assistant\n"
+LOSS_MASKS = ("response", "answer")
+
+
+def response_start(input_ids: Sequence[int], marker_ids: Sequence[int]) -> int:
+    """Index of the first token after the last occurrence of ``marker_ids`` (the assistant header) in ``input_ids``."""
+    width = len(marker_ids)
+    for start in range(len(input_ids) - width, -1, -1):
+        if list(input_ids[start : start + width]) == list(marker_ids):
+            return start + width
+    raise ValueError(f"the chat template wrote no {RESPONSE_MARKER!r} header: cannot mask the prompt")
+
+
+def sft_response_records(frame, tokenizer) -> list[dict[str, Any]]:
+    """Tokenized conversations whose loss mask starts right after the assistant header (published): the empty
+    think block (``<think>\n\n</think>\n\n`` with thinking off) is trained with the answer. TRL then builds the
+    labels from ``completion_mask`` as for its own prompt-completion rows (same tokens, see :func:`sft_records`)."""
+    marker_ids = tokenizer.encode(RESPONSE_MARKER, add_special_tokens=False)
+    records = []
+    for file_id, raw_text, gold in zip(frame["file_id"], frame["raw_text"], frame["gold_span"]):
+        ids = tokenizer.apply_chat_template(build_messages(raw_text, gold), tokenize=True, return_dict=True,
+                                            **CHAT_TEMPLATE_KWARGS)["input_ids"]
+        start = response_start(ids, marker_ids)
+        records.append({"file_id": file_id, "input_ids": list(ids),
+                        "completion_mask": [0] * start + [1] * (len(ids) - start)})
+    return records
+
+
 def grpo_records(frame, stray_quote: bool = False) -> list[dict[str, Any]]:
     """Prompt-only conversations; the note and its gold answer travel as columns for the reward functions
     (``stray_quote``: the published GRPO prompt, see ``utils.prompt``)."""

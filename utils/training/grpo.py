@@ -9,7 +9,8 @@ As published, every note is used (the published script computed a prompt limit o
 it); with ``--max_prompt_length`` notes whose prompt is longer are left out with a warning instead of being
 truncated. Also as published: the prompt starts with a stray ``"`` (``--prompt_stray_quote``), the chat template
 gets no thinking switch (``--enable_thinking template``; Qwen3.5-4B's template then opens a think block, which the
-rewards skip), and the seed is TRL's 42. Generation uses vLLM (colocated) when a GPU and vLLM are present
+rewards skip), and seed 3407 and weight decay 0.01 (the defaults of the Unsloth ``GRPOConfig`` the published
+script imported: Unsloth 2026.4.3; TRL's own are 42 and 0.0). Generation uses vLLM (colocated) when a GPU and vLLM are present
 (``--use_vllm_mode auto``), transformers otherwise; the published run generated with the trained model itself
 (no vLLM), hence no min-p and no vLLM importance-sampling correction by default.
 Qwen3.5's cached ``rope_deltas`` are cleared before every training forward, so a stale value from generation can
@@ -32,7 +33,8 @@ from utils.training.data import count_prompt_tokens, grpo_records, read_training
 from utils.training.models import (
     check_model_reference, cuda_available, loading_error, merge_adapter, peft_config, resolve_dtype,
 )
-from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
+from utils.training.finite import FiniteTrainingCallback
+from utils.training.runs import claim_output_dir, output_dir_lock, resolve_resume, run_fingerprint, save_run_config
 from utils.training.trl_cpu import install_cpu_fused_head
 
 logger = logging.getLogger(__name__)
@@ -183,7 +185,7 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
         prompt_tokens, source = longest_prompt(script, records, tokenizer, config)
         config.vllm_max_model_length = vllm_context_length(prompt_tokens, config, source)
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn
-    funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards)
+    funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards, script.scorer)
     return LamarGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=to_dataset(records),
                             processing_class=tokenizer, peft_config=peft_config(model_args))
 
@@ -192,6 +194,14 @@ def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: Lama
           reward_funcs: Sequence[Callable[..., list[float]]] | None = None) -> LamarGRPOTrainer:
     """Train (resuming when a checkpoint exists), then save the adapter, tokenizer and resolved run config."""
     trainer = build_trainer(script, model_args, config, reward_funcs)
+    trainer.add_callback(FiniteTrainingCallback(config.output_dir))
+    with output_dir_lock(config.output_dir, main_process=config.process_index == 0):
+        return _train_claimed(trainer, script, model_args, config)
+
+
+def _train_claimed(trainer: LamarGRPOTrainer, script: GRPOScriptArguments, model_args: GRPOModelConfig,
+                   config: LamarGRPOConfig) -> LamarGRPOTrainer:
+    """The run itself, with ``--output_dir`` locked: record its inputs, resume, train, save."""
     run_settings = {"script": {k: getattr(script, k) for k in ("adapter", "rewards", "max_prompt_length",
                                                                "max_train_samples", "prompt_stray_quote",
                                                                "enable_thinking")}, "model": model_args}

@@ -34,6 +34,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from utils.metric.rules import DEFAULT_SCORER, check_scorer
 from utils.tagging.tags import TAG_PATTERN, remove_think, strip_tags
 
 FIDELITY_FULL = 0.99
@@ -252,12 +253,14 @@ class OfficialScoreReward:
     """Optional TRL reward: the official (span F1 + token F1) / 2 of one note's located spans.
 
     Needs the ``file_id``, ``raw_text`` and ``gold_offsets`` columns. A Scorer per note is built once and
-    cached, since tokenising the gold note is the expensive part.
+    cached, since tokenising the gold note is the expensive part. ``rule``: the scorer (``--scorer``; default the
+    published one, see :mod:`utils.metric.tokens`).
     """
 
     __name__ = "official_score_reward"
 
-    def __init__(self) -> None:
+    def __init__(self, rule: str = DEFAULT_SCORER) -> None:
+        self.rule = check_scorer(rule)
         self._scorers: dict[str, Any] = {}
 
     def _scorer(self, file_id: str, text: str, gold_offsets: str):
@@ -267,7 +270,7 @@ class OfficialScoreReward:
         key = f"{file_id}\x00{len(text)}\x00{gold_offsets}"
         if key not in self._scorers:
             gold = [Span(int(s), int(e), int(c)) for s, e, c in json.loads(gold_offsets or "[]")]
-            self._scorers[key] = Scorer({file_id: gold}, {file_id: text})
+            self._scorers[key] = Scorer({file_id: gold}, {file_id: text}, rule=self.rule)
         return self._scorers[key]
 
     def score_one(self, file_id: str, text: str, gold_offsets: str, output: str) -> float:
@@ -293,11 +296,15 @@ REWARDS_BY_NAME = {
 }
 
 
-def reward_functions(names: Iterable[str]) -> list[Any]:
-    """Reward callables by name (fidelity, token_f1, exact_f1, official), in the order given."""
+def reward_functions(names: Iterable[str], scorer: str = DEFAULT_SCORER) -> list[Any]:
+    """Reward callables by name (fidelity, token_f1, exact_f1, official), in the order given; ``official`` scores
+    with ``scorer`` (``--scorer``)."""
     chosen = []
     for name in names:
         if name not in REWARDS_BY_NAME:
             raise ValueError(f"unknown reward {name!r}; expected one of {', '.join(REWARDS_BY_NAME)}")
-        chosen.append(REWARDS_BY_NAME[name])
+        reward = REWARDS_BY_NAME[name]
+        if name == "official" and check_scorer(scorer) != official_score_reward.rule:
+            reward = OfficialScoreReward(scorer)
+        chosen.append(reward)
     return chosen

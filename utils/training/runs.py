@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from utils.fileio import InputError, atomic_open, file_sha256, read_json, write_json_atomic
 
@@ -95,12 +96,46 @@ def claim_output_dir(output_dir: str | os.PathLike[str], fingerprint: dict[str, 
     if path.is_file():
         recorded = read_json(path)
         changed = sorted(key for key in set(recorded) | set(fingerprint) if recorded.get(key) != fingerprint.get(key))
+        if changed and not holds_weights(output_dir):  # a run that stopped before saving anything: start afresh
+            write_json_atomic(path, fingerprint)
+            return
         if changed:
             detail = ", ".join(_changed_fields(recorded, fingerprint, changed))
             raise InputError(output_dir, "", f"holds a run made with other data or settings ({detail} differ); "
                                              "use another --output_dir")
         return
     write_json_atomic(path, fingerprint)
+
+
+def holds_weights(output_dir: str | os.PathLike[str]) -> bool:
+    """Whether a run in ``output_dir`` saved anything worth protecting: a checkpoint or final weights."""
+    folder = Path(output_dir)
+    if last_checkpoint(folder) is not None:
+        return True
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str | os.PathLike[str], main_process: bool = True) -> Iterator[None]:
+    """One training run at a time per ``--output_dir`` (two would interleave checkpoints and overwrite each other's
+    adapter): a lock file held for the whole run; a second run is refused with one line. Only the main process of a
+    multi-process run takes it."""
+    if not main_process:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(Path(output_dir) / ".lamar_training.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(output_dir, "", "another training run is writing this --output_dir right now; wait for it "
+                                         "or choose another --output_dir") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _changed_fields(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> list[str]:

@@ -35,12 +35,13 @@ from utils.configs.training import DFTConfig, DFTModelConfig, DFTScriptArguments
 from utils.fileio import InputError
 from utils.paths import load_module_from_path
 from utils.training.backend import ensure_unsloth_first, unsloth_installed
-from utils.training.data import read_training_frame, sft_records, to_dataset
+from utils.training.data import read_training_frame, sft_records, sft_response_records, to_dataset
 from utils.training.dft import (
     TokenSums, check_kernel_ran, check_loss_in_effect, expected_step_losses, token_sums,
 )
 from utils.training.models import cuda_available, load_causal_lm, peft_config, resolve_dtype
-from utils.training.runs import claim_output_dir, resolve_resume, run_fingerprint, save_run_config
+from utils.training.finite import FiniteTrainingCallback
+from utils.training.runs import claim_output_dir, output_dir_lock, resolve_resume, run_fingerprint, save_run_config
 from utils.training.trl_cpu import install_cpu_fused_head
 
 logger = logging.getLogger(__name__)
@@ -283,27 +284,43 @@ def build_trainer(script: DFTScriptArguments, model_args: DFTModelConfig, config
     frame = read_training_frame(script.train_csv)
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
-    dataset = to_dataset(sft_records(frame))
     guard = dict(expected_loss=script.loss, guard=script.dft_guard, guard_rel_tol=script.guard_rel_tol)
     if script.backend == "hf":
         config.loss_type = script.loss
         model, tokenizer = load_causal_lm(model_args)
-        return GuardedSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                 peft_config=peft_config(model_args), **guard)
+        return GuardedSFTTrainer(model=model, args=config, train_dataset=training_dataset(frame, tokenizer, script),
+                                 processing_class=tokenizer, peft_config=peft_config(model_args), **guard)
     check_unsloth_backend(script)
     # fused: Unsloth's own DFT branch (or its NLL); kernel: the model's loss function = our kernel, DFT inside it.
     config.loss_type = script.loss if script.dft_route == "fused" else "nll"
     apply_unsloth_config_init(config)
     model, tokenizer, kernel = load_unsloth_model(script, model_args, config)
     callbacks = [KernelCallGuard(kernel.kernel_call_count)] if kernel is not None and script.dft_guard else []
-    return unsloth_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                   callbacks=callbacks, **guard)
+    return unsloth_trainer_class()(model=model, args=config, train_dataset=training_dataset(frame, tokenizer, script),
+                                   processing_class=tokenizer, callbacks=callbacks, **guard)
+
+
+def training_dataset(frame, tokenizer, script: DFTScriptArguments):
+    """The rows as the trainer gets them: tokenized with the published response mask (``--loss_mask response``),
+    or TRL prompt-completion conversations that TRL tokenizes and masks after the generation prompt (``answer``)."""
+    if script.loss_mask == "response":
+        return to_dataset(sft_response_records(frame, tokenizer))
+    return to_dataset(sft_records(frame))
 
 
 def train(script: DFTScriptArguments, model_args: DFTModelConfig, config: DFTConfig) -> SFTTrainer:
     """Train (resuming if a checkpoint exists), then save adapter, tokenizer and the resolved run config."""
     trainer = build_trainer(script, model_args, config)
-    run_settings = {"script": {k: getattr(script, k) for k in ("backend", "loss", "dft_route", "max_train_samples")},
+    trainer.add_callback(FiniteTrainingCallback(config.output_dir))
+    with output_dir_lock(config.output_dir, main_process=config.process_index == 0):
+        return _train_claimed(trainer, script, model_args, config)
+
+
+def _train_claimed(trainer: SFTTrainer, script: DFTScriptArguments, model_args: DFTModelConfig,
+                   config: DFTConfig) -> SFTTrainer:
+    """The run itself, with ``--output_dir`` locked: record its inputs, resume, train, save."""
+    run_settings = {"script": {k: getattr(script, k) for k in ("backend", "loss", "dft_route", "max_train_samples",
+                                                      "loss_mask")},
                     "model": model_args}
     with config.main_process_first(local=config.save_on_each_node, desc="claiming the output folder"):
         claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
