@@ -1,7 +1,8 @@
-"""How well utils.pred_to_offset recovers exact gold offsets from damaged model outputs, how fast, and
-whether anything makes it crash.
+"""How well utils.pred_to_offset recovers exact gold offsets from damaged model outputs under each locator
+(``--locate published``, the default, and ``--locate align``), how fast, and whether anything makes it crash.
 
     python benchmarks/bench_pred_to_offset.py [--notes 100] [--seed 0] [--fuzz 10000] [--out result.json]
+        [--locators published align]
 
 Each synthetic note (dataset.synthetic) is written as its gold tagged text (utils.tagging.convert), then damaged
 with the mix below (``Mix``; per note, every item independently):
@@ -25,7 +26,10 @@ i.e. after the documented same-category-crossing re-pairing); recoverable = thos
 closing tags both survive: not cut off by the truncation and not on a dropped line.
 
 Fuzz: random garbage and mangled outputs (random tag soup, random unicode, shuffled or chopped tagged
-text) against short notes; a crash is any exception or any offset outside ``0 <= start < end <= len``.
+text) against short notes; a crash is any exception or any offset outside ``0 <= start < end <= len`` (for the
+published locator ``len`` is that of the lower-cased note: its case-insensitive rule reports offsets there).
+
+Both locators see the same damaged outputs (the damage depends only on ``--seed``), so their numbers compare.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from typing import Any
 
 from utils.categories import ID_TO_TAG, TAG_TO_ID, TAGS
 from utils.fileio import write_json_atomic
-from utils.tagging.locate import locate_spans
+from utils.tagging.locate import DEFAULT_LOCATOR, LOCATORS, locate_spans
 from utils.meddec.predictions import Span
 from utils.tagging.convert import spans_to_tagged, tagged_to_spans
 from utils.tagging.tags import TAG_PATTERN
@@ -272,7 +276,7 @@ def _random_note(rng: random.Random) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 400)))
 
 
-def fuzz(n: int, seed: int = 0) -> dict[str, Any]:
+def fuzz(n: int, seed: int = 0, locator: str = DEFAULT_LOCATOR) -> dict[str, Any]:
     """Run ``n`` garbage outputs through locate_spans; count exceptions and out-of-range offsets."""
     rng = random.Random(seed)
     crashes: list[str] = []
@@ -281,8 +285,9 @@ def fuzz(n: int, seed: int = 0) -> dict[str, Any]:
         note = _random_note(rng)
         output = random_garbage_output(note, rng)
         try:
-            result = locate_spans(note, output, rng.choice(("drop", "close_at_end")))
-            bad = [s for s in result.spans if not (0 <= s.start < s.end <= len(note))]
+            result = locate_spans(note, output, rng.choice(("drop", "close_at_end")), locator)
+            limit = len(note.lower()) if locator == "published" else len(note)
+            bad = [s for s in result.spans if not (0 <= s.start < s.end <= limit)]
             if bad or len(result.spans) != len(result.matches):
                 crashes.append(f"case {k}: bad spans {bad[:3]}")
         except Exception as err:  # noqa: BLE001 - counting crashes is the point
@@ -293,8 +298,8 @@ def fuzz(n: int, seed: int = 0) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- benchmark
 
 
-def recovery(n_notes: int, seed: int = 0, mix: Mix = Mix()) -> dict[str, Any]:
-    """Exact-offset recovery and speed over ``n_notes`` synthetic notes with damaged outputs."""
+def recovery(n_notes: int, seed: int = 0, mix: Mix = Mix(), locator: str = DEFAULT_LOCATOR) -> dict[str, Any]:
+    """Exact-offset recovery and speed of one locator over ``n_notes`` synthetic notes with damaged outputs."""
     from dataset.synthetic import generate_notes
 
     rng = random.Random(seed)
@@ -307,7 +312,7 @@ def recovery(n_notes: int, seed: int = 0, mix: Mix = Mix()) -> dict[str, Any]:
     for note in notes:
         damaged = damage_tagged_output(note.text, [(a.start, a.end, a.category) for a in note.in_scope], rng, mix)
         started = time.perf_counter()
-        result = locate_spans(note.text, damaged.output)
+        result = locate_spans(note.text, damaged.output, locator=locator)
         seconds += time.perf_counter() - started
         predicted = set(result.spans)
         recoverable += len(damaged.recoverable)
@@ -318,6 +323,7 @@ def recovery(n_notes: int, seed: int = 0, mix: Mix = Mix()) -> dict[str, Any]:
         reasons.update(d.reason for d in result.dropped)
         chars += len(note.text)
     return {
+        "locator": locator,
         "notes": n_notes,
         "mean_note_chars": chars / max(n_notes, 1),
         "reference_spans": reference,
@@ -338,12 +344,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fuzz", type=int, default=10_000, help="garbage outputs for the crash test")
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
+    parser.add_argument("--locators", nargs="+", default=list(LOCATORS), choices=LOCATORS,
+                        help="locators to measure, side by side on the same damaged outputs")
     args = parser.parse_args(argv)
-    result = {"recovery": recovery(args.notes, args.seed), "fuzz": fuzz(args.fuzz, args.seed)}
+    result = {
+        "recovery": {name: recovery(args.notes, args.seed, locator=name) for name in args.locators},
+        "fuzz": {name: fuzz(args.fuzz, args.seed, name) for name in args.locators},
+    }
     print(json.dumps(result, indent=2))
+    print(side_by_side(result["recovery"]))
     if args.out:
         write_json_atomic(args.out, result)
-    return 0 if result["fuzz"]["crashes"] == 0 else 1
+    return 0 if all(r["crashes"] == 0 for r in result["fuzz"].values()) else 1
+
+
+def side_by_side(recoveries: dict[str, dict[str, Any]]) -> str:
+    """A small table: one row per locator (exact recovery, spans recovered, extra spans, speed)."""
+    lines = ["locator    exact recovery  recovered/recoverable  predicted not in gold  notes/s"]
+    for name, r in recoveries.items():
+        lines.append(f"{name:<10} {r['exact_recovery']:>14.2%}  {r['recovered_exactly']:>9}/{r['recoverable_spans']:<11}"
+                     f"  {r['predicted_spans_not_in_gold']:>21}  {r['notes_per_second']:>7.1f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

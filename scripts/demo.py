@@ -324,9 +324,12 @@ def evaluation_steps(args: DemoArguments, work: Path) -> list[Step]:
 
 def _infer_flags(base: Path, adapter: Path, profile: Profile, copy: bool = True) -> list[str]:
     """Greedy on CPU; with ``copy`` constrained to the note: a tag must beat the model's wish to write text, spans
-    the model never closes are dropped (not closed by force at the end of the note), no tag inside a word."""
+    the model never closes are dropped (not closed by force at the end of the note), no tag inside a word. Spans
+    are located with ``--locate align`` (ours; the published search is the default): the tiny models' drifting
+    outputs are recovered better by aligning them to the note."""
     flags = ["--backend", "transformers", "--model", str(base), "--adapter", str(adapter),
-             "--max_new_tokens", str(profile.max_new_tokens), "--dtype", "float32", "--device", "cpu"]
+             "--max_new_tokens", str(profile.max_new_tokens), "--dtype", "float32", "--device", "cpu",
+             "--locate", "align"]
     return flags + (list(COPY_FLAGS) if copy else [])
 
 

@@ -163,6 +163,8 @@ def cases() -> list[Case]:
                                    ("pred_to_offset dup ids", lambda w: ["--input", str(w["dup.csv"])]),
                                    ("pred_to_offset unclosed choice", lambda w: ["--input", str(w["val_out.csv"]),
                                                                                  "--unclosed", "keep"]),
+                                   ("pred_to_offset locate choice", lambda w: ["--input", str(w["val_out.csv"]),
+                                                                               "--locate", "edlib"]),
                                    ("pred_to_offset missing raw dir", lambda w: ["--input", str(w["val_out.csv"]),
                                                                                  "--raw_text_dir", str(w["folder"])]),
                                    ("pred_to_offset output under a file", lambda w: [
@@ -203,6 +205,7 @@ def cases() -> list[Case]:
                                                          "--copy_text_mass", "maybe"]),
         ("inference copy unclosed not bool", lambda w: ["--input", str(w["pool.csv"]), "--copy_constraint",
                                                         "--copy_allow_unclosed", "2"]),
+        ("inference locate choice", lambda w: ["--input", str(w["pool.csv"]), "--locate", "search"]),
         ("inference recipe bad choice", lambda w: ["--input", str(w["pool.csv"]), "--config", str(w["bad_choice.yaml"])]),
         ("inference data_parallel_size 0", lambda w: ["--input", str(w["pool.csv"]), "--data_parallel_size", "0"]),
         ("inference data_parallel_size text", lambda w: ["--input", str(w["pool.csv"]), "--data_parallel_size", "all"]),

@@ -139,7 +139,7 @@ def _grpo(w):
 
 
 def _opt(w):
-    return ["--gold_dir", str(w["gold"]), "--raw_text_dir", str(w["raw"]), "--split_file", str(w["val_split"]),
+    return ["--gold_csv", "", "--gold_dir", str(w["gold"]), "--raw_text_dir", str(w["raw"]), "--split_file", str(w["val_split"]),
             "--storage", "none", "--output", str(w["root"] / "best2.json"), "--quiet", "--no_plots"]
 
 
@@ -453,9 +453,9 @@ def test_a_note_too_long_to_align_whole_is_placed_by_search_with_the_same_spans(
     unit = "Patient given aspirin 81 mg daily. "
     note = unit * 300
     output = note.replace("aspirin 81 mg", f"<{TAGS[2]}>aspirin 81 mg</{TAGS[2]}>", 20)
-    whole = locate_spans(note, output)
+    whole = locate_spans(note, output, locator="align")
     monkeypatch.setattr(align, "MAX_ALIGNED_CELLS", 1000)
-    searched = locate_spans(note, output)
+    searched = locate_spans(note, output, locator="align")
     assert len(whole.spans) == 20 and searched.spans == whole.spans
     assert set(searched.matches) == {"search"}
 
@@ -556,7 +556,8 @@ def test_a_study_resumed_under_another_punkt_model_is_refused(w2, tmp_path, caps
     from utils.metric.punkt import train_punkt_model, use_nltk_data_dir
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    argv = ["--gold_dir", str(w2["gold"]), "--raw_text_dir", str(w2["raw"]), "--split_file", str(w2["val_split"]),
+    argv = ["--gold_csv", "", "--gold_dir", str(w2["gold"]), "--raw_text_dir", str(w2["raw"]),
+            "--split_file", str(w2["val_split"]),
             "--predictions", str(w2["val.json"]), "--storage", storage, "--output", str(tmp_path / "best.json"),
             "--quiet", "--no_plots", "--n_trials", "2"]
     assert optimize.main(argv) == 0

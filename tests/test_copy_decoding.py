@@ -95,7 +95,7 @@ def notes(max_pieces: int, long_max: int) -> st.SearchStrategy[str]:
 def check_output(note: str, output: str, guards: CopyGuards) -> list:
     """Everything a constrained output must satisfy; returns its spans."""
     assert strip_tags(output) == note  # the note, byte for byte
-    located = locate_spans(note, output)
+    located = locate_spans(note, output, locator="align")  # the alignment reads copy-decoded outputs exactly
     if guards.allow_unclosed:  # spans left open are unclosed tags, dropped as in any output
         closed = output + "".join(f"</{d.tag}>" for d in reversed(located.dropped))
         assert all(d.reason == "unclosed tag" for d in located.dropped)
@@ -626,7 +626,7 @@ def test_inference_with_copy_constraint_writes_exact_copies_and_offsets(tmp_path
     source = _input_csv(tmp_path / "in.csv")
     out = tmp_path / "out.csv"
     args = InferenceArguments(backend="transformers", model="unused", input=[str(source)], output=[str(out)],
-                              max_new_tokens=4000, batch_size=2, copy_constraint=True)
+                              max_new_tokens=4000, batch_size=2, copy_constraint=True, locate="align")
     run(args, lambda: (generator, generator.tokenizer), progress=False)
     frame = pd.read_csv(out, dtype=str, keep_default_na=False)
     predictions = {p["file_name"]: p["predictions"] for p in json.loads(out.with_suffix(".json").read_text())}

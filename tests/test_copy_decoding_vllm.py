@@ -19,11 +19,11 @@ from dataset.synthetic import generate_notes
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError
 from utils.generation.backends import (
-    TransformersGenerator, VllmGenerator, check_vllm_copy_settings, vllm_engine_kwargs,
+    TransformersGenerator, VllmGenerator, check_vllm_copy_settings, copy_model_runner, vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards, CopyVocabulary
 from utils.generation.copy_decoding_vllm import (
-    EXTRA_ARGS_KEY, PROCESSOR_FQCN, SlotConstraints, copy_request_args, parse_copy_request_args,
+    EXTRA_ARGS_KEY, PROCESSOR_FQCN, PROCESSOR_FQCN_V1, SlotConstraints, copy_request_args, parse_copy_request_args,
 )
 from utils.generation.runner import run
 from utils.prompt import render_chat_prompt
@@ -105,9 +105,13 @@ def test_engine_arguments_register_the_processor_and_processed_logprobs():
     plain = vllm_engine_kwargs("m")
     assert "logits_processors" not in plain and "logprobs_mode" not in plain  # the published run: vLLM's defaults
     assert PROCESSOR_FQCN == "utils.generation.copy_decoding_vllm_v2:CopyConstraintLogitsProcessor"
-    with pytest.raises(ValueError, match="unset VLLM_USE_V2_MODEL_RUNNER=0"):
-        check_vllm_copy_settings({}, {"VLLM_USE_V2_MODEL_RUNNER": "0"})
-    check_vllm_copy_settings({}, {"VLLM_USE_V2_MODEL_RUNNER": "1"})
+    v1 = vllm_engine_kwargs("m", copy_constraint=True, copy_runner="v1", extra={"logits_processors": [PROCESSOR_FQCN]})
+    assert v1["logits_processors"] == [PROCESSOR_FQCN_V1]  # one interface per engine: the other one is dropped
+    # The runner: the environment decides when set, else vLLM's Triton (V2 on CUDA, V1 on vLLM's CPU build).
+    assert copy_model_runner({"VLLM_USE_V2_MODEL_RUNNER": "0"}, has_triton=True) == "v1"
+    assert copy_model_runner({"VLLM_USE_V2_MODEL_RUNNER": "1"}, has_triton=False) == "v2"
+    assert copy_model_runner({}, has_triton=True) == "v2" and copy_model_runner({}, has_triton=False) == "v1"
+    check_vllm_copy_settings({})
     with pytest.raises(ValueError, match="does not support speculative decoding"):
         vllm_engine_kwargs("m", copy_constraint=True, extra={"speculative_config": {"method": "ngram"}})
     with pytest.raises(ValueError, match="got logprobs_mode 'raw_logprobs'"):
@@ -162,6 +166,42 @@ class _HandEngine:
 
 def _allowed(row: torch.Tensor) -> set[int]:
     return set(torch.nonzero(torch.isfinite(row)).flatten().tolist())
+
+
+def test_v1_processor_follows_batch_updates_with_the_same_core(vllm):
+    """The V1 runner's interface (vLLM's CPU build): removed, added (a live output list), moved (swap and one-way),
+    in that order, then one logits row per batch index; masks as the V2 processor does."""
+    from types import SimpleNamespace
+
+    from utils.generation.copy_decoding_vllm import CopyConstraintV1ProcessorCore
+
+    vocabulary = CopyVocabulary([bytes([b]) for b in range(256)] + [None], [256])
+    core = CopyConstraintV1ProcessorCore.__new__(CopyConstraintV1ProcessorCore)
+    core.slots, core.outputs = SlotConstraints(3, lambda eos: vocabulary), [None] * 3
+    swap, one_way = SimpleNamespace(name="SWAP"), SimpleNamespace(name="UNIDIRECTIONAL")
+    update = lambda removed=(), added=(), moved=(): SimpleNamespace(removed=removed, added=added, moved=moved)  # noqa: E731
+    params = lambda note: fake_vllm.SamplingParams(extra_args=None if note is None else copy_request_args(note, [256]))  # noqa: E731
+    out_ab, out_plain, out_b = [], [], []
+    core.update_state(update(added=[(0, params("ab"), [9], out_ab), (1, params(None), [9], out_plain),
+                                    (2, params("b"), [9], out_b)]))
+    core.update_state(None)  # no change in the batch
+    logits = core.apply(torch.zeros(3, 257))
+    assert _allowed(logits[0]) == set(vocabulary.start("ab").allowed()) and torch.isfinite(logits[1]).all()
+    out_ab.append(ord("a"))  # the runner appends to the live lists
+    out_b.append(ord("b"))
+    core.update_state(update(moved=[(0, 2, swap)]))
+    logits = core.apply(torch.zeros(3, 257))
+    replay = vocabulary.start("ab")
+    replay.advance(ord("a"))
+    assert _allowed(logits[2]) == set(replay.allowed()) and 256 in _allowed(logits[0])  # "b" written: EOS allowed
+    core.update_state(update(removed=[1], moved=[(2, 1, one_way)]))  # condensed: row 2's request now at row 1
+    assert core.slots.constraints[2] is None and core.outputs[1] is out_ab
+    out_ab.extend([ord("b"), -1])  # -1: a placeholder of async scheduling, not a token
+    logits = core.apply(torch.zeros(2, 257))
+    assert 256 in _allowed(logits[1]) and core.slots.constraints[1].consumed == 2
+    core.update_state(update(added=[(1, params("q"), [9], [])]))  # an index reused by a new request starts afresh
+    assert ord("q") in _allowed(core.apply(torch.zeros(2, 257))[1])
+    assert core.is_argmax_invariant() is False
 
 
 def test_processor_masks_constrained_rows_by_slot_and_leaves_others_alone(vllm):
@@ -281,7 +321,7 @@ def test_inference_refuses_vllm_settings_the_constraint_cannot_run_with(tmp_path
     base = dict(input=[str(source)], output=[str(tmp_path / "o.csv")], copy_constraint=True)
     with pytest.raises(InputError, match="--copy_constraint: copy-constrained decoding reports logprobs"):
         run(InferenceArguments(vllm_kwargs='{"logprobs_mode": "raw_logits"}', **base), lambda: pytest.fail("loaded"))
-    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
-    with pytest.raises(InputError, match="--copy_constraint: .*unset VLLM_USE_V2_MODEL_RUNNER=0"):
-        run(InferenceArguments(**base), lambda: pytest.fail("loaded"))
+    with pytest.raises(InputError, match="--copy_constraint: copy-constrained decoding does not support speculative"):
+        run(InferenceArguments(vllm_kwargs='{"speculative_config": {"method": "ngram"}}', **base),
+            lambda: pytest.fail("loaded"))
     assert not any(tmp_path.glob("o.*"))

