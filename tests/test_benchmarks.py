@@ -18,6 +18,7 @@ BENCHMARKS = sorted(p.name for p in (REPO_ROOT / "benchmarks").glob("bench_*.py"
 REPORT_MARKERS = {
     "bench_bootstrap.py": "vectorised vs aggregate() on the 5 naive resamples",
     "bench_copy_decoding.py": "core alone on the gold tagged notes' tokens",
+    "bench_demo_isa.py": "pinned settings identical: True",
     "bench_ensemble.py": "2-fold CV (2 trials each)",
     "bench_extract_memory.py": "chunksize 1000: wall",
     "bench_pred_to_offset.py": '"crashes": 0',

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 from utils.configs.pipeline import DemoArguments
 from utils.fileio import write_json_atomic, write_text_atomic
 from utils.metric.rules import DEFAULT_SCORER
+from utils.numerics import portable_environment
 from utils.paths import REPO_ROOT
 
 DISCLAIMER = (
@@ -45,6 +46,8 @@ class Profile:
     m3_epochs: int
     grpo_steps: int
     grpo_lr: float
+    grpo_generations: int  # rollouts per note; one note per step
+    grpo_temperature: float
     max_new_tokens: int
     per_note: int
     n_trials: int
@@ -53,13 +56,24 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "full": Profile(n_train=400, n_val=8, n_test=8, n_unlabeled=40, mean_chars=500, mean_spans=12, warm_steps=2000,
-                    warm_lr=3e-3, m1_epochs=1, m3_epochs=1, grpo_steps=4, grpo_lr=2e-3, max_new_tokens=640,
-                    per_note=1, n_trials=200, hidden_size=96),
-    "ci": Profile(n_train=6, n_val=4, n_test=4, n_unlabeled=12, mean_chars=300, mean_spans=6, warm_steps=6,
-                  warm_lr=3e-3, m1_epochs=1, m3_epochs=1, grpo_steps=1, grpo_lr=2e-3, max_new_tokens=48, per_note=1,
-                  n_trials=20, hidden_size=32),
+                    warm_lr=3e-3, m1_epochs=1, m3_epochs=1, grpo_steps=16, grpo_lr=2e-3, grpo_generations=4,
+                    grpo_temperature=1.0, max_new_tokens=640, per_note=1, n_trials=200, hidden_size=96),
+    "ci": Profile(n_train=30, n_val=4, n_test=4, n_unlabeled=12, mean_chars=300, mean_spans=6, warm_steps=400,
+                  warm_lr=3e-3, m1_epochs=1, m3_epochs=1, grpo_steps=8, grpo_lr=2e-3, grpo_generations=4,
+                  grpo_temperature=1.0, max_new_tokens=512, per_note=1, n_trials=20, hidden_size=64),
 }
 MODELS = ("model1", "model2", "model3")
+ROBUSTNESS = {
+    True: ("Which figures are robust: with --portable_numerics (the default) every number above (table, stage figures, "
+           "held-out rewards, tuning values) is the same on any x86-64 CPU with AVX2 for the same seed and the "
+           "pinned library versions (requirements.txt: torch 2.13.0 with its MKL and oneDNN); only the times differ. "
+           "Across seeds, by contrast, nothing is fixed: the differences between models rest on 8 test notes (the "
+           "paired bootstrap above), and whether Model 2's held-out reward beats Model 1's is checked per seed "
+           "(tests/test_demo.py for the reduced profile, benchmarks/bench_demo_isa.py for seeds 0-2)."),
+    False: ("Which figures are robust: none to the last digit. --portable_numerics false let torch use this CPU's "
+            "fastest kernels, so another CPU (other instruction set or vendor) computes other weights and may print "
+            "another table."),
+}
 UNCONSTRAINED = "model1_unconstrained"  # Model 1 decoded as published (no copy constraint), for comparison
 COPY_FLAGS = ("--copy_constraint", "true", "--copy_text_mass", "true", "--copy_allow_unclosed", "true",
               "--copy_word_boundaries", "true")
@@ -232,12 +246,14 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
             "scripts/train_grpo.py", "--config", "recipes/model2_grpo.yaml", "--model_name_or_path", models / "pretrained",
             "--adapter", models / "model1", "--train_csv", tagged / "train.csv",
             "--output_dir", models / "model2", "--max_steps", profile.grpo_steps, "--use_vllm_mode", "false",
-            "--num_generations", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--num_generations", profile.grpo_generations, "--per_device_train_batch_size", profile.grpo_generations,
+            "--gradient_accumulation_steps", "1", "--temperature", profile.grpo_temperature,
             "--max_completion_length", profile.max_new_tokens, "--max_prompt_length", "4096",
             "--lora_r", "2", "--lora_alpha", "2", "--learning_rate", profile.grpo_lr, "--report_to", "none",
+            # the prompt Model 1 was trained with and inference uses (published GRPO: a stray '"' in front, which the
+            # tiny Model 1 never saw)
+            "--prompt_stray_quote", "false",
             "--save_strategy", "no", "--bf16", "false", "--mask_truncated_completions", "false", "--logging_steps", "1")),
-        Step("9. plot Model 2's GRPO rewards per step", [work / "grpo_rewards.png"],
-             function=lambda: plot_grpo_rewards(models / "model2" / "trainer_state.json", work / "grpo_rewards.png")),
     ]
     # Model 2's new LoRA sits on Model 1 merged into the base (train_grpo.py keeps that merge).
     bases = {"model1": models / "pretrained", "model2": models / "model2" / "merged_start", "model3": models / "pretrained"}
@@ -249,6 +265,15 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
                       [infer / UNCONSTRAINED / "test_predictions.json"], argv=py(
         "scripts/inference.py", *_infer_flags(bases["model1"], models / "model1", profile, copy=False),
         "--test_csv", tagged / "test.csv", "--output_dir", infer / UNCONSTRAINED)))
+    heldout = work / "eval" / "heldout_rewards.json"
+    steps += [
+        Step("10b. Model 2 against Model 1: rewards of their greedy outputs on the held-out val and test notes",
+             [heldout], function=lambda: write_heldout_rewards(work, heldout)),
+        Step("10c. plot Model 2's GRPO rewards per step and its held-out reward against Model 1's",
+             [work / "grpo_rewards.png"],
+             function=lambda: plot_grpo_rewards(models / "model2" / "trainer_state.json", heldout,
+                                                work / "grpo_rewards.png")),
+    ]
     steps += [
         Step("11. tune the Span-Cluster Consensus thresholds on val, apply to test", [ens / "best.json", ens / "test_submission.json"], argv=py(
             "-m", "ensemble.optimize", "--predictions", *[infer / m / "val_predictions.json" for m in MODELS],
@@ -297,8 +322,19 @@ def _infer_flags(base: Path, adapter: Path, profile: Profile, copy: bool = True)
     return flags + (list(COPY_FLAGS) if copy else [])
 
 
-def plot_grpo_rewards(trainer_state: Path, out_png: Path) -> None:
-    """Model 2's mean reward and each reward function's mean per GRPO step (TRL's log history), as a PNG."""
+def write_heldout_rewards(work: Path, out_json: Path) -> None:
+    """The published rewards of Model 1's and Model 2's greedy (copy-decoded) outputs on val + test, per model."""
+    from utils.training.heldout import heldout_comparison
+
+    splits = ("val", "test")
+    csvs = {m: [work / "inference" / m / f"{split}_predictions.csv" for split in splits] for m in ("model1", "model2")}
+    results = heldout_comparison(csvs, [work / "data" / "tagged" / f"{split}.csv" for split in splits])
+    write_json_atomic(out_json, {model: result.as_dict() for model, result in results.items()})
+
+
+def plot_grpo_rewards(trainer_state: Path, heldout_json: Path, out_png: Path) -> None:
+    """Model 2's GRPO rewards per step (TRL's log history, sampled rollouts on train) beside the held-out figure
+    (mean reward of Model 1's and Model 2's greedy outputs on val + test), as one PNG."""
     import json
 
     import matplotlib
@@ -310,13 +346,23 @@ def plot_grpo_rewards(trainer_state: Path, out_png: Path) -> None:
 
     history = [row for row in json.loads(trainer_state.read_text(encoding="utf-8"))["log_history"] if "reward" in row]
     keys = ["reward"] + sorted(k for k in history[0] if k.startswith("rewards/") and k.endswith("/mean"))
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    heldout = json.loads(heldout_json.read_text(encoding="utf-8"))
+    figure, (axis, bars) = plt.subplots(1, 2, figsize=(10, 3.5), gridspec_kw={"width_ratios": [3, 2]})
     for key in keys:
         axis.plot([row["step"] for row in history], [row[key] for row in history], marker="o", label=key)
     axis.set_xlabel("GRPO step")
     axis.set_ylabel("reward (mean over the group)")
-    axis.set_title("Model 2: GRPO rewards per step")
+    axis.set_title("Model 2: GRPO rewards per step (sampled, train)")
     axis.legend(fontsize=7)
+    names = ["mean", *heldout["model1"]["per_reward"]]
+    width = 0.38
+    for offset, model in ((-width / 2, "model1"), (width / 2, "model2")):
+        values = [heldout[model]["mean"], *heldout[model]["per_reward"].values()]
+        bars.bar([i + offset for i in range(len(names))], values, width, label=model)
+    bars.set_xticks(range(len(names)), names, fontsize=8)
+    bars.set_ylim(0, 1)
+    bars.set_title(f"greedy outputs, {heldout['model1']['n_notes']} held-out notes", fontsize=10)
+    bars.legend(fontsize=7)
     figure.tight_layout()
     with atomic_open(out_png, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100)
@@ -368,7 +414,10 @@ def stage_checks(work: Path) -> dict[str, object]:
     history = [row for row in json.loads((work / "models" / "model2" / "trainer_state.json").read_text(
         encoding="utf-8"))["log_history"] if "reward" in row]
     values = tuning_values(work / "ensemble" / "study.db")
+    heldout = json.loads((work / "eval" / "heldout_rewards.json").read_text(encoding="utf-8"))
     return {"pseudo_labels_selected": len(mixed) - len(train),
+            "heldout_notes": heldout["model1"]["n_notes"],
+            "heldout_reward": {m: round(heldout[m]["mean"], 4) for m in ("model1", "model2")},
             "model2_test_outputs_differing_from_model1": differ, "test_notes": len(outputs["model1"]),
             "grpo_rewards": [round(row["reward"], 4) for row in history],
             "tuning_trials": len(values), "tuning_distinct_values": len(set(values)),
@@ -392,7 +441,10 @@ def stage_sentences(checks: dict[str, object], work: Path) -> str:
         "the README's differences).",
         f"- Model 2 (GRPO from Model 1): {checks['model2_test_outputs_differing_from_model1']} of "
         f"{checks['test_notes']} test outputs differ from Model 1's; mean reward per GRPO step "
-        f"{checks['grpo_rewards']} (plot: {work / 'grpo_rewards.png'}).",
+        f"{checks['grpo_rewards']} (sampled rollouts on one training note per step, so they follow the note; plot: {work / 'grpo_rewards.png'}).",
+        f"- GRPO on held-out notes: mean reward (fidelity, token F1, exact F1; each in [0, 1]) of the greedy "
+        f"copy-decoded outputs on the {checks['heldout_notes']} val + test notes: Model 1 "
+        f"{checks['heldout_reward']['model1']:.4f}, Model 2 {checks['heldout_reward']['model2']:.4f}.",
         f"- Ensemble thresholds tuned on val: {checks['tuning_trials']} trials, {checks['tuning_distinct_values']} "
         f"distinct objective values from {checks['tuning_min']:.4f} to {checks['tuning_max']:.4f} (history: "
         f"{work / 'ensemble' / 'history.png'}).",
@@ -415,12 +467,14 @@ def comparison_sentences(work: Path) -> str:
     return "\n".join(lines)
 
 
-def demo_environment(work: Path) -> dict[str, str]:
-    """Subprocess environment: offline Hub, quiet tokenizers, and an NLTK data folder when punkt_tab is missing."""
+def demo_environment(work: Path, portable: bool = True) -> dict[str, str]:
+    """Subprocess environment: offline Hub, quiet tokenizers, the portable numerics pins (``utils.numerics``), and
+    an NLTK data folder when punkt_tab is missing."""
     # one thread per process: the tiny models' matrices gain nothing from a second one, and on a busy 2-core
     # machine OpenMP's spin-waiting made a training step 50x slower (see warm_start_base)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = portable_environment(dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+                                    MKL_NUM_THREADS="1"), portable)
     nltk_dir = work / "nltk_data"
     if (nltk_dir / "tokenizers").exists():
         env["NLTK_DATA"] = os.pathsep.join(p for p in (str(nltk_dir), env.get("NLTK_DATA", "")) if p)
@@ -443,17 +497,28 @@ def ensure_punkt(work: Path) -> None:
     use_nltk_data_dir(nltk_dir)
 
 
+def pin_own_process(portable: bool) -> None:
+    """Put the numerics pins into this process's environment too (steps 3 and 4 train in it), before torch loads."""
+    if not portable:
+        return
+    if "torch" in sys.modules:  # the pins act when torch's libraries load; too late to set them now
+        raise RuntimeError("demo: torch was imported before the portable numerics pins were set; run the demo "
+                           "in a fresh interpreter (python scripts/demo.py)")
+    os.environ.update(portable_environment({}, True))
+
+
 def run_demo(args: DemoArguments) -> list[dict[str, object]]:
     profile = PROFILES[args.profile]
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    pin_own_process(args.portable_numerics)
     print(DISCLAIMER, flush=True)
     started = time.perf_counter()
     steps = build_steps(args, profile, work)
-    pipeline = Pipeline(work, demo_environment(work), force=args.force)
+    pipeline = Pipeline(work, demo_environment(work, args.portable_numerics), force=args.force)
     pipeline.run(steps[0])
     ensure_punkt(work)
-    pipeline.env = demo_environment(work)
+    pipeline.env = demo_environment(work, args.portable_numerics)
     for step in steps[1:]:
         pipeline.run(step)
     rows = results_table(work)
@@ -465,9 +530,10 @@ def run_demo(args: DemoArguments) -> list[dict[str, object]]:
                                               "wall_seconds": wall})
     comparison = comparison_sentences(work)
     stages = stage_sentences(checks, work)
+    robustness = ROBUSTNESS[args.portable_numerics]
     write_text_atomic(work / "results.md",
                       f"{DISCLAIMER}\n\nTest split of the synthetic corpus ({DEFAULT_SCORER} scorer):\n\n{table}\n"
-                      f"{stages}{comparison}")
+                      f"{stages}{comparison}\n{robustness}\n")
     print(f"\nTest split of the synthetic corpus (profile {args.profile}, {DEFAULT_SCORER} scorer, {wall} s this run):"
           f"\n{table}\n{stages}{comparison}\n{DISCLAIMER}")
     return rows

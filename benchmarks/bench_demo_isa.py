@@ -1,0 +1,136 @@
+"""The demo's table under two instruction-set settings, and GRPO's held-out effect over three seeds, with times.
+
+    python benchmarks/bench_demo_isa.py [--profile full] [--seeds 0 1 2] [--settings native avx2]
+        [--unpinned] [--work_dir DIR] [--json out.json]
+    python benchmarks/bench_demo_isa.py --smoke        # seconds: the numerics fingerprint under both settings
+
+Each run is ``scripts/demo.py`` in a fresh interpreter whose environment emulates one machine
+(``utils.numerics.ISA_SETTINGS``): ``native`` leaves this CPU's kernels alone (AVX-512 here), ``avx2`` caps
+ATen, MKL and oneDNN at AVX2 as a CPU without AVX-512 would. The demo pins its own numerics
+(``--portable_numerics``, on by default), so both settings must print the same table to the last digit; the
+first seed runs under every setting, the others under the first setting only. Printed: each setting's table
+side by side with its wall time, whether they are identical, and per seed the mean reward of Model 1's and
+Model 2's greedy outputs on the held-out val + test notes (``utils.training.heldout``), with the GRPO
+rewards per step. ``--unpinned`` adds the first seed under each setting with ``--portable_numerics false``,
+which shows that the settings do reach the kernels (those tables may differ). Wall times depend on the
+machine's load: read them with the ``uptime`` line printed first.
+
+``--smoke`` trains and decodes a tiny model (``utils.numerics.fingerprint``) under each setting, pinned and
+not, and checks that the pinned hashes agree.
+"""
+
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from utils.numerics import ISA_SETTINGS, emulated_environment, fingerprint_in, portable_environment
+from utils.paths import REPO_ROOT
+
+
+def run_demo(work: Path, profile: str, seed: int, setting: str, portable: bool) -> dict[str, object]:
+    """One demo run in a fresh interpreter under ``setting``; its results.json plus the wall time."""
+    argv = [sys.executable, "scripts/demo.py", "--work_dir", str(work), "--profile", profile, "--seed", str(seed),
+            "--portable_numerics", str(portable).lower()]
+    started = time.perf_counter()
+    result = subprocess.run(argv, cwd=REPO_ROOT, env=emulated_environment(os.environ, setting), capture_output=True,
+                            text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"bench_demo_isa: demo failed under {setting} (seed {seed}):\n{result.stdout[-2000:]}"
+                         f"\n{result.stderr[-2000:]}")
+    data = json.loads((work / "results.json").read_text(encoding="utf-8"))
+    return {"setting": setting, "seed": seed, "portable": portable, "wall_s": round(wall, 1), **data}
+
+
+def table_lines(run: dict[str, object]) -> list[str]:
+    return [f"{r['system']:<22} {r['n_spans']:>5} {r['span_f1']:.4f} {r['token_f1']:.4f} {r['worst_group']:.4f} "
+            f"{r['final']:.4f}" for r in run["results"]]
+
+
+def print_side_by_side(runs: Sequence[dict[str, object]]) -> None:
+    header = f"{'system':<22} {'spans':>5} {'span':>6} {'token':>6} {'worst':>6} {'final':>6}"
+    columns = [[f"{r['setting']} (pinned={r['portable']}), {r['wall_s']} s", header, *table_lines(r)] for r in runs]
+    width = max(len(line) for column in columns for line in column) + 3
+    for row in zip(*columns):
+        print("".join(cell.ljust(width) for cell in row).rstrip())
+
+
+def identical(runs: Sequence[dict[str, object]]) -> bool:
+    return all(r["results"] == runs[0]["results"] and r["stages"] == runs[0]["stages"] for r in runs[1:])
+
+
+def print_grpo(runs: Sequence[dict[str, object]]) -> None:
+    print(f"\n{'seed':>4} {'setting':<8} {'wall s':>7} {'held-out M1':>11} {'held-out M2':>11} {'M2 - M1':>8}  "
+          "GRPO reward per step (sampled, train)")
+    for run in runs:
+        held = run["stages"]["heldout_reward"]
+        print(f"{run['seed']:>4} {run['setting']:<8} {run['wall_s']:>7} {held['model1']:>11.4f} "
+              f"{held['model2']:>11.4f} {held['model2'] - held['model1']:>+8.4f}  {run['stages']['grpo_rewards']}")
+
+
+def smoke() -> int:
+    """Seconds: the tiny fingerprint under each setting, pinned and not; the pinned ones must agree."""
+    rows = []
+    for portable in (True, False):
+        for setting in ISA_SETTINGS:
+            env = portable_environment(emulated_environment(os.environ, setting), portable)
+            started = time.perf_counter()
+            rows.append({"setting": setting, "pinned": portable, **fingerprint_in(env, steps=4),
+                         "seconds": round(time.perf_counter() - started, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    pinned = {(r["weights"], r["tokens"]) for r in rows if r["pinned"]}
+    print("pinned settings identical:", len(pinned) == 1)
+    return 0 if len(pinned) == 1 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="full", choices=["full", "ci"], help="Demo profile to run.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Demo seeds (corpus and models).")
+    parser.add_argument("--settings", nargs="+", default=list(ISA_SETTINGS), choices=list(ISA_SETTINGS),
+                        help="Instruction-set settings the first seed runs under.")
+    parser.add_argument("--unpinned", action="store_true", help="Also run the first seed without the pins.")
+    parser.add_argument("--work_dir", default=None, help="Keep the runs here (default: a temporary folder).")
+    parser.add_argument("--json", default=None, help="Write every run's results here.")
+    parser.add_argument("--smoke", action="store_true", help="Seconds-long check of the pins on a tiny model.")
+    args = parser.parse_args(argv)
+    print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
+    if args.smoke:
+        return smoke()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.work_dir or scratch)
+        seed = args.seeds[0]
+        first = [run_demo(root / f"seed{seed}_{s}", args.profile, seed, s, True) for s in args.settings]
+        print_side_by_side(first)
+        same = identical(first)
+        print(f"tables and stage figures identical across {', '.join(args.settings)}: {same}")
+        unpinned = []
+        if args.unpinned:
+            unpinned = [run_demo(root / f"seed{args.seeds[0]}_{s}_unpinned", args.profile, args.seeds[0], s, False)
+                        for s in args.settings]
+            print_side_by_side(unpinned)
+            print(f"unpinned tables identical: {identical(unpinned)}")
+        others = [run_demo(root / f"seed{seed}_{args.settings[0]}", args.profile, seed, args.settings[0], True)
+                  for seed in args.seeds[1:]]
+        print_grpo([first[0], *others])
+        if args.json:
+            Path(args.json).write_text(json.dumps({"pinned": first, "unpinned": unpinned, "seeds": others}, indent=2))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
