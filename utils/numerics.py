@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Sequence
 
 PORTABLE_CPU_ENV: dict[str, str] = {
@@ -105,16 +104,9 @@ def fingerprint_in(env: Mapping[str, str], steps: int = 30) -> dict[str, object]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@dataclass
-class FingerprintArguments:
-    """``python -m utils.numerics``: the numerics fingerprint under each instruction-set setting."""
-
-    steps: int = field(default=30, metadata={"help": "Training steps of the tiny model before hashing."})
-    portable: bool = field(default=True, metadata={"help": "Apply the portable pins (false: the machine's kernels)."})
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from utils.cli import parse_args, run_cli
+    from utils.configs.pipeline import FingerprintArguments
 
     def body() -> None:
         (args,) = parse_args(FingerprintArguments, argv=argv, description=__doc__.split("\n\n")[0])

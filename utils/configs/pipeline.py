@@ -455,3 +455,11 @@ class DemoArguments:
     portable_numerics: bool = field(default=True, metadata={
         "help": "Pin torch's CPU kernels (ATen AVX2, MKL's CNR COMPATIBLE branch, oneDNN AVX2, one thread) so every "
                 "x86-64 CPU with AVX2 prints the same table; false uses the machine's fastest kernels."})
+
+
+@dataclass
+class FingerprintArguments:
+    """``python -m utils.numerics``: the numerics fingerprint under each instruction-set setting."""
+
+    steps: int = field(default=30, metadata={"help": "Training steps of the tiny model before hashing."})
+    portable: bool = field(default=True, metadata={"help": "Apply the portable pins (false: the machine's kernels)."})
