@@ -3,7 +3,7 @@
 The rewards GRPO logs per step are those of its own sampled rollouts on training notes, which can rise or
 fall with the luck of the samples. The held-out figure compares two models on the same notes with the same
 deterministic decoding: each model's greedy output (``scripts/inference.py``'s ``predicted`` column) is scored
-with the reward functions GRPO optimised (``utils.training.rewards``), per note, and averaged.
+with the reward functions GRPO optimised (``utils.rewards``), per note, and averaged.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.fileio import InputError
-from utils.training.rewards import reward_functions
+from utils.rewards import reward_functions
 
 PUBLISHED_REWARD_NAMES = ("fidelity", "token_f1", "exact_f1")
 
