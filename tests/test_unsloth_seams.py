@@ -124,6 +124,25 @@ def test_an_unsloth_that_fails_to_import_is_one_line(tmp_path, monkeypatch, caps
 # --- the trainer builder with a fake Unsloth -------------------------------------------------------------------
 
 
+def _fake_patch_loss_functions(monkeypatch):
+    """unsloth_zoo.loss_utils.patch_loss_functions as 2026.10.9 behaves: every entry of transformers' LOSS_MAPPING
+    that still holds the stock causal-LM loss becomes a closure over the given loss (the real code is exercised in
+    tests/test_unsloth_loss_route.py); the mapping's entries are restored after the test."""
+    import transformers.loss.loss_utils as loss_utils
+
+    def patch_loss_functions(loss_fn, torch_compile=True):
+        def UnslothForCausalLMLoss(*args, **kwargs):
+            return loss_fn(*args, **kwargs)
+
+        for key, fn in list(loss_utils.LOSS_MAPPING.items()):
+            if fn is loss_utils.ForCausalLMLoss:
+                monkeypatch.setitem(loss_utils.LOSS_MAPPING, key, UnslothForCausalLMLoss)
+
+    for key, fn in list(loss_utils.LOSS_MAPPING.items()):
+        monkeypatch.setitem(loss_utils.LOSS_MAPPING, key, fn)  # restored after the test, whatever replaces it
+    return patch_loss_functions
+
+
 @pytest.fixture
 def fake_unsloth(tmp_path, monkeypatch):
     """Fake ``unsloth`` (FastModel, kernels.cross_entropy_loss) and ``trl.SFTTrainer`` rebound as Unsloth does."""
@@ -166,7 +185,9 @@ def fake_unsloth(tmp_path, monkeypatch):
     package = types.ModuleType("unsloth")
     package.FastModel = FastModel
     kernels = types.ModuleType("unsloth.kernels")
-    for module in (package, kernels, ce):
+    zoo, zoo_loss = types.ModuleType("unsloth_zoo"), types.ModuleType("unsloth_zoo.loss_utils")
+    zoo_loss.patch_loss_functions = _fake_patch_loss_functions(monkeypatch)
+    for module in (package, kernels, ce, zoo, zoo_loss):
         monkeypatch.setitem(sys.modules, module.__name__, module)
     unsloth_trainer = type("UnslothSFTTrainer", (trl.SFTTrainer,), {})
     monkeypatch.setattr(trl, "SFTTrainer", unsloth_trainer)
@@ -216,6 +237,9 @@ def test_kernel_route_sets_full_logits_and_installs_the_kernel_before_the_model_
     kernel = sys.modules[sft.KERNEL_MODULE]
     assert fake_unsloth["ce"].fast_cross_entropy_loss.func is kernel.fast_cross_entropy_loss
     assert fake_unsloth["ce"].fast_cross_entropy_loss.keywords["dft"] is True
+    import transformers.loss.loss_utils as loss_utils
+
+    assert kernel.loss_reaches_kernel(loss_utils.LOSS_MAPPING["ForCausalLM"])  # rebuilt around our kernel
     guards = [c for c in trainer.callback_handler.callbacks if isinstance(c, sft.KernelCallGuard)]
     assert len(guards) == 1 and trainer.expected_loss == "dft"  # counter AND value are checked at step 1
     assert sft.FULL_LOGITS_BYTES_BF16 == 12_205_424_640
