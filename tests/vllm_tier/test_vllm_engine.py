@@ -244,7 +244,7 @@ def test_copy_constraint_runs_on_the_runner_vllm_uses_here(tiny, hf, engine) -> 
             continue
         finished += 1
         assert strip_tags(predicted).encode() == notes[file_id].encode(), file_id  # byte for byte
-        located = locate_spans(notes[file_id], predicted)
+        located = locate_spans(notes[file_id], predicted, locator="align")
         assert located.matches == ["aligned"] * len(located.spans)
     assert finished == len(notes)
     assert PROCESSOR_FQCNS[engine["runner"]] in engine["generator"].llm.llm_engine.vllm_config.model_config.logits_processors
