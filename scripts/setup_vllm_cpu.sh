@@ -46,9 +46,16 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && imports_vllm; then
     exit 0
 fi
 
+# Rebuild only a folder this script made (its marker) or an empty one: never delete a user's folder.
+OWNED="$VENV_DIR/.lamar-vllm-cpu-owned"
+if [ -e "$VENV_DIR" ] && [ ! -e "$OWNED" ] && [ -n "$(ls -A "$VENV_DIR" 2>/dev/null)" ]; then
+    echo "setup_vllm_cpu.sh: $VENV_DIR: exists and was not made by this script; give a new or empty folder" >&2
+    exit 2
+fi
 echo "Building the vLLM CPU environment in $VENV_DIR (about 7 GB, a few minutes)"
 rm -rf "$VENV_DIR"
-mkdir -p "$(dirname "$VENV_DIR")"
+mkdir -p "$VENV_DIR"
+touch "$OWNED"
 "$PYTHON" -m venv "$VENV_DIR"
 # The registry only: no pip configuration files (local wheel folders, file:// indexes, local caps), no find-links.
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_CONSTRAINT PIP_NO_INDEX PIP_REQUIREMENT
