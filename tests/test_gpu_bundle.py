@@ -162,3 +162,14 @@ def test_the_bundle_builds_under_60_mib_and_installs_offline_into_a_fresh_venv(b
     import_check = subprocess.run([str(venv / "bin" / "python"), "-c", "import tyro, msgspec, pydantic, dill, fsspec"],
                                   capture_output=True, text=True, timeout=120)
     assert import_check.returncode == 0, import_check.stderr[-2000:]
+
+
+def test_a_users_folder_is_refused_before_any_work_and_kept(tmp_path, capsys) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me")
+    assert B.main([str(folder), "--wheelhouse", str(tmp_path / "empty"), "--offline"]) == 2
+    assert capsys.readouterr().err == (f"gpu_bundle: {folder}: exists and is not a bundle this command built "
+                                       "(no bundle.json); give a new or empty folder\n")
+    assert [p.name for p in folder.iterdir()] == ["precious.txt"]
+    assert not (tmp_path / "empty").exists()  # refused before the wheelhouse was touched

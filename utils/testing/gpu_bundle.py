@@ -261,8 +261,18 @@ print(f"offline bundle: {len(manifest['requirements'])} requirements met")
 '''
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """``build`` recreates its folder: only an earlier bundle (its ``bundle.json``) or an empty folder may go, never a
+    user's folder given by mistake."""
+    if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "bundle.json").is_file()):
+        raise RuntimeError(f"{out_dir}: exists and is not a bundle this command built (no bundle.json); "
+                           "give a new or empty folder")
+
+
 def build(out_dir: Path, wheelhouse: Path, offline: bool, repo_root: Path = REPO_ROOT) -> dict:
     """Write ``out_dir/wheels``, ``run.sh``, ``check_installed.py`` and ``bundle.json``; returns the manifest."""
+    if out_dir.exists():
+        check_replaceable(out_dir)  # before any download
     machine = read_machine_packages()
     closure = resolve(ROOTS, wheelhouse, machine, pins(repo_root), offline)
     if closure.conflicts:
