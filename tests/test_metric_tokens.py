@@ -41,21 +41,7 @@ def naive_published_f1(gold: list[int], pred: list[int]) -> float:
     kept = [(g, p) for g, p in zip(gold, pred) if g != -1]
     if not kept:
         return 1.0
-    gold_kept, pred_kept = [g for g, _ in kept], [p for _, p in kept]
-    labels = set(gold_kept) | set(pred_kept)
-    labels.discard(0)
-    labels.discard(-1)
-    if not labels:
-        return 1.0 if gold_kept == pred_kept else 0.0
-    scores = []
-    for label in labels:
-        tp = sum(1 for g, p in zip(gold_kept, pred_kept) if g == label and p == label)
-        fp = sum(1 for g, p in zip(gold_kept, pred_kept) if g != label and p == label)
-        fn = sum(1 for g, p in zip(gold_kept, pred_kept) if g == label and p != label)
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return sum(scores) / len(scores)
+    return naive_macro_f1([g for g, _ in kept], [p for _, p in kept])
 
 
 def _codes(labels: list[int]) -> np.ndarray:
@@ -63,8 +49,10 @@ def _codes(labels: list[int]) -> np.ndarray:
 
 
 def naive_macro_f1(gold: list[int], pred: list[int]) -> float:
+    """Macro F1 over the labels other than 0 and -1 (ambiguous, published rule only) in gold and pred."""
     labels = set(gold + pred)
     labels.discard(0)
+    labels.discard(-1)
     if not labels:
         return 1.0 if gold == pred else 0.0
     scores = []
