@@ -1,7 +1,7 @@
 """The demo's table under two instruction-set settings, and GRPO's held-out effect over three seeds, with times.
 
     python benchmarks/bench_demo_isa.py [--profile full] [--seeds 0 1 2] [--settings native avx2]
-        [--unpinned] [--work_dir DIR] [--json out.json]
+        [--unpinned] [--jobs 2] [--work_dir DIR] [--json out.json]
     python benchmarks/bench_demo_isa.py --smoke        # seconds: the numerics fingerprint under both settings
 
 Each run is ``scripts/demo.py`` in a fresh interpreter whose environment emulates one machine
@@ -11,7 +11,8 @@ ATen, MKL and oneDNN at AVX2 as a CPU without AVX-512 would. The demo pins its o
 first seed runs under every setting, the others under the first setting only, ``--jobs`` demos at a time. Printed: each setting's table
 side by side with its wall time, whether they are identical, and per seed the mean reward of Model 1's and
 Model 2's greedy outputs on the held-out val + test notes (``utils.training.heldout``), with the GRPO
-rewards per step. ``--unpinned`` adds the first seed under each setting with ``--portable_numerics false``,
+rewards per step. Exits 1 unless the tables are identical and Model 2's held-out reward is above Model 1's on
+every seed. ``--unpinned`` adds the first seed under each setting with ``--portable_numerics false``,
 which shows that the settings do reach the kernels (those tables may differ). Wall times depend on the
 machine's load: read them with the ``uptime`` line printed first.
 
