@@ -40,7 +40,7 @@ def run_comparison(systems_args: SystemsArguments, args: CompareArguments) -> Co
     from utils.metric.systems import read_systems, scorer_for_systems
 
     if args.bootstrap < 1:
-        raise InputError("<command line>", "--bootstrap", f"expected a number of resamples >= 1, got {args.bootstrap}")
+        raise InputError.flag("--bootstrap", f"expected a number of resamples >= 1, got {args.bootstrap}")
     check_bootstrap_options(args.bootstrap, args.confidence)
     if args.output:
         check_output_path(args.output)

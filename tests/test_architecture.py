@@ -120,3 +120,35 @@ def test_layers_and_imports_are_resolved_to_files():
     assert layer_of(Path("utils/fileio.py")) == 0 and layer_of(Path("scripts/train_dft.py")) == len(layers()) - 1
     assert Path("utils/pseudolabels/embedding.py") in project_imports(Path("pseudolabels/embedding.py"))
     assert Path("utils/metric/scorer.py") in project_imports(Path("utils/metric/__init__.py"))
+
+
+def flag_shaped_input_errors(source: str) -> list[int]:
+    """Lines of ``InputError(...)`` calls that name a flag or the command line as if it were a file: a first
+    argument that is a string starting with "--" or "<" (plain or f-string) or the COMMAND_LINE constant."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "InputError"
+                and node.args):
+            continue
+        first = node.args[0]
+        if isinstance(first, ast.JoinedStr) and first.values and isinstance(first.values[0], ast.Constant):
+            first = first.values[0]
+        if (isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value.startswith(("--", "<"))
+                or isinstance(first, ast.Name) and first.id == "COMMAND_LINE"):
+            found.append(node.lineno)
+    return found
+
+
+def test_flag_errors_go_through_one_constructor():
+    """A flag value or combination is refused with InputError.flag (``<command line>: --flag: message``), never
+    with the flag or the command line in the file's place."""
+    offenders = [f"{path}:{line}" for path in code_files()
+                 for line in flag_shaped_input_errors((REPO_ROOT / path).read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_the_flag_scan_sees_every_old_shape():
+    """The scan above finds each of the three shapes it replaced, and passes the named constructor and a file error."""
+    source = ('InputError("--window", "", "m")\nInputError(f"--{name}", "", "m")\n'
+              'InputError(COMMAND_LINE, "--cv", "m")\nInputError("<arguments>", "", "m")\nInputError.flag("--cv", "m")\nInputError(path, "row 2", "m")\n')
+    assert flag_shaped_input_errors(source) == [1, 2, 3, 4]

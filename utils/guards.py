@@ -69,16 +69,16 @@ def _same(a: Any, b: Any) -> bool:
 
 def _check_one(name: str, value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"--{name}", "", f"expected a finite number, got {value!r}")
+        raise InputError.flag(f"--{name}", f"expected a finite number, got {value!r}")
     if name in INT_RANGES and isinstance(value, int) and not isinstance(value, bool):
         low, high = INT_RANGES[name]
         if not low <= value <= high:
-            raise InputError(f"--{name}", "", f"expected an integer from {low} to {high}, got {value}")
+            raise InputError.flag(f"--{name}", f"expected an integer from {low} to {high}, got {value}")
     if name in FLOAT_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high, closed = FLOAT_RANGES[name]
         if not (low <= value <= high if closed else low <= value < high):
-            raise InputError(f"--{name}", "", f"expected a number in [{low}, {high}{']' if closed else ')'}, "
-                                              f"got {value}")
+            raise InputError.flag(f"--{name}", f"expected a number in [{low}, {high}{']' if closed else ')'}, "
+                                  f"got {value}")
 
 
 # ------------------------------------------------------------------------------------------------- paths
@@ -147,12 +147,12 @@ def check_paths_apart(inputs: Iterable[tuple[str, str]], outputs: Iterable[tuple
         key = _identity(path)
         if key in seen_inputs:
             other_flag, other = seen_inputs[key]
-            raise InputError(flag, path, f"is also the input {other_flag} {other}; writing it would destroy the "
-                                         "input: choose another path")
+            raise InputError.flag(flag, f"is also the input {other_flag} {other}; writing it would destroy the input: "
+                                  "choose another path", value=path)
         if key in seen_outputs:
             other_flag, other = seen_outputs[key]
-            raise InputError(flag, path, f"is also the output {other_flag} {other}; one would overwrite the other: "
-                                         "choose another path")
+            raise InputError.flag(flag, f"is also the output {other_flag} {other}; one would overwrite the other: "
+                                  "choose another path", value=path)
         seen_outputs[key] = (flag, path)
 
 

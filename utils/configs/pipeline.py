@@ -14,7 +14,7 @@ from utils.configs import (
     WORK_DIR,
     split_files,
 )
-from utils.fileio import COMMAND_LINE, InputError
+from utils.fileio import InputError
 from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 from utils.tagging.locate import DEFAULT_LOCATOR, LOCATORS
 
@@ -38,13 +38,13 @@ def require_at_least_one(args: Any, names: tuple[str, ...]) -> None:
     """Sizes and counts that must be positive (shard sizes, batch sizes, top-k)."""
     for name in names:
         if getattr(args, name) < 1:
-            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+            raise InputError.flag(f"--{name}", f"expected a positive number, got {getattr(args, name)}")
 
 
 def check_quantile(quantile: float, flag: str) -> None:
     """A threshold is a quantile of the pool's entropies: a number from 0 to 1."""
     if not 0.0 <= quantile <= 1.0:
-        raise InputError(flag, "", f"expected a quantile between 0 and 1, got {quantile}")
+        raise InputError.flag(flag, f"expected a quantile between 0 and 1, got {quantile}")
 
 
 # ------------------------------------------------------------------------------------------- data preparation
@@ -189,7 +189,7 @@ class ExtractArguments:
 
     def __post_init__(self) -> None:
         if self.chunksize < 1:
-            raise InputError("--chunksize", "", f"expected a positive number of rows, got {self.chunksize}")
+            raise InputError.flag("--chunksize", f"expected a positive number of rows, got {self.chunksize}")
 
 
 @dataclass
@@ -227,7 +227,7 @@ class EmbeddingArguments:
     def __post_init__(self) -> None:
         unknown = [s for s in self.sources if s not in EMBEDDING_SOURCES]
         if unknown:
-            raise InputError("--sources", "", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
+            raise InputError.flag("--sources", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
         require_at_least_one(self, ("shard_size", "batch_size"))
 
 
@@ -266,7 +266,7 @@ class ExploreArguments:
 
     def __post_init__(self) -> None:
         if self.bins < 1:
-            raise InputError("--bins", "", f"expected at least 1 entropy bin, got {self.bins}")
+            raise InputError.flag("--bins", f"expected at least 1 entropy bin, got {self.bins}")
         for quantile in self.quantiles:
             check_quantile(quantile, "--quantiles")
 
@@ -295,7 +295,7 @@ class SelectArguments:
     def __post_init__(self) -> None:
         check_quantile(self.threshold, "--threshold")
         if self.min_spans < 0:
-            raise InputError("--min_spans", "", f"expected 0 or more, got {self.min_spans}")
+            raise InputError.flag("--min_spans", f"expected 0 or more, got {self.min_spans}")
 
 
 # ----------------------------------------------------------------------------------------------- scoring, ensemble
@@ -387,7 +387,7 @@ class OptimizeArguments:
     def __post_init__(self) -> None:
         """Flag combinations that cannot work, refused before any input is read."""
         def refuse(flag: str, message: str) -> None:
-            raise InputError(COMMAND_LINE, flag, message)
+            raise InputError.flag(flag, message)
 
         if self.n_trials < 1:
             refuse("--n_trials", f"expected at least 1, got {self.n_trials}")

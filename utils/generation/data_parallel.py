@@ -79,8 +79,8 @@ def gpu_groups(args: InferenceArguments, visible: Sequence[str]) -> list[list[st
     per_engine = args.tensor_parallel_size if args.backend == "vllm" else 1
     needed = args.data_parallel_size * per_engine
     if len(visible) < needed:
-        raise InputError("--data_parallel_size", "", f"{args.data_parallel_size} engines x {per_engine} GPU(s) need "
-                                                     f"{needed} GPUs, {len(visible)} visible (CUDA_VISIBLE_DEVICES)")
+        raise InputError.flag("--data_parallel_size", f"{args.data_parallel_size} engines x {per_engine} GPU(s) need "
+                              f"{needed} GPUs, {len(visible)} visible (CUDA_VISIBLE_DEVICES)")
     return [list(visible[i * per_engine:(i + 1) * per_engine]) for i in range(args.data_parallel_size)]
 
 
@@ -116,7 +116,8 @@ def launch(args: InferenceArguments, argv: Sequence[str], script: Path, poll_s: 
     missing. Interrupting the launcher stops every shard (each keeps what it finished).
     """
     if args.device.startswith("cuda:") and args.backend == "transformers":
-        raise InputError("--device", args.device, "each shard process sees only its own GPU: use --device cuda")
+        raise InputError.flag("--device", "each shard process sees only its own GPU: use --device cuda",
+                              value=args.device)
     jobs = validate(args)  # inputs read and outputs checked before any process starts
     count = args.data_parallel_size
     groups: list[list[str] | None] = list(gpu_groups(args, visible_gpus())) if uses_gpus(args) else [None] * count

@@ -215,12 +215,12 @@ def percentile_interval(values: np.ndarray, estimate: float, confidence: float) 
 
 def check_bootstrap_options(n_resamples: int, confidence: float, flag: str = "--bootstrap") -> None:
     """One-line errors for resample counts and confidence levels that cannot give an interval."""
-    from utils.fileio import COMMAND_LINE, InputError
+    from utils.fileio import InputError
 
     if n_resamples < 0:
-        raise InputError(COMMAND_LINE, flag, f"expected a number of resamples >= 0, got {n_resamples}")
+        raise InputError.flag(flag, f"expected a number of resamples >= 0, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
-        raise InputError(COMMAND_LINE, "--confidence", f"expected a level strictly between 0 and 1, got {confidence}")
+        raise InputError.flag("--confidence", f"expected a level strictly between 0 and 1, got {confidence}")
 
 
 @dataclass
@@ -319,7 +319,7 @@ def bootstrap_note_scores(scores: NoteScores, n_resamples: int, seed: int = 0, c
     if len(scores) == 0:
         from utils.fileio import InputError
 
-        raise InputError("<arguments>", "--bootstrap", "no notes to resample (no gold note and no predicted note)")
+        raise InputError.flag("--bootstrap", "no notes to resample (no gold note and no predicted note)")
     columns = note_columns(scores, categories, sorted(scores.notes.ids))
     (stats,) = resampled_statistics([columns], n_resamples, seed, progress=progress)
     return intervals_from(stats, aggregate(scores), columns, categories, n_resamples, seed, confidence)

@@ -259,16 +259,17 @@ def check_devices(devices: Sequence[str], device: str | None) -> None:
     if not devices:
         return
     if device is not None:
-        raise InputError("--devices", "", "give --device (one process) or --devices (one process each), not both")
+        raise InputError.flag("--devices", "give --device (one process) or --devices (one process each), not both")
     import torch
 
     for name in devices:
         try:
             parsed = torch.device(name)
         except (RuntimeError, ValueError):
-            raise InputError("--devices", name, "not a device: expected e.g. cuda:0 or cpu") from None
+            raise InputError.flag("--devices", "not a device: expected e.g. cuda:0 or cpu", value=name) from None
         if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-            raise InputError("--devices", name, f"not visible: {torch.cuda.device_count()} CUDA device(s) here")
+            raise InputError.flag("--devices", f"not visible: {torch.cuda.device_count()} CUDA device(s) here",
+                                  value=name)
 
 
 class LazyEncoder:

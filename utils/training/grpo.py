@@ -56,7 +56,7 @@ def resolve_use_vllm(mode: str) -> bool:
     if mode == "auto":
         return vllm_available()
     if mode == "true" and not vllm_available():
-        raise InputError("--use_vllm_mode", "true", "vLLM needs a CUDA GPU and the vllm package")
+        raise InputError.flag("--use_vllm_mode", "vLLM needs a CUDA GPU and the vllm package", value="true")
     return mode == "true"
 
 
@@ -96,7 +96,7 @@ def drop_long_prompts(records: list[dict[str, Any]], tokenizer, limit: int,
         dropped = [r["file_id"] for r, n in zip(records, lengths) if n > limit]
         logger.warning("left out %d note(s) with prompts over %d tokens: %s", len(dropped), limit, ", ".join(dropped))
     if not kept:
-        raise InputError("--max_prompt_length", str(limit), "every prompt is longer; nothing to train on")
+        raise InputError.flag("--max_prompt_length", "every prompt is longer; nothing to train on", value=limit)
     return kept
 
 
@@ -121,9 +121,8 @@ def vllm_context_length(prompt_tokens: int, config: LamarGRPOConfig, source: str
     if config.vllm_max_model_length is None:
         return needed
     if config.vllm_max_model_length < needed:
-        raise InputError("--vllm_max_model_length", str(config.vllm_max_model_length),
-                         f"below {source} = {needed}: vLLM would refuse the longest prompts kept or cut their "
-                         "completions")
+        raise InputError.flag("--vllm_max_model_length", f"below {source} = {needed}: vLLM would refuse the longest "
+                              "prompts kept or cut their completions", value=config.vllm_max_model_length)
     return config.vllm_max_model_length
 
 
