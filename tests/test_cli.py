@@ -102,11 +102,12 @@ def test_parse_command_help_lists_each_command_with_its_summary(capsys):
 
 @pytest.mark.parametrize("make, message", [
     (lambda: RetrieveArguments(per_note=0),
-     "--per_note: expected a positive number, got 0"),
+     "<command line>: --per_note: expected a positive number, got 0"),
     (lambda: EmbeddingArguments(sources=["pool", "notes"]),
-     "--sources: unknown source(s) notes; expected pool and/or meddec"),
-    (lambda: ExploreArguments(quantiles=[0.1, 1.5]), "--quantiles: expected a quantile between 0 and 1, got 1.5"),
-    (lambda: SelectArguments(min_spans=-1), "--min_spans: expected 0 or more, got -1"),
+     "<command line>: --sources: unknown source(s) notes; expected pool and/or meddec"),
+    (lambda: ExploreArguments(quantiles=[0.1, 1.5]),
+     "<command line>: --quantiles: expected a quantile between 0 and 1, got 1.5"),
+    (lambda: SelectArguments(min_spans=-1), "<command line>: --min_spans: expected 0 or more, got -1"),
     (lambda: OptimizeArguments(predictions=["a.json"], cv=1),
      "<command line>: --cv: K needs K >= 2 (or 0 for none), got 1"),
 ])
@@ -120,4 +121,4 @@ def test_argument_dataclasses_refuse_values_that_cannot_work_when_built(make, me
 def test_a_dataclass_check_reaches_the_command_line_unwrapped():
     with pytest.raises(InputError) as err:
         LamarParser([EmbeddingArguments]).parse(["--sources", "pool", "notes"])
-    assert str(err.value) == "--sources: unknown source(s) notes; expected pool and/or meddec"
+    assert str(err.value) == "<command line>: --sources: unknown source(s) notes; expected pool and/or meddec"
