@@ -12,7 +12,7 @@ import pytest
 
 from utils.cli import LamarParser, parse_command
 from utils.configs.pipeline import (
-    EmbeddingArguments, ExploreArguments, OptimizeArguments, RetrieveArguments, SelectArguments,
+    EmbeddingArguments, ExploreArguments, InferenceArguments, OptimizeArguments, RetrieveArguments, SelectArguments,
 )
 from utils.fileio import InputError
 from utils.paths import REPO_ROOT
@@ -49,6 +49,21 @@ def test_every_flag_has_help_and_shows_its_default(cls):
     no_default = [action.dest for action in parser._actions
                   if action.dest != "help" and "%(default)" not in formatter._get_help_string(action)]
     assert no_default == [], f"{cls.__name__}: flags whose --help does not show the default"
+
+
+def placeholder(f: dataclasses.Field) -> object:
+    """A value for a flag without a default (file names, mostly): a list of one file or one file."""
+    return ["a.json"] if "list" in str(f.type) else "a.json"
+
+
+@pytest.mark.parametrize("cls", argument_classes(), ids=lambda c: c.__name__)
+def test_published_defaults_pass_each_dataclass_check(cls):
+    """The checks in __post_init__ run for every parse (HfArgumentParser builds from the defaults too): the defaults
+    themselves must pass them."""
+    required = {f.name: placeholder(f) for f in dataclasses.fields(cls)
+                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    built = cls(**required)
+    assert all(getattr(built, name) == value for name, value in required.items())
 
 
 def test_every_command_parses_argument_classes_of_utils_configs():
@@ -110,6 +125,21 @@ def test_parse_command_help_lists_each_command_with_its_summary(capsys):
     (lambda: SelectArguments(min_spans=-1), "<command line>: --min_spans: expected 0 or more, got -1"),
     (lambda: OptimizeArguments(predictions=["a.json"], cv=1),
      "<command line>: --cv: K needs K >= 2 (or 0 for none), got 1"),
+    (lambda: InferenceArguments(backend="transformers", temperature=0.7),
+     "<command line>: --temperature: the transformers fallback decodes greedily only (temperature 0)"),
+    (lambda: InferenceArguments(input=["a.csv", "b.csv"], output=["o.csv"]),
+     "<command line>: --output: expected one output per --input (2), got 1"),
+    (lambda: InferenceArguments(input=["a.csv", "b.csv"], output=["o.csv", "./o.csv"]),
+     "<command line>: --output: two inputs would write the same output file"),
+    (lambda: InferenceArguments(vllm_kwargs="[1]"),
+     "<command line>: --vllm_kwargs: expected a JSON object, e.g. '{\"enforce_eager\": true}'"),
+    (lambda: InferenceArguments(copy_constraint=True, vllm_kwargs='{"speculative_config": {"method": "ngram"}}'),
+     "<command line>: --copy_constraint: copy-constrained decoding does not support speculative decoding "
+     "(speculative_config)"),
+    (lambda: InferenceArguments(num_shards=2, merge=True, shard_index=0),
+     "<command line>: --merge: merges every shard: leave out --shard_index"),
+    (lambda: InferenceArguments(data_parallel_size=2, backend="transformers", device="cuda:1"),
+     "<command line>: --device: got 'cuda:1': each shard process sees only its own GPU: use --device cuda"),
 ])
 def test_argument_dataclasses_refuse_values_that_cannot_work_when_built(make, message):
     """The checks live in __post_init__: a command line and a library call with the dataclass fail alike."""

@@ -16,11 +16,9 @@ import pytest
 import torch
 
 from dataset.synthetic import generate_notes
-from utils.configs.pipeline import InferenceArguments
+from utils.configs.pipeline import InferenceArguments, check_vllm_copy_settings
 from utils.fileio import InputError
-from utils.generation.backends import (
-    TransformersGenerator, VllmGenerator, check_vllm_copy_settings, copy_model_runner, vllm_engine_kwargs,
-)
+from utils.generation.backends import TransformersGenerator, VllmGenerator, copy_model_runner, vllm_engine_kwargs
 from utils.generation.copy_decoding import CopyGuards, CopyVocabulary
 from utils.generation.copy_decoding_vllm import (
     EXTRA_ARGS_KEY, PROCESSOR_FQCN, PROCESSOR_FQCN_V1, SlotConstraints, copy_request_args, parse_copy_request_args,

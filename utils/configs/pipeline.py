@@ -6,7 +6,9 @@ Defaults are the published settings and the README's folder layout (``utils.conf
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from utils.configs import (
@@ -45,6 +47,24 @@ def check_quantile(quantile: float, flag: str) -> None:
     """A threshold is a quantile of the pool's entropies: a number from 0 to 1."""
     if not 0.0 <= quantile <= 1.0:
         raise InputError.flag(flag, f"expected a quantile between 0 and 1, got {quantile}")
+
+
+#: The logprobs vLLM reports under the copy constraint: those of the processed (constrained) distribution.
+COPY_LOGPROBS_MODE = "processed_logprobs"
+
+
+def check_vllm_copy_settings(extra: dict[str, Any], environ: Any = None) -> None:
+    """What copy-constrained decoding cannot run with on vLLM 0.31: ValueError naming the setting.
+
+    Speculative decoding (several logits rows per request) and logprobs other than the processed ones are refused.
+    Both model runners are supported (``utils.generation.backends.copy_model_runner`` picks the processor's
+    interface).
+    """
+    if extra.get("speculative_config") is not None:
+        raise ValueError("copy-constrained decoding does not support speculative decoding (speculative_config)")
+    if extra.get("logprobs_mode", COPY_LOGPROBS_MODE) != COPY_LOGPROBS_MODE:
+        raise ValueError(f"copy-constrained decoding reports logprobs under the constraint (logprobs_mode "
+                         f"{COPY_LOGPROBS_MODE!r}), got logprobs_mode {extra['logprobs_mode']!r}")
 
 
 # ------------------------------------------------------------------------------------------- data preparation
@@ -164,6 +184,69 @@ class InferenceArguments:
                 "shard b %% N) into <output>.shard-I-of-N.partial.jsonl; writes no output (see --merge)."})
     merge: bool = field(default=False, metadata={
         "help": "With --num_shards N: write the outputs (CSV + JSON, input order) from the N finished shards."})
+
+    def __post_init__(self) -> None:
+        """Flag values and combinations that cannot work, refused before any model or input is read (whether the
+        models and inputs exist is checked where they are read: ``utils.generation.runner.prepare_jobs``)."""
+        if self.backend == "transformers" and self.temperature != 0:
+            raise InputError.flag("--temperature", "the transformers fallback decodes greedily only (temperature 0)")
+        require_at_least_one(self, ("max_new_tokens", "max_model_len", "batch_size", "copy_max_tags_per_position"))
+        for name in ("copy_max_open", "copy_max_span_chars"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError.flag(f"--{name}", f"expected a positive number (or nothing for no limit), "
+                                      f"got {getattr(self, name)}")
+        if self.flush_every < 0:
+            raise InputError.flag("--flush_every", f"expected 0 (all rows in one call) or a positive number, "
+                                  f"got {self.flush_every}")
+        self.check_sharding()
+        self.check_vllm_kwargs()
+        if len(self.input) != len(self.output):
+            raise InputError.flag("--output", f"expected one output per --input ({len(self.input)}), "
+                                  f"got {len(self.output)}")
+        outputs = [output.resolve() for _, output in self.input_output_pairs()]
+        if len(set(outputs)) != len(outputs):
+            raise InputError.flag("--output", "two inputs would write the same output file")
+
+    def check_sharding(self) -> None:
+        """The data-parallel flags (``utils.generation.data_parallel``) are consistent."""
+        require_at_least_one(self, ("data_parallel_size", "num_shards"))
+        if self.data_parallel_size > 1 and (self.num_shards > 1 or self.shard_index is not None or self.merge):
+            raise InputError.flag("--data_parallel_size", "starts and merges its own shards; leave out --num_shards, "
+                                  "--shard_index and --merge")
+        if self.data_parallel_size > 1 and self.backend == "transformers" and self.device.startswith("cuda:"):
+            raise InputError.flag("--device", "each shard process sees only its own GPU: use --device cuda",
+                                  value=self.device)
+        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            raise InputError.flag("--shard_index", f"expected 0 to {self.num_shards - 1} (--num_shards "
+                                  f"{self.num_shards}), got {self.shard_index}")
+        if self.merge and self.shard_index is not None:
+            raise InputError.flag("--merge", "merges every shard: leave out --shard_index")
+        if self.merge and self.num_shards < 2:
+            raise InputError.flag("--merge", "needs --num_shards N (N >= 2), as given to the shards")
+        if self.num_shards > 1 and self.shard_index is None and not self.merge:
+            raise InputError.flag("--num_shards", "give this process's --shard_index, or --merge once every shard "
+                                  "is done")
+
+    def check_vllm_kwargs(self) -> None:
+        """--vllm_kwargs is a JSON object, and holds nothing the copy constraint cannot run with on vLLM."""
+        if self.vllm_kwargs:
+            try:
+                if not isinstance(json.loads(self.vllm_kwargs), dict):
+                    raise ValueError
+            except ValueError:
+                raise InputError.flag("--vllm_kwargs", "expected a JSON object, e.g. '{\"enforce_eager\": true}'") \
+                    from None
+        if self.copy_constraint and self.backend == "vllm":
+            try:
+                check_vllm_copy_settings(json.loads(self.vllm_kwargs) if self.vllm_kwargs else {})
+            except ValueError as err:
+                raise InputError.flag("--copy_constraint", str(err)) from None
+
+    def input_output_pairs(self) -> list[tuple[Path, Path]]:
+        """(input CSV, output CSV): --val_csv/--test_csv into --output_dir, then each --input with its --output."""
+        pairs = [(Path(path), Path(self.output_dir) / f"{name}_predictions.csv")
+                 for name, path in (("val", self.val_csv), ("test", self.test_csv)) if path]
+        return pairs + [(Path(i), Path(o)) for i, o in zip(self.input, self.output)]
 
 
 # -------------------------------------------------------------------------------------------------- pseudo-labels
