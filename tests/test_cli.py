@@ -11,8 +11,11 @@ import inspect
 import pytest
 
 from utils.cli import LamarParser, parse_command
+from utils.configs.baseline import BaselineArguments
+from utils.configs.evaluation import BootstrapArguments, CompareArguments
 from utils.configs.pipeline import (
-    EmbeddingArguments, ExploreArguments, InferenceArguments, OptimizeArguments, RetrieveArguments, SelectArguments,
+    EmbeddingArguments, ExploreArguments, InferenceArguments, OptimizeArguments, PushArguments, RetrieveArguments,
+    SelectArguments, ThresholdArguments,
 )
 from utils.fileio import InputError
 from utils.paths import REPO_ROOT
@@ -140,6 +143,17 @@ def test_parse_command_help_lists_each_command_with_its_summary(capsys):
      "<command line>: --merge: merges every shard: leave out --shard_index"),
     (lambda: InferenceArguments(data_parallel_size=2, backend="transformers", device="cuda:1"),
      "<command line>: --device: got 'cuda:1': each shard process sees only its own GPU: use --device cuda"),
+    (lambda: EmbeddingArguments(device="cpu", devices=["cpu", "cpu"]),
+     "<command line>: --devices: give --device (one process) or --devices (one process each), not both"),
+    (lambda: ThresholdArguments(t_pair=1.5), "<command line>: --t_pair: expected a number in [0, 1], got 1.5"),
+    (lambda: PushArguments(folder="out", repo_id="me/model", adapter="lora"),
+     "<command line>: --adapter: merging needs --base_model as well"),
+    (lambda: CompareArguments(bootstrap=0), "<command line>: --bootstrap: expected a number of resamples >= 1, got 0"),
+    (lambda: BootstrapArguments(bootstrap=-1),
+     "<command line>: --bootstrap: expected a number of resamples >= 0, got -1"),
+    (lambda: BootstrapArguments(confidence=1.0),
+     "<command line>: --confidence: expected a level strictly between 0 and 1, got 1.0"),
+    (lambda: BaselineArguments(window=4), "<command line>: --window: expected at least 8 tokens, got 4"),
 ])
 def test_argument_dataclasses_refuse_values_that_cannot_work_when_built(make, message):
     """The checks live in __post_init__: a command line and a library call with the dataclass fail alike."""

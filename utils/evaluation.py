@@ -23,9 +23,6 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     boot = boot or BootstrapArguments()
     if not args.gold_file and not args.gold_dir:
         raise InputError.flag("--gold_dir", "give --gold_dir (or --gold_file)")
-    from utils.metric.resampling import check_bootstrap_options
-
-    check_bootstrap_options(boot.bootstrap, boot.confidence)
     if args.output:
         check_output_path(args.output)
     from utils.metric import Scorer  # numpy and tqdm load here, not for --help

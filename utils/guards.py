@@ -60,6 +60,11 @@ def check_values(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> None
             _check_one(name, item)
 
 
+def is_unit_interval(value: Any) -> bool:
+    """A threshold's range: a number (not a bool) in [0, 1], where the consensus thresholds are defined and tuned."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+
+
 def _same(a: Any, b: Any) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)

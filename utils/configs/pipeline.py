@@ -17,6 +17,7 @@ from utils.configs import (
     split_files,
 )
 from utils.fileio import InputError
+from utils.guards import is_unit_interval
 from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 from utils.tagging.locate import DEFAULT_LOCATOR, LOCATORS
 
@@ -312,6 +313,8 @@ class EmbeddingArguments:
         if unknown:
             raise InputError.flag("--sources", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
         require_at_least_one(self, ("shard_size", "batch_size"))
+        if self.devices and self.device is not None:
+            raise InputError.flag("--devices", "give --device (one process) or --devices (one process each), not both")
 
 
 @dataclass
@@ -411,6 +414,13 @@ class ThresholdArguments:
     t_dedup: float | None = field(default=None, metadata={
         "help": "IoU at which a kept span duplicates another of its category (default 0.8, published)."})
 
+    def __post_init__(self) -> None:
+        """Each threshold given is an IoU or a weight share: a number in [0, 1] (a JSON's are checked on reading)."""
+        for name in ("t_cluster", "t_pair", "t_support", "t_dedup"):
+            value = getattr(self, name)
+            if value is not None and not is_unit_interval(value):
+                raise InputError.flag(f"--{name}", f"expected a number in [0, 1], got {value!r}")
+
 
 @dataclass
 class MergeArguments:
@@ -506,6 +516,10 @@ class PushArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (prefer the HF_TOKEN variable)."})
     dry_run: bool = field(default=False, metadata={"help": "List what would be uploaded; upload nothing."})
     model_card: bool = field(default=True, metadata={"help": "Write a README.md model card into the folder."})
+
+    def __post_init__(self) -> None:
+        if self.adapter and not self.base_model:
+            raise InputError.flag("--adapter", "merging needs --base_model as well")
 
 
 @dataclass

@@ -254,12 +254,11 @@ def cpu_threads_for(devices: Sequence[str]) -> Iterator[None]:
         del os.environ["OMP_NUM_THREADS"]
 
 
-def check_devices(devices: Sequence[str], device: str | None) -> None:
-    """--devices names real devices (CUDA ones that are visible) and is not mixed with --device."""
+def check_devices(devices: Sequence[str]) -> None:
+    """--devices names real devices, CUDA ones visible here (that it is not mixed with --device is a flag check of
+    :class:`EmbeddingArguments`)."""
     if not devices:
         return
-    if device is not None:
-        raise InputError.flag("--devices", "give --device (one process) or --devices (one process each), not both")
     import torch
 
     for name in devices:
@@ -294,7 +293,7 @@ class LazyEncoder:
 def embed_sources(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     """Embed the chosen sources (flag values checked by :class:`EmbeddingArguments`); returns {source: shards computed
     now}."""
-    check_devices(args.devices, args.device)
+    check_devices(args.devices)
     encode = LazyEncoder(
         lambda: load_sentence_encoder(
             args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name, args.devices,

@@ -274,8 +274,6 @@ def model_card(repo_id: str, base_model: str | None, merged: bool, is_adapter: b
 
 
 def check_merge_inputs(args: PushArguments) -> None:
-    if not args.base_model:
-        raise InputError.flag("--adapter", "merging needs --base_model as well")
     check_model_reference("--base_model", args.base_model)
     if not Path(args.adapter, "adapter_config.json").is_file():
         raise InputError(args.adapter, "", "no adapter_config.json: not a LoRA adapter folder")
