@@ -122,19 +122,28 @@ def test_layers_and_imports_are_resolved_to_files():
     assert Path("utils/metric/scorer.py") in project_imports(Path("utils/metric/__init__.py"))
 
 
+def leading_text(node: ast.expr) -> str | None:
+    """The literal start of a string argument (plain or f-string), else None."""
+    if isinstance(node, ast.JoinedStr) and node.values:
+        node = node.values[0]
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
 def flag_shaped_input_errors(source: str) -> list[int]:
-    """Lines of ``InputError(...)`` calls that name a flag or the command line as if it were a file: a first
-    argument that is a string starting with "--" or "<" (plain or f-string) or the COMMAND_LINE constant."""
+    """Lines of ``InputError(...)`` calls that name a flag or the command line in another way than
+    ``InputError.flag``: a first argument starting with "--" or "<", the COMMAND_LINE constant, or a file error with
+    no place whose message starts with the flag (``InputError(path, "", "--output: ...")``)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "InputError"
                 and node.args):
             continue
-        first = node.args[0]
-        if isinstance(first, ast.JoinedStr) and first.values and isinstance(first.values[0], ast.Constant):
-            first = first.values[0]
-        if (isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value.startswith(("--", "<"))
-                or isinstance(first, ast.Name) and first.id == "COMMAND_LINE"):
+        first, rest = node.args[0], node.args[1:]
+        flag_first = (leading_text(first) or "").startswith(("--", "<"))
+        constant = isinstance(first, ast.Name) and first.id == "COMMAND_LINE"
+        flag_in_message = (len(rest) == 2 and leading_text(rest[0]) == ""
+                           and (leading_text(rest[1]) or "").startswith("--"))
+        if flag_first or constant or flag_in_message:
             found.append(node.lineno)
     return found
 
@@ -148,7 +157,10 @@ def test_flag_errors_go_through_one_constructor():
 
 
 def test_the_flag_scan_sees_every_old_shape():
-    """The scan above finds each of the three shapes it replaced, and passes the named constructor and a file error."""
+    """The scan above finds each old shape (a flag or the command line as the file, a flag inside a placeless
+    message), and passes the named constructor and file errors, a flag as their place included."""
     source = ('InputError("--window", "", "m")\nInputError(f"--{name}", "", "m")\n'
-              'InputError(COMMAND_LINE, "--cv", "m")\nInputError("<arguments>", "", "m")\nInputError.flag("--cv", "m")\nInputError(path, "row 2", "m")\n')
-    assert flag_shaped_input_errors(source) == [1, 2, 3, 4]
+              'InputError(COMMAND_LINE, "--cv", "m")\nInputError("<arguments>", "", "m")\n'
+              'InputError(path, "", "--output: m")\nInputError.flag("--cv", "m")\nInputError(path, "row 2", "m")\n'
+              'InputError(path, "--output", "m")\n')
+    assert flag_shaped_input_errors(source) == [1, 2, 3, 4, 5]

@@ -77,7 +77,7 @@ def run_error_analysis(systems_args: SystemsArguments, args: ErrorArguments) -> 
 
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "", "--output_dir: expected a folder, got a file")
+        raise InputError(out_dir, "--output_dir", "expected a folder, got a file")
     systems = read_systems(systems_args.predictions, systems_args.names)
     stems = [file_stem(name) for name in systems]
     if len(set(stems)) != len(stems):
