@@ -7,7 +7,7 @@ Defaults are the published settings and the README's folder layout (``utils.conf
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def check_quantile(quantile: float, flag: str) -> None:
 COPY_LOGPROBS_MODE = "processed_logprobs"
 
 
-def check_vllm_copy_settings(extra: dict[str, Any], environ: Any = None) -> None:
+def check_vllm_copy_settings(extra: dict[str, Any]) -> None:
     """What copy-constrained decoding cannot run with on vLLM 0.31: ValueError naming the setting.
 
     Speculative decoding (several logits rows per request) and logprobs other than the processed ones are refused.
@@ -416,7 +416,7 @@ class ThresholdArguments:
 
     def __post_init__(self) -> None:
         """Each threshold given is an IoU or a weight share: a number in [0, 1] (a JSON's are checked on reading)."""
-        for name in ("t_cluster", "t_pair", "t_support", "t_dedup"):
+        for name in (f.name for f in fields(self)):
             value = getattr(self, name)
             if value is not None and not is_unit_interval(value):
                 raise InputError.flag(f"--{name}", f"expected a number in [0, 1], got {value!r}")
