@@ -17,6 +17,7 @@ from utils.configs.pipeline import (
     EmbeddingArguments, ExploreArguments, InferenceArguments, OptimizeArguments, PushArguments, RetrieveArguments,
     SelectArguments, ThresholdArguments,
 )
+from utils.configs.training import DFTScriptArguments, LamarGRPOConfig
 from utils.fileio import InputError
 from utils.paths import REPO_ROOT
 
@@ -154,6 +155,11 @@ def test_parse_command_help_lists_each_command_with_its_summary(capsys):
     (lambda: BootstrapArguments(confidence=1.0),
      "<command line>: --confidence: expected a level strictly between 0 and 1, got 1.0"),
     (lambda: BaselineArguments(window=4), "<command line>: --window: expected at least 8 tokens, got 4"),
+    (lambda: DFTScriptArguments(backend="hf", dft_route="kernel"),
+     "<command line>: --dft_route: got 'kernel': our Triton kernel is reached through Unsloth's loss: needs --backend "
+     "unsloth (the hf backend trains DFT on TRL's fused head)"),
+    (lambda: LamarGRPOConfig(output_dir="o", num_generations=1),
+     "<command line>: --num_generations: GRPO compares generations within a group, so at least 2 are needed, got 1"),
 ])
 def test_argument_dataclasses_refuse_values_that_cannot_work_when_built(make, message):
     """The checks live in __post_init__: a command line and a library call with the dataclass fail alike."""

@@ -273,15 +273,8 @@ def check_unsloth_backend(script: DFTScriptArguments) -> None:
         raise InputError.flag("--backend", f"Unsloth cannot be imported ({state.error})", value="unsloth")
 
 
-def check_route(script: DFTScriptArguments) -> None:
-    if script.dft_route == "kernel" and script.backend != "unsloth":
-        raise InputError.flag("--dft_route", "our Triton kernel is reached through Unsloth's loss: needs --backend "
-                              "unsloth (the hf backend trains DFT on TRL's fused head)", value="kernel")
-
-
 def build_trainer(script: DFTScriptArguments, model_args: DFTModelConfig, config: DFTConfig) -> SFTTrainer:
     """The trainer for this run, with the loss guard attached (model, data and LoRA ready)."""
-    check_route(script)
     frame = read_training_frame(script.train_csv)
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
