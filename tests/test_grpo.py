@@ -205,3 +205,48 @@ def test_the_seed_decides_which_notes_the_first_step_sees(tmp_path: Path) -> Non
         return list(dict.fromkeys(list(sampler)[:64]))  # one step: batch 2 x accumulation 4 x 8 generations = 1 note each
 
     assert first_step(42) == first_step(42) and first_step(42) != first_step(3407)
+
+
+class RolloutRecorder:
+    """Test-only reward that keeps every completion with its note (and gives the group spread)."""
+
+    __name__ = "rollout_recorder"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def __call__(self, completions, raw_text, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] for c in completions]
+        self.seen += list(zip(texts, raw_text))
+        return [len(t) / 100 for t in texts]
+
+
+@pytest.mark.slow
+def test_copy_constrained_rollouts_are_tagged_copies_of_their_notes(tiny, tmp_path: Path) -> None:
+    """--rollout_copy_constraint: every sampled completion, tags stripped, is the start of its own note; the same
+    untrained model sampling freely writes other text."""
+    from utils.tagging.tags import strip_tags
+
+    seen = {}
+    for flag in ("true", "false"):
+        script, model_args, config = parse(tiny_args(tiny, tmp_path / flag, "--max_steps", "2", "--save_strategy",
+                                                     "no", "--mask_truncated_completions", "false",
+                                                     "--max_completion_length", "24",
+                                                     "--rollout_copy_constraint", flag))
+        recorder = RolloutRecorder()
+        trainer = grpo.build_trainer(script, model_args, config, reward_funcs=[recorder])
+        before = lora_state(trainer)
+        trainer.train()
+        assert any(not torch.equal(before[n], v) for n, v in lora_state(trainer).items() if "lora_B" in n)
+        assert len(recorder.seen) == 8  # 2 steps x 4 rollouts
+        seen[flag] = [(strip_tags(text), note) for text, note in recorder.seen]
+    assert all(text and note.startswith(text) for text, note in seen["true"]), seen["true"]
+    assert not all(note.startswith(text) for text, note in seen["false"])
+
+
+def test_copy_constrained_rollouts_refuse_vllm_generation(tiny, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(grpo, "vllm_available", lambda: True)
+    script, model_args, config = parse(tiny_args(tiny, tmp_path / "v", "--use_vllm_mode", "true",
+                                                 "--rollout_copy_constraint", "true"))
+    with pytest.raises(grpo.InputError, match="--rollout_copy_constraint: samples with transformers generate only"):
+        grpo.build_trainer(script, model_args, config)

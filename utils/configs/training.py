@@ -199,6 +199,9 @@ class GRPOScriptArguments:
                 "enable_thinking in --chat_template_kwargs.", "choices": list(THINKING_MODES)})
     use_vllm_mode: str = field(default="auto", metadata={
         "help": "auto: vLLM when a GPU and vLLM are present; true / false to force.", "choices": list(USE_VLLM_MODES)})
+    rollout_copy_constraint: bool = field(default=False, metadata={
+        "help": "Sample the rollouts under the copy constraint copy-decoded inference uses, so they differ only in "
+                "where tags go (not published: off; transformers generation only, --use_vllm_mode false)."})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N notes (smoke runs)."})
     scorer: str = field(default=DEFAULT_SCORER, metadata={

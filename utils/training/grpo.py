@@ -28,7 +28,7 @@ from trl import GRPOTrainer
 
 from utils.configs.device import cuda_available
 from utils.configs.training import GRPOModelConfig, GRPOScriptArguments, LamarGRPOConfig
-from utils.fileio import InputError
+from utils.fileio import COMMAND_LINE, InputError
 from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame, to_dataset
 from utils.training.finite import FiniteTrainingCallback
 from utils.training.models import check_model_reference, loading_error, merge_adapter, peft_config, resolve_dtype
@@ -67,12 +67,42 @@ def reset_rope_deltas(modules: Sequence[Any]) -> None:
 
 
 class LamarGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that clears cached ``rope_deltas`` before computing per-token log-probabilities."""
+    """GRPOTrainer that clears cached ``rope_deltas`` before computing per-token log-probabilities and, with
+    ``copy_rollouts``, samples its completions under the copy constraint (``utils.training.copy_rollouts``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, copy_rollouts: bool = False, **kwargs: Any) -> None:
         install_cpu_fused_head()  # TRL 1.15's fused LM head has no CPU path of its own
         super().__init__(*args, **kwargs)
         self._rope_modules = [m for m in self.model.modules() if hasattr(m, "rope_deltas")]
+        self._copy_vocabulary = None
+        self._rollout_notes: list[str] = []
+        if copy_rollouts:
+            if self.use_vllm:
+                raise ValueError("copy-constrained rollouts sample with transformers generate, not vLLM")
+            from utils.generation.copy_decoding import CopyVocabulary
+
+            self._copy_vocabulary = CopyVocabulary.from_tokenizer(self.processing_class, self.eos_token_ids)
+
+    def _generate_and_score_completions(self, inputs):
+        if self._copy_vocabulary is not None:  # one row per completion: the note each one must copy
+            self._rollout_notes = [row["raw_text"] for row in inputs]
+        return super()._generate_and_score_completions(inputs)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self._copy_vocabulary is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        from trl.models import unwrap_model_for_generation
+
+        from utils.training.copy_rollouts import sample_copy_constrained
+
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                         generation_kwargs=self.generation_kwargs) as unwrapped_model:
+            completion_ids = sample_copy_constrained(unwrapped_model, prompt_ids, self._rollout_notes,
+                                                     self._copy_vocabulary, self.generation_config,
+                                                     self._tokenizer.pad_token_id)
+        return completion_ids, None
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         reset_rope_deltas(self._rope_modules)
@@ -159,6 +189,9 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
     config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
+    if script.rollout_copy_constraint and config.use_vllm:
+        raise InputError(COMMAND_LINE, "--rollout_copy_constraint",
+                         "samples with transformers generate only: add --use_vllm_mode false")
     if config.vllm_max_model_length is not None:  # refused before minutes of loading, with or without vLLM
         vllm_context_length(script.max_prompt_length or 0, config, "--max_prompt_length + --max_completion_length"
                             if script.max_prompt_length is not None else "--max_completion_length")
@@ -185,7 +218,8 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
     model.generation_config.eos_token_id = tokenizer.eos_token_id  # stop at the end of the assistant turn
     funcs = list(reward_funcs) if reward_funcs is not None else reward_functions(script.rewards, script.scorer)
     return LamarGRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=to_dataset(records),
-                            processing_class=tokenizer, peft_config=peft_config(model_args))
+                            processing_class=tokenizer, peft_config=peft_config(model_args),
+                            copy_rollouts=script.rollout_copy_constraint)
 
 
 def train(script: GRPOScriptArguments, model_args: GRPOModelConfig, config: LamarGRPOConfig,
@@ -202,7 +236,7 @@ def _train_claimed(trainer: LamarGRPOTrainer, script: GRPOScriptArguments, model
     """The run itself, with ``--output_dir`` locked: record its inputs, resume, train, save."""
     run_settings = {"script": {k: getattr(script, k) for k in ("adapter", "rewards", "max_prompt_length",
                                                                "max_train_samples", "prompt_stray_quote",
-                                                               "enable_thinking")}, "model": model_args}
+                                                               "enable_thinking", "rollout_copy_constraint")}, "model": model_args}
     with config.main_process_first(local=config.save_on_each_node, desc="claiming the output folder"):
         claim_output_dir(config.output_dir, run_fingerprint(script.train_csv, run_settings, TRAINING_KEYS, config))
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, script.auto_resume)
