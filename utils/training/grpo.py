@@ -28,7 +28,7 @@ from trl import GRPOTrainer
 
 from utils.configs.device import cuda_available
 from utils.configs.training import GRPOModelConfig, GRPOScriptArguments, LamarGRPOConfig
-from utils.fileio import COMMAND_LINE, InputError
+from utils.fileio import InputError
 from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame, to_dataset
 from utils.training.finite import FiniteTrainingCallback
 from utils.training.models import check_model_reference, loading_error, merge_adapter, peft_config, resolve_dtype
@@ -190,8 +190,8 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
         frame = frame.head(script.max_train_samples)
     config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
     if script.rollout_copy_constraint and config.use_vllm:
-        raise InputError(COMMAND_LINE, "--rollout_copy_constraint",
-                         "samples with transformers generate only: add --use_vllm_mode false")
+        raise InputError.flag("--rollout_copy_constraint",
+                              "samples with transformers generate only: add --use_vllm_mode false")
     if config.vllm_max_model_length is not None:  # refused before minutes of loading, with or without vLLM
         vllm_context_length(script.max_prompt_length or 0, config, "--max_prompt_length + --max_completion_length"
                             if script.max_prompt_length is not None else "--max_completion_length")
