@@ -410,8 +410,6 @@ def score_predictions(args: BaselineArguments, predictions: dict[str, list[Span]
 
 def train_and_predict(args: BaselineArguments, training: BaselineTrainingArguments, progress: bool = True) -> dict[str, Path]:
     """Train (if a train CSV is given), then predict every --predict_csv; returns {csv: prediction JSON}."""
-    if args.window < 8:
-        raise InputError("--window", "", f"expected at least 8 tokens, got {args.window}")
     train_rows = read_training_csv(args.train_csv) if args.train_csv else None  # all input read before any model
     selecting = bool(train_rows and args.eval_csv and training.eval_strategy != "no")
     validation = read_training_csv(args.eval_csv) if selecting else None

@@ -747,10 +747,10 @@ def _check_sizes(**sizes: int) -> None:
     """Sizes are non-negative integers (the means at least 1); a bad one is an InputError naming its flag."""
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InputError(f"--{name}", "", f"expected a non-negative integer, got {value!r}")
+            raise InputError.flag(f"--{name}", f"expected a non-negative integer, got {value!r}")
     for name in ("mean_chars", "mean_spans"):
         if name in sizes and sizes[name] < 1:
-            raise InputError(f"--{name}", "", f"expected at least 1, got {sizes[name]!r}")
+            raise InputError.flag(f"--{name}", f"expected at least 1, got {sizes[name]!r}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,14 +15,15 @@ from typing import Any, Iterable, Sequence
 from ensemble.consensus import THRESHOLD_NAMES, Thresholds, invalid_reason, merge_predictions
 from utils.categories import CATEGORY_IDS
 from utils.configs.pipeline import MergeArguments, ThresholdArguments
-from utils.fileio import COMMAND_LINE, InputError, atomic_open, check_output_path, read_json, warn
+from utils.fileio import InputError, atomic_open, check_output_path, read_json, warn
+from utils.guards import is_unit_interval
 from utils.meddec.corpus import read_raw_text
 from utils.meddec.predictions import read_predictions, write_predictions
 
 
 def unit_interval(value: Any, path: str, where: str) -> float:
     """A threshold: a number in [0, 1], the range the thresholds are defined and tuned on."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if not is_unit_interval(value):
         raise InputError(path, where, f"expected a number in [0, 1], got {value!r}")
     return float(value)
 
@@ -55,8 +56,7 @@ def resolve_thresholds(flags: ThresholdArguments, thresholds_json: str | None = 
     every category).
     """
     base = thresholds_from_json(thresholds_json) if thresholds_json else Thresholds()
-    chosen = {name: unit_interval(getattr(flags, name), COMMAND_LINE, f"--{name}")
-              for name in THRESHOLD_NAMES if getattr(flags, name) is not None}
+    chosen = {name: float(getattr(flags, name)) for name in THRESHOLD_NAMES if getattr(flags, name) is not None}
     by_category = None if "t_support" in chosen else base.t_support_by_category
     return Thresholds(**{**{n: getattr(base, n) for n in THRESHOLD_NAMES}, **chosen}, t_support_by_category=by_category)
 

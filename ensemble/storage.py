@@ -41,7 +41,7 @@ def ensure_sqlite_folder(storage: str) -> None:
     try:
         path.parent.mkdir(exist_ok=True)
     except FileNotFoundError:
-        raise InputError("--storage", storage, f"the folder {path.parent.parent} does not exist") from None
+        raise InputError.flag("--storage", f"the folder {path.parent.parent} does not exist", value=storage) from None
 
 
 class StudyLock:
@@ -83,8 +83,8 @@ def open_persistent_study(storage: str | None, study_name: str, fingerprint: dic
         persistent = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                          load_if_exists=True)
     except (SQLAlchemyError, ValueError, ImportError) as err:
-        raise InputError("--storage", storage, f"cannot open this Optuna storage ({type(err).__name__}: "
-                                               f"{first_line(err)})") from None
+        raise InputError.flag("--storage", f"cannot open this Optuna storage ({type(err).__name__}: {first_line(err)})",
+                              value=storage) from None
     recorded = persistent.user_attrs.get(FINGERPRINT_ATTR)
     if recorded is None:
         if persistent.trials:

@@ -19,7 +19,7 @@ from ensemble.consensus import Thresholds, merge_predictions, note_ids_of, prepa
 from ensemble.merging import read_model_predictions
 from ensemble.tuning import cross_validate, default_trial_value, make_objective, save_plots, scorer_factory, tune
 from utils.configs.pipeline import OptimizeArguments
-from utils.fileio import COMMAND_LINE, InputError, check_output_path, file_sha256, write_json_atomic
+from utils.fileio import InputError, check_output_path, file_sha256, write_json_atomic
 from utils.fingerprint import punkt_fingerprint
 from utils.meddec.predictions import Predictions, write_predictions
 from utils.metric.rules import DEFAULT_SCORER
@@ -81,7 +81,7 @@ def load_inputs(args: OptimizeArguments) -> tuple[list[Predictions], Any, list[s
     if not ids:
         raise InputError(args.predictions[0], "", "no predicted note is in the gold/split set: check --split_file")
     if args.cv > len(ids):  # refused before any trial is run, not after tuning
-        raise InputError(COMMAND_LINE, "--cv", f"K = {args.cv} folds need at least {args.cv} notes, got {len(ids)}")
+        raise InputError.flag("--cv", f"K = {args.cv} folds need at least {args.cv} notes, got {len(ids)}")
     return models, scorer, ids
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from utils.cli import parse_args, run_cli
 from utils.configs.evaluation import CompareArguments, SystemsArguments
-from utils.fileio import InputError, check_output_path, write_json_atomic
+from utils.fileio import check_output_path, write_json_atomic
 from utils.metric.punkt import PunktMissingError, require_punkt
 
 if TYPE_CHECKING:
@@ -36,12 +36,8 @@ DESCRIPTION = "Paired bootstrap comparison of prediction sets on the same notes 
 
 
 def run_comparison(systems_args: SystemsArguments, args: CompareArguments) -> ComparisonReport:
-    from utils.metric.resampling import check_bootstrap_options
     from utils.metric.systems import read_systems, scorer_for_systems
 
-    if args.bootstrap < 1:
-        raise InputError("<command line>", "--bootstrap", f"expected a number of resamples >= 1, got {args.bootstrap}")
-    check_bootstrap_options(args.bootstrap, args.confidence)
     if args.output:
         check_output_path(args.output)
     systems = read_systems(systems_args.predictions, systems_args.names, at_least=2)

@@ -41,7 +41,7 @@ def run_viewer(systems_args: SystemsArguments, args: ViewerArguments) -> dict[st
 
     check_output_path(args.output)
     if not args.output.lower().endswith((".html", ".htm")):
-        raise InputError(args.output, "", "--output: expected an .html file")
+        raise InputError(args.output, "--output", "expected an .html file")
     systems = read_systems(systems_args.predictions, systems_args.names)
     require_punkt()
     scorer = scorer_for_systems(systems_args, systems)

@@ -120,3 +120,47 @@ def test_layers_and_imports_are_resolved_to_files():
     assert layer_of(Path("utils/fileio.py")) == 0 and layer_of(Path("scripts/train_dft.py")) == len(layers()) - 1
     assert Path("utils/pseudolabels/embedding.py") in project_imports(Path("pseudolabels/embedding.py"))
     assert Path("utils/metric/scorer.py") in project_imports(Path("utils/metric/__init__.py"))
+
+
+def leading_text(node: ast.expr) -> str | None:
+    """The literal start of a string argument (plain or f-string), else None."""
+    if isinstance(node, ast.JoinedStr) and node.values:
+        node = node.values[0]
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def flag_shaped_input_errors(source: str) -> list[int]:
+    """Lines of ``InputError(...)`` calls that name a flag or the command line in another way than
+    ``InputError.flag``: a first argument starting with "--" or "<", the COMMAND_LINE constant, or a file error with
+    no place whose message starts with the flag (``InputError(path, "", "--output: ...")``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "InputError"
+                and node.args):
+            continue
+        first, rest = node.args[0], node.args[1:]
+        flag_first = (leading_text(first) or "").startswith(("--", "<"))
+        constant = isinstance(first, ast.Name) and first.id == "COMMAND_LINE"
+        flag_in_message = (len(rest) == 2 and leading_text(rest[0]) == ""
+                           and (leading_text(rest[1]) or "").startswith("--"))
+        if flag_first or constant or flag_in_message:
+            found.append(node.lineno)
+    return found
+
+
+def test_flag_errors_go_through_one_constructor():
+    """A flag value or combination is refused with InputError.flag (``<command line>: --flag: message``), never
+    with the flag or the command line in the file's place."""
+    offenders = [f"{path}:{line}" for path in code_files()
+                 for line in flag_shaped_input_errors((REPO_ROOT / path).read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_the_flag_scan_sees_every_old_shape():
+    """The scan above finds each old shape (a flag or the command line as the file, a flag inside a placeless
+    message), and passes the named constructor and file errors, a flag as their place included."""
+    source = ('InputError("--window", "", "m")\nInputError(f"--{name}", "", "m")\n'
+              'InputError(COMMAND_LINE, "--cv", "m")\nInputError("<arguments>", "", "m")\n'
+              'InputError(path, "", "--output: m")\nInputError.flag("--cv", "m")\nInputError(path, "row 2", "m")\n'
+              'InputError(path, "--output", "m")\n')
+    assert flag_shaped_input_errors(source) == [1, 2, 3, 4, 5]

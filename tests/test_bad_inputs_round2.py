@@ -399,11 +399,12 @@ def test_outputs_over_inputs_name_both_flags(w2, capsys):
     assert evaluate.main([*_ev(w2), "--predictions", str(w2["r2"] / "link_to_val.json"), "--output",
                           str(w2["val.json"])]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --output: {w2['val.json']}: is also the input --predictions "), err
+    assert err.startswith(f"error: <command line>: --output: got {str(w2['val.json'])!r}: is also the input "
+                          "--predictions "), err
     assert extract_unlabel.main(["--noteevents", str(w2["noteevents"]), "--splits", str(w2["train_split"]),
                                  "--output", str(w2["noteevents"])]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --output: ") and "is also the input --noteevents" in err
+    assert err.startswith("error: <command line>: --output: got ") and "is also the input --noteevents" in err
 
 
 def test_generate_keeps_the_users_file(w2):

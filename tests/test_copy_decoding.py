@@ -644,6 +644,7 @@ def test_copy_settings_are_resume_keys(tmp_path):
         generate_outputs(InferenceArguments(backend="transformers", model="m", input=[str(source)], output=[str(out)],
                                copy_constraint=True), lambda: pytest.fail("model loaded"), progress=False)
     assert resume_settings(InferenceArguments(copy_word_boundaries=True))["copy_word_boundaries"] is True
-    with pytest.raises(InputError, match="--copy_max_tags_per_position: expected a positive number, got 0"):
+    with pytest.raises(InputError,
+                       match="<command line>: --copy_max_tags_per_position: expected a positive number, got 0"):
         generate_outputs(InferenceArguments(backend="transformers", input=[str(source)], output=[str(out)], copy_constraint=True,
                                copy_max_tags_per_position=0), lambda: pytest.fail("loaded"))

@@ -16,11 +16,9 @@ import pytest
 import torch
 
 from dataset.synthetic import generate_notes
-from utils.configs.pipeline import InferenceArguments
+from utils.configs.pipeline import InferenceArguments, check_vllm_copy_settings
 from utils.fileio import InputError
-from utils.generation.backends import (
-    TransformersGenerator, VllmGenerator, check_vllm_copy_settings, copy_model_runner, vllm_engine_kwargs,
-)
+from utils.generation.backends import TransformersGenerator, VllmGenerator, copy_model_runner, vllm_engine_kwargs
 from utils.generation.copy_decoding import CopyGuards, CopyVocabulary
 from utils.generation.copy_decoding_vllm import (
     EXTRA_ARGS_KEY, PROCESSOR_FQCN, PROCESSOR_FQCN_V1, SlotConstraints, copy_request_args, parse_copy_request_args,
@@ -314,9 +312,12 @@ def test_inference_refuses_vllm_settings_the_constraint_cannot_run_with(tmp_path
     source = tmp_path / "in.csv"
     source.write_text("file_id,raw_text\n1_1_1,x\n", encoding="utf-8")
     base = dict(input=[str(source)], output=[str(tmp_path / "o.csv")], copy_constraint=True)
-    with pytest.raises(InputError, match="--copy_constraint: copy-constrained decoding reports logprobs"):
+    with pytest.raises(InputError,
+                       match="<command line>: --copy_constraint: copy-constrained decoding reports logprobs"):
         generate_outputs(InferenceArguments(vllm_kwargs='{"logprobs_mode": "raw_logits"}', **base), lambda: pytest.fail("loaded"))
-    with pytest.raises(InputError, match="--copy_constraint: copy-constrained decoding does not support speculative"):
+    with pytest.raises(InputError,
+                       match="<command line>: --copy_constraint: copy-constrained decoding does not support "
+                             "speculative"):
         generate_outputs(InferenceArguments(vllm_kwargs='{"speculative_config": {"method": "ngram"}}', **base),
             lambda: pytest.fail("loaded"))
     assert not any(tmp_path.glob("o.*"))

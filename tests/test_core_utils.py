@@ -137,6 +137,15 @@ def test_prediction_validation_messages(data, message):
     assert str(err.value).startswith(f"p.json: {message}")
 
 
+def test_flag_errors_name_the_command_line_then_the_flag():
+    assert str(InputError.flag("--window", "expected at least 8 tokens, got 4")) == \
+        "<command line>: --window: expected at least 8 tokens, got 4"
+    with_value = InputError.flag("--backend", "vLLM is not installed", value="vllm")
+    assert str(with_value) == "<command line>: --backend: got 'vllm': vLLM is not installed"
+    assert (with_value.path, with_value.where) == ("<command line>", "--backend")
+    assert str(InputError.flag("", "give gold_dir or gold_file")) == "<command line>: give gold_dir or gold_file"
+
+
 def test_atomic_open_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     write_text_atomic(target, "old")

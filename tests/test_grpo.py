@@ -248,5 +248,6 @@ def test_copy_constrained_rollouts_refuse_vllm_generation(tiny, tmp_path: Path, 
     monkeypatch.setattr(grpo, "vllm_available", lambda: True)
     script, model_args, config = parse(tiny_args(tiny, tmp_path / "v", "--use_vllm_mode", "true",
                                                  "--rollout_copy_constraint", "true"))
-    with pytest.raises(grpo.InputError, match="--rollout_copy_constraint: samples with transformers generate only"):
+    with pytest.raises(grpo.InputError,
+                       match="<command line>: --rollout_copy_constraint: samples with transformers generate only"):
         grpo.build_trainer(script, model_args, config)

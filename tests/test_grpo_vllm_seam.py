@@ -119,12 +119,12 @@ def test_explicit_options_win_and_a_context_too_short_is_refused(tiny, tmp_path,
     assert fake_vllm.instances[-1].kwargs["gpu_memory_utilization"] == 0.45
     script, model_args, config = parse(tiny, tmp_path, "--vllm_max_model_length", "20000", "--max_prompt_length",
                                        "10029")
-    with pytest.raises(InputError, match=r"--vllm_max_model_length: 20000: below --max_prompt_length \+ "
-                                         r"--max_completion_length = 24576"):
+    with pytest.raises(InputError, match=r"<command line>: --vllm_max_model_length: got 20000: below "
+                                         r"--max_prompt_length \+ --max_completion_length = 24576"):
         grpo.build_trainer(script, model_args, config)
     script, model_args, config = parse(tiny, tmp_path, "--vllm_max_model_length", "14600")
-    with pytest.raises(InputError, match=r"--vllm_max_model_length: 14600: below the longest prompt of .*train.csv "
-                                         r"\(\d+ tokens\) \+ --max_completion_length = \d+"):
+    with pytest.raises(InputError, match=r"<command line>: --vllm_max_model_length: got 14600: below the longest "
+                                         r"prompt of .*train.csv \(\d+ tokens\) \+ --max_completion_length = \d+"):
         grpo.build_trainer(script, model_args, config)
 
 

@@ -181,6 +181,6 @@ def test_an_unreachable_hub_is_one_line_without_the_token(base_and_adapter, tmp_
     shutil.copytree(adapter, folder)
     assert push_to_hub.main(["--folder", str(folder), "--repo_id", "me/lora"]) == 2
     err = capsys.readouterr().err
-    assert err == ("error: --repo_id: me/lora: upload failed (ConnectionError: HTTPSConnectionPool(host="
-                   "'huggingface.co'): Max retries exceeded)\n")
+    assert err == ("error: <command line>: --repo_id: got 'me/lora': upload failed (ConnectionError: "
+                   "HTTPSConnectionPool(host='huggingface.co'): Max retries exceeded)\n")
     assert "hf_secret_value" not in err

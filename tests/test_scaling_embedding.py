@@ -87,8 +87,8 @@ def test_two_pool_processes_embed_what_one_process_embeds_and_resume_its_cache(t
 def test_devices_are_checked_before_any_model_is_loaded(tmp_path, minilm_model_path, pool_csv, monkeypatch) -> None:
     monkeypatch.setattr(embedding, "load_sentence_encoder", lambda *a, **k: pytest.fail("model loaded"))
     cases = {
-        ("gpu:0",): "--devices: gpu:0: not a device: expected e.g. cuda:0 or cpu",
-        ("cuda:64",): "--devices: cuda:64: not visible",
+        ("gpu:0",): "<command line>: --devices: got 'gpu:0': not a device: expected e.g. cuda:0 or cpu",
+        ("cuda:64",): "<command line>: --devices: got 'cuda:64': not visible",
     }
     for devices, message in cases.items():
         with pytest.raises(InputError, match=message):

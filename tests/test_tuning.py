@@ -252,7 +252,7 @@ def test_sqlite_storage_folder_is_created_only_inside_an_existing_folder(tmp_pat
 
     ensure_sqlite_folder(f"sqlite:///{tmp_path / 'new' / 'study.db'}")
     assert (tmp_path / "new").is_dir()
-    with pytest.raises(InputError, match=r"--storage: .*: the folder .*/missing does not exist"):
+    with pytest.raises(InputError, match=r"<command line>: --storage: got .*: the folder .*/missing does not exist"):
         ensure_sqlite_folder(f"sqlite:///{tmp_path / 'missing' / 'deeper' / 'study.db'}")
     assert not (tmp_path / "missing").exists()
     ensure_sqlite_folder("sqlite:///:memory:")  # nothing to create, no error
@@ -318,7 +318,8 @@ def test_a_second_tuner_on_one_study_stops_at_once(corpus, tmp_path):
 def test_bad_storage_and_too_many_folds_fail_before_any_trial(corpus, tmp_path, capsys):
     assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, "bogus://x", "--n_trials", "3")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --storage: bogus://x: cannot open this Optuna storage") and len(err.splitlines()) == 1
+    assert err.startswith("error: <command line>: --storage: got 'bogus://x': cannot open this Optuna storage")
+    assert len(err.splitlines()) == 1
     storage = f"sqlite:///{tmp_path / 'cv.db'}"
     assert optimize.main(["--predictions", *corpus["paths"], *_cli(corpus, tmp_path, storage, "--cv", "10")]) == 2
     assert capsys.readouterr().err == "error: <command line>: --cv: K = 10 folds need at least 10 notes, got 8\n"

@@ -117,8 +117,8 @@ def test_an_unsloth_that_fails_to_import_is_one_line(tmp_path, monkeypatch, caps
     assert train_dft.main(["--train_csv", str(csv), "--output_dir", str(tmp_path / "o"), "--model_name_or_path",
                            str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: --backend: unsloth: Unsloth cannot be imported (NotImplementedError: Unsloth cannot find any torch "
-        "accelerator)")
+        "error: <command line>: --backend: got 'unsloth': Unsloth cannot be imported (NotImplementedError: Unsloth "
+        "cannot find any torch accelerator)")
 
 
 # --- the trainer builder with a fake Unsloth -------------------------------------------------------------------
@@ -252,5 +252,6 @@ def test_kernel_route_needs_the_unsloth_backend(fake_unsloth, capsys) -> None:
                            "--model_name_or_path", str(fake_unsloth["model"]), "--output_dir",
                            str(fake_unsloth["root"] / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        "error: --dft_route: kernel: our Triton kernel is reached through Unsloth's loss: needs --backend unsloth")
+        "error: <command line>: --dft_route: got 'kernel': our Triton kernel is reached through Unsloth's loss: "
+        "needs --backend unsloth")
     assert not (fake_unsloth["root"] / "o").exists()

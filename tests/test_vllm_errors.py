@@ -44,7 +44,8 @@ def test_the_cli_reports_an_engine_start_failure_as_vllm_wrote_it(monkeypatch) -
     args = InferenceArguments(backend="vllm", model="any/model", input=["x.csv"], output=["y.csv"])
     with pytest.raises(InputError) as caught:
         build_generator(args)
-    assert str(caught.value) == "--backend: vllm: vLLM could not start the engine: Model Runner V2 requires Triton."
+    assert str(caught.value) == ("<command line>: --backend: got 'vllm': vLLM could not start the engine: Model Runner "
+                                 "V2 requires Triton.")
     with pytest.raises(VllmEngineError, match=r"^Model Runner V2 requires Triton\.$"):
         from utils.generation.backends import VllmGenerator
 

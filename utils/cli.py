@@ -15,7 +15,7 @@ import difflib
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
-from utils.fileio import COMMAND_LINE, InputError, reading_errors, report_input_error
+from utils.fileio import InputError, reading_errors, report_input_error
 from utils.guards import check_input_files, check_options
 
 CONFIG_HELP = ("--config FILE  a YAML recipe (e.g. recipes/*.yaml) setting any of the options above by name; "
@@ -137,20 +137,20 @@ class LamarParser(_trl_parser_class()):
         return defaults
 
     def error(self, message: str) -> None:  # argparse's own errors (unknown flag, bad value, missing flag)
-        raise InputError(COMMAND_LINE, "", message)
+        raise InputError.flag("", message)
 
     def parse(self, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
         args = list(sys.argv[1:] if argv is None else argv)
         if "--config" in args:
             index = args.index("--config")
             if index + 1 >= len(args):
-                raise InputError(COMMAND_LINE, "--config", "expected a YAML file path after --config")
+                raise InputError.flag("--config", "expected a YAML file path after --config")
             self.apply_config(args[index + 1])
             del args[index : index + 2]
         namespace, remaining = self.parse_known_args(args=args)
         if remaining:
             flag = next((a for a in remaining if a.startswith("-")), remaining[0])
-            raise InputError(COMMAND_LINE, flag, f"unknown option{_closest(flag.lstrip('-'), self.known_options())}")
+            raise InputError.flag(flag, f"unknown option{_closest(flag.lstrip('-'), self.known_options())}")
         check_options(vars(namespace), self.field_defaults())
         outputs = []
         for dtype in self.dataclass_types:
@@ -162,7 +162,7 @@ class LamarParser(_trl_parser_class()):
             except InputError:  # a dataclass's own one-line check (utils.configs)
                 raise
             except (TypeError, ValueError) as err:  # a dataclass's own validation (e.g. TrainingArguments)
-                raise InputError(COMMAND_LINE, "", f"invalid options: {err}") from None
+                raise InputError.flag("", f"invalid options: {err}") from None
         return tuple(outputs)
 
 
@@ -185,8 +185,8 @@ def parse_command(commands: dict[str, type], argv: Sequence[str] | None = None,
         print("\n".join(lines))
         raise SystemExit(0)
     if not args or args[0] not in commands:
-        raise InputError(COMMAND_LINE, args[0] if args else "",
-                         f"expected a command, one of {', '.join(commands)} (add --help after it)")
+        raise InputError.flag(args[0] if args else "",
+                              f"expected a command, one of {', '.join(commands)} (add --help after it)")
     command = args[0]
     (options,) = parse_args(commands[command], argv=args[1:], prog=f"{prog} {command}" if prog else command)
     return command, options

@@ -22,10 +22,7 @@ def run_evaluation(args: EvaluateArguments, boot: BootstrapArguments | None = No
     """Score as the official main() does, printing the same lines (then the bootstrap intervals, if asked)."""
     boot = boot or BootstrapArguments()
     if not args.gold_file and not args.gold_dir:
-        raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
-    from utils.metric.resampling import check_bootstrap_options
-
-    check_bootstrap_options(boot.bootstrap, boot.confidence)
+        raise InputError.flag("--gold_dir", "give --gold_dir (or --gold_file)")
     if args.output:
         check_output_path(args.output)
     from utils.metric import Scorer  # numpy and tqdm load here, not for --help
@@ -80,11 +77,11 @@ def run_error_analysis(systems_args: SystemsArguments, args: ErrorArguments) -> 
 
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "", "--output_dir: expected a folder, got a file")
+        raise InputError(out_dir, "--output_dir", "expected a folder, got a file")
     systems = read_systems(systems_args.predictions, systems_args.names)
     stems = [file_stem(name) for name in systems]
     if len(set(stems)) != len(stems):
-        raise InputError("<command line>", "--names", "two system names give the same file name: give other --names")
+        raise InputError.flag("--names", "two system names give the same file name: give other --names")
     for stem in stems:
         for suffix in ("_confusion.png", "_boundary_offsets.png"):
             check_output_path(out_dir / f"{stem}{suffix}")

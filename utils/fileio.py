@@ -14,7 +14,11 @@ COMMAND_LINE = "<command line>"  # the source an InputError names for a flag val
 
 
 class InputError(ValueError):
-    """Bad user input. ``str()`` is one line naming the file, the record or line, the field and what was expected."""
+    """Bad user input. ``str()`` is one line naming the file, the record or line, the field and what was expected.
+
+    A bad file is ``InputError(path, where, message)``; a bad flag value or combination (or a library call's
+    arguments) is :meth:`flag`, so every such error reads ``<command line>: --flag: message``.
+    """
 
     def __init__(self, path: str | os.PathLike[str], where: str, message: str) -> None:
         self.path = str(path)
@@ -22,6 +26,15 @@ class InputError(ValueError):
         self.message = message
         location = f"{self.path}: {where}" if where else self.path
         super().__init__(f"{location}: {message}")
+
+    @classmethod
+    def flag(cls, flag: str, message: str, value: Any = None) -> "InputError":
+        """A bad flag value or flag combination: ``<command line>: --flag: message``; a ``value`` is said inside the
+        message ("got 'vllm': ..."), so the flag is always the place named. ``flag`` is "" for the command line as a
+        whole (argparse's own errors)."""
+        if value is not None:
+            message = f"got {value!r}: {message}"
+        return cls(COMMAND_LINE, flag, message)
 
 
 def _disk_errors() -> dict[int, str]:

@@ -60,6 +60,11 @@ def check_values(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> None
             _check_one(name, item)
 
 
+def is_unit_interval(value: Any) -> bool:
+    """A threshold's range: a number (not a bool) in [0, 1], where the consensus thresholds are defined and tuned."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+
+
 def _same(a: Any, b: Any) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)
@@ -69,16 +74,16 @@ def _same(a: Any, b: Any) -> bool:
 
 def _check_one(name: str, value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"--{name}", "", f"expected a finite number, got {value!r}")
+        raise InputError.flag(f"--{name}", f"expected a finite number, got {value!r}")
     if name in INT_RANGES and isinstance(value, int) and not isinstance(value, bool):
         low, high = INT_RANGES[name]
         if not low <= value <= high:
-            raise InputError(f"--{name}", "", f"expected an integer from {low} to {high}, got {value}")
+            raise InputError.flag(f"--{name}", f"expected an integer from {low} to {high}, got {value}")
     if name in FLOAT_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high, closed = FLOAT_RANGES[name]
         if not (low <= value <= high if closed else low <= value < high):
-            raise InputError(f"--{name}", "", f"expected a number in [{low}, {high}{']' if closed else ')'}, "
-                                              f"got {value}")
+            raise InputError.flag(f"--{name}", f"expected a number in [{low}, {high}{']' if closed else ')'}, "
+                                  f"got {value}")
 
 
 # ------------------------------------------------------------------------------------------------- paths
@@ -147,12 +152,12 @@ def check_paths_apart(inputs: Iterable[tuple[str, str]], outputs: Iterable[tuple
         key = _identity(path)
         if key in seen_inputs:
             other_flag, other = seen_inputs[key]
-            raise InputError(flag, path, f"is also the input {other_flag} {other}; writing it would destroy the "
-                                         "input: choose another path")
+            raise InputError.flag(flag, f"is also the input {other_flag} {other}; writing it would destroy the input: "
+                                  "choose another path", value=path)
         if key in seen_outputs:
             other_flag, other = seen_outputs[key]
-            raise InputError(flag, path, f"is also the output {other_flag} {other}; one would overwrite the other: "
-                                         "choose another path")
+            raise InputError.flag(flag, f"is also the output {other_flag} {other}; one would overwrite the other: "
+                                  "choose another path", value=path)
         seen_outputs[key] = (flag, path)
 
 

@@ -265,7 +265,8 @@ def test_model_runner_v2_refusal_reaches_the_user_in_vllms_words(tiny, engine, m
     args = _args(tiny, "v2_refused", "vllm", **COPY_FLAGS)
     with pytest.raises(InputError) as caught:
         generate_outputs(args, progress=False)
-    assert str(caught.value) == "--backend: vllm: vLLM could not start the engine: Model Runner V2 requires Triton."
+    assert str(caught.value) == ("<command line>: --backend: got 'vllm': vLLM could not start the engine: Model Runner "
+                                 "V2 requires Triton.")
     assert not Path(args.output[0]).exists()
 
 

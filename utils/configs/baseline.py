@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from utils.configs import BASELINE_MODEL, MEDDEC, TAGGED_DIR
+from utils.fileio import InputError
 from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 
 WINDOW = 512
@@ -47,6 +48,10 @@ class BaselineArguments:
         "help": "Decoding of an I- label that continues no span of its category. ignore (published): it starts a span "
                 "only right after an O label; new_span: it always starts one.", "choices": list(ORPHAN_RULES)})
 
+
+    def __post_init__(self) -> None:
+        if self.window < 8:
+            raise InputError.flag("--window", f"expected at least 8 tokens, got {self.window}")
 
 @dataclass
 class BaselineTrainingArguments(TrainingArguments):

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from utils.fileio import InputError
 from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
+
+
+def check_bootstrap_options(n_resamples: int, confidence: float, at_least: int = 0) -> None:
+    """Resample counts and confidence levels that cannot give an interval, refused in one line."""
+    if n_resamples < at_least:
+        raise InputError.flag("--bootstrap", f"expected a number of resamples >= {at_least}, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise InputError.flag("--confidence", f"expected a level strictly between 0 and 1, got {confidence}")
 
 
 @dataclass
@@ -21,6 +30,9 @@ class BootstrapArguments:
                 "confidence intervals after the official report and under 'bootstrap' in --output (0: off)."})
     seed: int = field(default=0, metadata={"help": "Seed of the resamples (the same seed gives the same intervals)."})
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals, in (0, 1)."})
+
+    def __post_init__(self) -> None:
+        check_bootstrap_options(self.bootstrap, self.confidence)
 
 
 @dataclass
@@ -51,6 +63,9 @@ class CompareArguments:
     against_first: bool = field(default=False, metadata={
         "help": "Compare the first system with each other one only (default: every pair)."})
     output: str | None = field(default=None, metadata={"help": "Optional: JSON file for the comparison."})
+
+    def __post_init__(self) -> None:
+        check_bootstrap_options(self.bootstrap, self.confidence, at_least=1)  # a comparison needs resamples
 
 
 @dataclass

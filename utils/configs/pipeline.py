@@ -6,7 +6,9 @@ Defaults are the published settings and the README's folder layout (``utils.conf
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from utils.configs import (
@@ -14,7 +16,8 @@ from utils.configs import (
     WORK_DIR,
     split_files,
 )
-from utils.fileio import COMMAND_LINE, InputError
+from utils.fileio import InputError
+from utils.guards import is_unit_interval
 from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 from utils.tagging.locate import DEFAULT_LOCATOR, LOCATORS
 
@@ -38,13 +41,31 @@ def require_at_least_one(args: Any, names: tuple[str, ...]) -> None:
     """Sizes and counts that must be positive (shard sizes, batch sizes, top-k)."""
     for name in names:
         if getattr(args, name) < 1:
-            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
+            raise InputError.flag(f"--{name}", f"expected a positive number, got {getattr(args, name)}")
 
 
 def check_quantile(quantile: float, flag: str) -> None:
     """A threshold is a quantile of the pool's entropies: a number from 0 to 1."""
     if not 0.0 <= quantile <= 1.0:
-        raise InputError(flag, "", f"expected a quantile between 0 and 1, got {quantile}")
+        raise InputError.flag(flag, f"expected a quantile between 0 and 1, got {quantile}")
+
+
+#: The logprobs vLLM reports under the copy constraint: those of the processed (constrained) distribution.
+COPY_LOGPROBS_MODE = "processed_logprobs"
+
+
+def check_vllm_copy_settings(extra: dict[str, Any]) -> None:
+    """What copy-constrained decoding cannot run with on vLLM 0.31: ValueError naming the setting.
+
+    Speculative decoding (several logits rows per request) and logprobs other than the processed ones are refused.
+    Both model runners are supported (``utils.generation.backends.copy_model_runner`` picks the processor's
+    interface).
+    """
+    if extra.get("speculative_config") is not None:
+        raise ValueError("copy-constrained decoding does not support speculative decoding (speculative_config)")
+    if extra.get("logprobs_mode", COPY_LOGPROBS_MODE) != COPY_LOGPROBS_MODE:
+        raise ValueError(f"copy-constrained decoding reports logprobs under the constraint (logprobs_mode "
+                         f"{COPY_LOGPROBS_MODE!r}), got logprobs_mode {extra['logprobs_mode']!r}")
 
 
 # ------------------------------------------------------------------------------------------- data preparation
@@ -165,6 +186,69 @@ class InferenceArguments:
     merge: bool = field(default=False, metadata={
         "help": "With --num_shards N: write the outputs (CSV + JSON, input order) from the N finished shards."})
 
+    def __post_init__(self) -> None:
+        """Flag values and combinations that cannot work, refused before any model or input is read (whether the
+        models and inputs exist is checked where they are read: ``utils.generation.runner.prepare_jobs``)."""
+        if self.backend == "transformers" and self.temperature != 0:
+            raise InputError.flag("--temperature", "the transformers fallback decodes greedily only (temperature 0)")
+        require_at_least_one(self, ("max_new_tokens", "max_model_len", "batch_size", "copy_max_tags_per_position"))
+        for name in ("copy_max_open", "copy_max_span_chars"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError.flag(f"--{name}", f"expected a positive number (or nothing for no limit), "
+                                      f"got {getattr(self, name)}")
+        if self.flush_every < 0:
+            raise InputError.flag("--flush_every", f"expected 0 (all rows in one call) or a positive number, "
+                                  f"got {self.flush_every}")
+        self.check_sharding()
+        self.check_vllm_kwargs()
+        if len(self.input) != len(self.output):
+            raise InputError.flag("--output", f"expected one output per --input ({len(self.input)}), "
+                                  f"got {len(self.output)}")
+        outputs = [output.resolve() for _, output in self.input_output_pairs()]
+        if len(set(outputs)) != len(outputs):
+            raise InputError.flag("--output", "two inputs would write the same output file")
+
+    def check_sharding(self) -> None:
+        """The data-parallel flags (``utils.generation.data_parallel``) are consistent."""
+        require_at_least_one(self, ("data_parallel_size", "num_shards"))
+        if self.data_parallel_size > 1 and (self.num_shards > 1 or self.shard_index is not None or self.merge):
+            raise InputError.flag("--data_parallel_size", "starts and merges its own shards; leave out --num_shards, "
+                                  "--shard_index and --merge")
+        if self.data_parallel_size > 1 and self.backend == "transformers" and self.device.startswith("cuda:"):
+            raise InputError.flag("--device", "each shard process sees only its own GPU: use --device cuda",
+                                  value=self.device)
+        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            raise InputError.flag("--shard_index", f"expected 0 to {self.num_shards - 1} (--num_shards "
+                                  f"{self.num_shards}), got {self.shard_index}")
+        if self.merge and self.shard_index is not None:
+            raise InputError.flag("--merge", "merges every shard: leave out --shard_index")
+        if self.merge and self.num_shards < 2:
+            raise InputError.flag("--merge", "needs --num_shards N (N >= 2), as given to the shards")
+        if self.num_shards > 1 and self.shard_index is None and not self.merge:
+            raise InputError.flag("--num_shards", "give this process's --shard_index, or --merge once every shard "
+                                  "is done")
+
+    def check_vllm_kwargs(self) -> None:
+        """--vllm_kwargs is a JSON object, and holds nothing the copy constraint cannot run with on vLLM."""
+        if self.vllm_kwargs:
+            try:
+                if not isinstance(json.loads(self.vllm_kwargs), dict):
+                    raise ValueError
+            except ValueError:
+                raise InputError.flag("--vllm_kwargs", "expected a JSON object, e.g. '{\"enforce_eager\": true}'") \
+                    from None
+        if self.copy_constraint and self.backend == "vllm":
+            try:
+                check_vllm_copy_settings(json.loads(self.vllm_kwargs) if self.vllm_kwargs else {})
+            except ValueError as err:
+                raise InputError.flag("--copy_constraint", str(err)) from None
+
+    def input_output_pairs(self) -> list[tuple[Path, Path]]:
+        """(input CSV, output CSV): --val_csv/--test_csv into --output_dir, then each --input with its --output."""
+        pairs = [(Path(path), Path(self.output_dir) / f"{name}_predictions.csv")
+                 for name, path in (("val", self.val_csv), ("test", self.test_csv)) if path]
+        return pairs + [(Path(i), Path(o)) for i, o in zip(self.input, self.output)]
+
 
 # -------------------------------------------------------------------------------------------------- pseudo-labels
 
@@ -189,7 +273,7 @@ class ExtractArguments:
 
     def __post_init__(self) -> None:
         if self.chunksize < 1:
-            raise InputError("--chunksize", "", f"expected a positive number of rows, got {self.chunksize}")
+            raise InputError.flag("--chunksize", f"expected a positive number of rows, got {self.chunksize}")
 
 
 @dataclass
@@ -227,8 +311,10 @@ class EmbeddingArguments:
     def __post_init__(self) -> None:
         unknown = [s for s in self.sources if s not in EMBEDDING_SOURCES]
         if unknown:
-            raise InputError("--sources", "", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
+            raise InputError.flag("--sources", f"unknown source(s) {', '.join(unknown)}; expected pool and/or meddec")
         require_at_least_one(self, ("shard_size", "batch_size"))
+        if self.devices and self.device is not None:
+            raise InputError.flag("--devices", "give --device (one process) or --devices (one process each), not both")
 
 
 @dataclass
@@ -266,7 +352,7 @@ class ExploreArguments:
 
     def __post_init__(self) -> None:
         if self.bins < 1:
-            raise InputError("--bins", "", f"expected at least 1 entropy bin, got {self.bins}")
+            raise InputError.flag("--bins", f"expected at least 1 entropy bin, got {self.bins}")
         for quantile in self.quantiles:
             check_quantile(quantile, "--quantiles")
 
@@ -295,7 +381,7 @@ class SelectArguments:
     def __post_init__(self) -> None:
         check_quantile(self.threshold, "--threshold")
         if self.min_spans < 0:
-            raise InputError("--min_spans", "", f"expected 0 or more, got {self.min_spans}")
+            raise InputError.flag("--min_spans", f"expected 0 or more, got {self.min_spans}")
 
 
 # ----------------------------------------------------------------------------------------------- scoring, ensemble
@@ -327,6 +413,13 @@ class ThresholdArguments:
         "help": "Summed model weight a cluster needs to be kept (default 0.34, published)."})
     t_dedup: float | None = field(default=None, metadata={
         "help": "IoU at which a kept span duplicates another of its category (default 0.8, published)."})
+
+    def __post_init__(self) -> None:
+        """Each threshold given is an IoU or a weight share: a number in [0, 1] (a JSON's are checked on reading)."""
+        for name in (f.name for f in fields(self)):
+            value = getattr(self, name)
+            if value is not None and not is_unit_interval(value):
+                raise InputError.flag(f"--{name}", f"expected a number in [0, 1], got {value!r}")
 
 
 @dataclass
@@ -387,7 +480,7 @@ class OptimizeArguments:
     def __post_init__(self) -> None:
         """Flag combinations that cannot work, refused before any input is read."""
         def refuse(flag: str, message: str) -> None:
-            raise InputError(COMMAND_LINE, flag, message)
+            raise InputError.flag(flag, message)
 
         if self.n_trials < 1:
             refuse("--n_trials", f"expected at least 1, got {self.n_trials}")
@@ -423,6 +516,10 @@ class PushArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (prefer the HF_TOKEN variable)."})
     dry_run: bool = field(default=False, metadata={"help": "List what would be uploaded; upload nothing."})
     model_card: bool = field(default=True, metadata={"help": "Write a README.md model card into the folder."})
+
+    def __post_init__(self) -> None:
+        if self.adapter and not self.base_model:
+            raise InputError.flag("--adapter", "merging needs --base_model as well")
 
 
 @dataclass

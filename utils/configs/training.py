@@ -25,6 +25,7 @@ from utils.configs import (
     TAGGED_DIR,
 )
 from utils.configs.device import resolve_bf16, resolve_optim
+from utils.fileio import InputError
 from utils.metric.rules import DEFAULT_SCORER, SCORER_HELP, SCORERS
 
 DFT_LOSSES = ("dft", "nll")
@@ -36,7 +37,7 @@ def require_positive(config: Any, names: tuple[str, ...], allow_zero: tuple[str,
     for name in names:
         value = getattr(config, name)
         if value is not None and (value < 0 or (value == 0 and name not in allow_zero)):
-            raise ValueError(f"--{name}: expected a positive number, got {value}")
+            raise InputError.flag(f"--{name}", f"expected a positive number, got {value}")
 
 
 _TARGETS_HELP = ("Module names to adapt (default: attention and MLP projections of the language model, "
@@ -107,6 +108,11 @@ class DFTScriptArguments:
                 "'<|im_start|>assistant\\n': the empty think block, the tagged note and the end of turn) or answer "
                 "(TRL's completion after the generation prompt: the think block is prompt).",
         "choices": list(LOSS_MASKS)})
+
+    def __post_init__(self) -> None:
+        if self.dft_route == "kernel" and self.backend != "unsloth":
+            raise InputError.flag("--dft_route", "our Triton kernel is reached through Unsloth's loss: needs --backend "
+                                  "unsloth (the hf backend trains DFT on TRL's fused head)", value="kernel")
 
 
 @dataclass
@@ -271,8 +277,8 @@ class LamarGRPOConfig(GRPOConfig):
                                 "max_completion_length", "temperature"))
         require_positive(self, ("num_train_epochs",), allow_zero=("num_train_epochs" if self.max_steps > 0 else "",))
         if self.num_generations is not None and self.num_generations < 2:
-            raise ValueError(f"--num_generations: GRPO compares generations within a group, so at least 2 are "
-                             f"needed, got {self.num_generations}")
+            raise InputError.flag("--num_generations", f"GRPO compares generations within a group, so at least 2 "
+                                  f"are needed, got {self.num_generations}")
         self.bf16 = resolve_bf16(self.bf16)
         self.optim = resolve_optim(self.optim)
         super().__post_init__()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from utils.configs.pipeline import COPY_LOGPROBS_MODE, check_vllm_copy_settings
 from utils.fileio import InputError, read_json
 from utils.generation.copy_decoding_vllm import PROCESSOR_FQCN_V1
 
@@ -155,7 +156,6 @@ def vllm_engine_kwargs(
     return kwargs
 
 
-COPY_LOGPROBS_MODE = "processed_logprobs"
 VLLM_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 
 
@@ -184,19 +184,6 @@ def vllm_has_triton() -> bool:
     except ImportError:
         return True
     return bool(HAS_TRITON)
-
-
-def check_vllm_copy_settings(extra: dict[str, Any], environ: Any = None) -> None:
-    """What copy-constrained decoding cannot run with on vLLM 0.31: ValueError naming the setting.
-
-    Speculative decoding (several logits rows per request) and logprobs other than the processed ones are refused.
-    Both model runners are supported (:func:`copy_model_runner` picks the processor's interface).
-    """
-    if extra.get("speculative_config") is not None:
-        raise ValueError("copy-constrained decoding does not support speculative decoding (speculative_config)")
-    if extra.get("logprobs_mode", COPY_LOGPROBS_MODE) != COPY_LOGPROBS_MODE:
-        raise ValueError(f"copy-constrained decoding reports logprobs under the constraint (logprobs_mode "
-                         f"{COPY_LOGPROBS_MODE!r}), got logprobs_mode {extra['logprobs_mode']!r}")
 
 
 def vllm_sampling_kwargs(max_tokens: int, temperature: float = 0.0, logprobs: bool = True, seed: int = 3407) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError
 from utils.generation.runner import (
-    Job, Shard, generate_outputs, load_partial, resume_settings, text_digest, validate, write_outputs,
+    Job, Shard, generate_outputs, load_partial, prepare_jobs, resume_settings, text_digest, write_outputs,
 )
 
 
@@ -79,8 +79,8 @@ def gpu_groups(args: InferenceArguments, visible: Sequence[str]) -> list[list[st
     per_engine = args.tensor_parallel_size if args.backend == "vllm" else 1
     needed = args.data_parallel_size * per_engine
     if len(visible) < needed:
-        raise InputError("--data_parallel_size", "", f"{args.data_parallel_size} engines x {per_engine} GPU(s) need "
-                                                     f"{needed} GPUs, {len(visible)} visible (CUDA_VISIBLE_DEVICES)")
+        raise InputError.flag("--data_parallel_size", f"{args.data_parallel_size} engines x {per_engine} GPU(s) need "
+                              f"{needed} GPUs, {len(visible)} visible (CUDA_VISIBLE_DEVICES)")
     return [list(visible[i * per_engine:(i + 1) * per_engine]) for i in range(args.data_parallel_size)]
 
 
@@ -115,9 +115,7 @@ def launch(args: InferenceArguments, argv: Sequence[str], script: Path, poll_s: 
     Shards are independent: one that fails does not stop the others, so rerunning the command redoes only what is
     missing. Interrupting the launcher stops every shard (each keeps what it finished).
     """
-    if args.device.startswith("cuda:") and args.backend == "transformers":
-        raise InputError("--device", args.device, "each shard process sees only its own GPU: use --device cuda")
-    jobs = validate(args)  # inputs read and outputs checked before any process starts
+    jobs = prepare_jobs(args)  # inputs read and outputs checked before any process starts
     count = args.data_parallel_size
     groups: list[list[str] | None] = list(gpu_groups(args, visible_gpus())) if uses_gpus(args) else [None] * count
     threads = None if uses_gpus(args) else cpu_threads_per_process(count)
@@ -179,7 +177,7 @@ def holding_lock(shard: Job) -> Iterator[None]:
 
 def merge(args: InferenceArguments, jobs: list[Job] | None = None) -> dict[str, int]:
     """Write each output from its ``--num_shards`` shards' partial files; returns {output: rows}."""
-    jobs = validate(args) if jobs is None else jobs
+    jobs = prepare_jobs(args) if jobs is None else jobs
     count = args.num_shards
     settings = resume_settings(args)
     merged: dict[str, int] = {}

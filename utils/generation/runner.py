@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError, atomic_files, check_output_path, disk_error, dump_json
 from utils.generation.backends import (
-    Generation, Generator, TransformersGenerator, VllmEngineError, VllmGenerator, adapter_rank, check_vllm_copy_settings,
+    Generation, Generator, TransformersGenerator, VllmEngineError, VllmGenerator, adapter_rank,
     copy_model_runner, new_token_budget, vllm_engine_kwargs,
 )
 from utils.generation.copy_decoding import CopyGuards
@@ -87,17 +87,11 @@ class Job:
 
 
 def plan_jobs(args: InferenceArguments) -> list[Job]:
-    """(input, output) pairs from --val_csv/--test_csv and --input/--output, each input read and checked once."""
-    pairs = [(Path(path), Path(args.output_dir) / f"{name}_predictions.csv")
-             for name, path in (("val", args.val_csv), ("test", args.test_csv)) if path]
-    if len(args.input) != len(args.output):
-        raise InputError("--output", "", f"expected one output per --input ({len(args.input)}), got {len(args.output)}")
-    pairs.extend((Path(i), Path(o)) for i, o in zip(args.input, args.output))
+    """(input, output) pairs from --val_csv/--test_csv and --input/--output, each input read and checked once (the
+    flag values themselves were checked when ``args`` was built)."""
+    pairs = args.input_output_pairs()
     if not pairs:
-        raise InputError("--input", "", "nothing to do: give --val_csv/--test_csv or --input/--output")
-    outputs = [output.resolve() for _, output in pairs]
-    if len(set(outputs)) != len(outputs):
-        raise InputError("--output", "", "two inputs would write the same output file")
+        raise InputError.flag("--input", "nothing to do: give --val_csv/--test_csv or --input/--output")
     written = [item for _, o in pairs for item in (("--output", str(o)), ("--output's JSON", str(o.with_suffix(".json"))))]
     check_paths_apart([("--input", str(i)) for i, _ in pairs], written)
     for _, output in pairs:
@@ -306,14 +300,14 @@ def build_generator(args: InferenceArguments) -> tuple[Generator, Any]:
         return _build_generator(args)
     except ImportError as err:
         if args.backend == "vllm" and "vllm" in str(err):
-            raise InputError("--backend", "vllm", "vLLM is not installed (a GPU machine with requirements-gpu.txt, "
-                                                  "or vLLM's CPU build: scripts/setup_vllm_cpu.sh); on this machine "
-                                                  "add --backend transformers") from None
+            raise InputError.flag("--backend", "vLLM is not installed (a GPU machine with requirements-gpu.txt, or "
+                                  "vLLM's CPU build: scripts/setup_vllm_cpu.sh); on this machine add "
+                                  "--backend transformers", value="vllm") from None
         raise
     except InputError:  # already names the file (e.g. an adapter of another model)
         raise
     except VllmEngineError as err:  # vLLM's own words (a pydantic error would otherwise pass as a loading error)
-        raise InputError("--backend", "vllm", f"vLLM could not start the engine: {err}") from None
+        raise InputError.flag("--backend", f"vLLM could not start the engine: {err}", value="vllm") from None
     except (OSError, ValueError) as err:  # a missing or an incomplete model folder
         raise loading_error("--model", args.model, err) from None
 
@@ -364,59 +358,18 @@ def lazy_factory(args: InferenceArguments) -> GeneratorFactory:
     return factory
 
 
-def validate(args: InferenceArguments) -> list[Job]:
-    """Check flags and every input before any model is loaded; returns the jobs with their inputs read."""
-    if args.backend == "transformers" and args.temperature != 0:
-        raise InputError("--temperature", "", "the transformers fallback decodes greedily only (temperature 0)")
-    for name in ("max_new_tokens", "max_model_len", "batch_size", "copy_max_tags_per_position"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
-    for name in ("copy_max_open", "copy_max_span_chars"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise InputError(f"--{name}", "", f"expected a positive number (or nothing for no limit), "
-                                              f"got {getattr(args, name)}")
-    if args.flush_every < 0:
-        raise InputError("--flush_every", "", f"expected 0 (all rows in one call) or a positive number, got {args.flush_every}")
-    check_sharding(args)
-    if args.vllm_kwargs:
-        try:
-            if not isinstance(json.loads(args.vllm_kwargs), dict):
-                raise ValueError
-        except ValueError:
-            raise InputError("--vllm_kwargs", "", "expected a JSON object, e.g. '{\"enforce_eager\": true}'") from None
-    if args.copy_constraint and args.backend == "vllm":
-        try:
-            check_vllm_copy_settings(json.loads(args.vllm_kwargs) if args.vllm_kwargs else {})
-        except ValueError as err:
-            raise InputError("--copy_constraint", "", str(err)) from None
+def prepare_jobs(args: InferenceArguments) -> list[Job]:
+    """The models and every input checked before any model is loaded (the flags were checked when ``args`` was
+    built, ``InferenceArguments.__post_init__``); returns the jobs with their inputs read."""
     for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--tokenizer", args.tokenizer)):
         check_model_reference(flag, value)
     return plan_jobs(args)
 
 
-def check_sharding(args: InferenceArguments) -> None:
-    """The data-parallel flags (``utils.generation.data_parallel``) are consistent."""
-    for name in ("data_parallel_size", "num_shards"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name}", "", f"expected a positive number, got {getattr(args, name)}")
-    if args.data_parallel_size > 1 and (args.num_shards > 1 or args.shard_index is not None or args.merge):
-        raise InputError("--data_parallel_size", "", "starts and merges its own shards; leave out --num_shards, "
-                                                     "--shard_index and --merge")
-    if args.shard_index is not None and not 0 <= args.shard_index < args.num_shards:
-        raise InputError("--shard_index", "", f"expected 0 to {args.num_shards - 1} (--num_shards {args.num_shards}), "
-                                              f"got {args.shard_index}")
-    if args.merge and args.shard_index is not None:
-        raise InputError("--merge", "", "merges every shard: leave out --shard_index")
-    if args.merge and args.num_shards < 2:
-        raise InputError("--merge", "", "needs --num_shards N (N >= 2), as given to the shards")
-    if args.num_shards > 1 and args.shard_index is None and not args.merge:
-        raise InputError("--num_shards", "", "give this process's --shard_index, or --merge once every shard is done")
-
-
 def generate_outputs(args: InferenceArguments, generator_factory: GeneratorFactory | None = None,
         progress: bool = True) -> dict[str, int]:
     """All jobs (this process's shard of each with --shard_index); returns {output path: rows generated now}."""
-    jobs = validate(args)
+    jobs = prepare_jobs(args)
     if args.merge or args.data_parallel_size > 1:
         raise ValueError("generate_outputs() generates this process's rows only; --merge and --data_parallel_size are handled by "
                          "utils.generation.data_parallel.run_inference_command")

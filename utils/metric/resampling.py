@@ -213,16 +213,6 @@ def percentile_interval(values: np.ndarray, estimate: float, confidence: float) 
     return Interval(float(estimate), float(low), float(high), len(values))
 
 
-def check_bootstrap_options(n_resamples: int, confidence: float, flag: str = "--bootstrap") -> None:
-    """One-line errors for resample counts and confidence levels that cannot give an interval."""
-    from utils.fileio import COMMAND_LINE, InputError
-
-    if n_resamples < 0:
-        raise InputError(COMMAND_LINE, flag, f"expected a number of resamples >= 0, got {n_resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise InputError(COMMAND_LINE, "--confidence", f"expected a level strictly between 0 and 1, got {confidence}")
-
-
 @dataclass
 class BootstrapReport:
     """Percentile intervals of the headline numbers, each category and each subgroup of one prediction set."""
@@ -319,7 +309,7 @@ def bootstrap_note_scores(scores: NoteScores, n_resamples: int, seed: int = 0, c
     if len(scores) == 0:
         from utils.fileio import InputError
 
-        raise InputError("<arguments>", "--bootstrap", "no notes to resample (no gold note and no predicted note)")
+        raise InputError.flag("--bootstrap", "no notes to resample (no gold note and no predicted note)")
     columns = note_columns(scores, categories, sorted(scores.notes.ids))
     (stats,) = resampled_statistics([columns], n_resamples, seed, progress=progress)
     return intervals_from(stats, aggregate(scores), columns, categories, n_resamples, seed, confidence)
@@ -335,7 +325,6 @@ def bootstrap(scorer: Any, predictions: Mapping[str, Sequence[Any]], n_resamples
 
 __all__ = [
     "BLOCK", "HEADLINE", "BootstrapReport", "Interval", "NoteColumns", "bootstrap", "bootstrap_note_scores",
-    "check_bootstrap_options",
     "draw_counts", "headline_values", "intervals_from", "iter_resample_rows", "note_columns", "percentile_interval",
     "prf_arrays", "resample_rows", "resampled_statistics", "statistics",
 ]

@@ -187,7 +187,7 @@ class Scorer:
         elif gold_dir is not None:
             gold = read_gold_dir_official_order(gold_dir, rule)
         else:
-            raise InputError("<arguments>", "", "give gold_dir or gold_file")
+            raise InputError.flag("", "give gold_dir or gold_file")
         split_ids = read_official_split(split_file, rule) if split_file is not None else None
         extra_ids = list(extra_ids)
         if split_ids is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.fileio import COMMAND_LINE, InputError
+from utils.fileio import InputError
 
 
 def system_names(paths: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
@@ -16,16 +16,16 @@ def system_names(paths: Sequence[str], names: Sequence[str] | None = None) -> li
     folder where two stems are alike (``model1/test_predictions``), else the whole path."""
     if names:
         if len(names) != len(paths):
-            raise InputError(COMMAND_LINE, "--names", f"expected {len(paths)} names (one per --predictions file), "
-                                                      f"got {len(names)}")
+            raise InputError.flag("--names", f"expected {len(paths)} names (one per --predictions file), "
+                                  f"got {len(names)}")
         if len(set(names)) != len(names):
-            raise InputError(COMMAND_LINE, "--names", "expected distinct names")
+            raise InputError.flag("--names", "expected distinct names")
         return list(names)
     for candidates in ([Path(p).stem for p in paths], [f"{Path(p).parent.name}/{Path(p).stem}" for p in paths],
                        [str(p) for p in paths]):
         if len(set(candidates)) == len(candidates):
             return candidates
-    raise InputError(COMMAND_LINE, "--predictions", "the same file is given twice: give --names to tell them apart")
+    raise InputError.flag("--predictions", "the same file is given twice: give --names to tell them apart")
 
 
 def read_systems(paths: Sequence[str], names: Sequence[str] | None = None,
@@ -34,8 +34,8 @@ def read_systems(paths: Sequence[str], names: Sequence[str] | None = None,
     from utils.meddec.predictions import read_predictions
 
     if len(paths) < at_least:
-        raise InputError(COMMAND_LINE, "--predictions",
-                         f"expected at least {at_least} prediction files, got {len(paths)}")
+        raise InputError.flag("--predictions",
+                              f"expected at least {at_least} prediction files, got {len(paths)}")
     labels = system_names(paths, names)
     return {label: read_predictions(path) for label, path in zip(labels, paths)}
 
@@ -47,7 +47,7 @@ def scorer_for_systems(args: Any, systems: dict[str, dict[str, list[Any]]]) -> A
     from utils.metric import Scorer
 
     if not args.gold_file and not args.gold_dir:
-        raise InputError("<arguments>", "--gold_dir", "give --gold_dir (or --gold_file)")
+        raise InputError.flag("--gold_dir", "give --gold_dir (or --gold_file)")
     from utils.fileio import warn
     from utils.metric.checks import input_warnings, require_a_match
 

@@ -254,21 +254,21 @@ def cpu_threads_for(devices: Sequence[str]) -> Iterator[None]:
         del os.environ["OMP_NUM_THREADS"]
 
 
-def check_devices(devices: Sequence[str], device: str | None) -> None:
-    """--devices names real devices (CUDA ones that are visible) and is not mixed with --device."""
+def check_devices(devices: Sequence[str]) -> None:
+    """--devices names real devices, CUDA ones visible here (that it is not mixed with --device is a flag check of
+    :class:`EmbeddingArguments`)."""
     if not devices:
         return
-    if device is not None:
-        raise InputError("--devices", "", "give --device (one process) or --devices (one process each), not both")
     import torch
 
     for name in devices:
         try:
             parsed = torch.device(name)
         except (RuntimeError, ValueError):
-            raise InputError("--devices", name, "not a device: expected e.g. cuda:0 or cpu") from None
+            raise InputError.flag("--devices", "not a device: expected e.g. cuda:0 or cpu", value=name) from None
         if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-            raise InputError("--devices", name, f"not visible: {torch.cuda.device_count()} CUDA device(s) here")
+            raise InputError.flag("--devices", f"not visible: {torch.cuda.device_count()} CUDA device(s) here",
+                                  value=name)
 
 
 class LazyEncoder:
@@ -293,7 +293,7 @@ class LazyEncoder:
 def embed_sources(args: EmbeddingArguments, progress: bool = True) -> dict[str, int]:
     """Embed the chosen sources (flag values checked by :class:`EmbeddingArguments`); returns {source: shards computed
     now}."""
-    check_devices(args.devices, args.device)
+    check_devices(args.devices)
     encode = LazyEncoder(
         lambda: load_sentence_encoder(
             args.model, args.device, args.dtype, args.max_seq_length, args.batch_size, args.prompt_name, args.devices,

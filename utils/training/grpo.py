@@ -28,7 +28,7 @@ from trl import GRPOTrainer
 
 from utils.configs.device import cuda_available
 from utils.configs.training import GRPOModelConfig, GRPOScriptArguments, LamarGRPOConfig
-from utils.fileio import COMMAND_LINE, InputError
+from utils.fileio import InputError
 from utils.training.data import count_prompt_tokens, grpo_records, read_training_frame, to_dataset
 from utils.training.finite import FiniteTrainingCallback
 from utils.training.models import check_model_reference, loading_error, merge_adapter, peft_config, resolve_dtype
@@ -56,7 +56,7 @@ def resolve_use_vllm(mode: str) -> bool:
     if mode == "auto":
         return vllm_available()
     if mode == "true" and not vllm_available():
-        raise InputError("--use_vllm_mode", "true", "vLLM needs a CUDA GPU and the vllm package")
+        raise InputError.flag("--use_vllm_mode", "vLLM needs a CUDA GPU and the vllm package", value="true")
     return mode == "true"
 
 
@@ -126,7 +126,7 @@ def drop_long_prompts(records: list[dict[str, Any]], tokenizer, limit: int,
         dropped = [r["file_id"] for r, n in zip(records, lengths) if n > limit]
         logger.warning("left out %d note(s) with prompts over %d tokens: %s", len(dropped), limit, ", ".join(dropped))
     if not kept:
-        raise InputError("--max_prompt_length", str(limit), "every prompt is longer; nothing to train on")
+        raise InputError.flag("--max_prompt_length", "every prompt is longer; nothing to train on", value=limit)
     return kept
 
 
@@ -151,9 +151,8 @@ def vllm_context_length(prompt_tokens: int, config: LamarGRPOConfig, source: str
     if config.vllm_max_model_length is None:
         return needed
     if config.vllm_max_model_length < needed:
-        raise InputError("--vllm_max_model_length", str(config.vllm_max_model_length),
-                         f"below {source} = {needed}: vLLM would refuse the longest prompts kept or cut their "
-                         "completions")
+        raise InputError.flag("--vllm_max_model_length", f"below {source} = {needed}: vLLM would refuse the longest "
+                              "prompts kept or cut their completions", value=config.vllm_max_model_length)
     return config.vllm_max_model_length
 
 
@@ -191,8 +190,8 @@ def build_trainer(script: GRPOScriptArguments, model_args: GRPOModelConfig, conf
         frame = frame.head(script.max_train_samples)
     config.use_vllm = resolve_use_vllm(script.use_vllm_mode)
     if script.rollout_copy_constraint and config.use_vllm:
-        raise InputError(COMMAND_LINE, "--rollout_copy_constraint",
-                         "samples with transformers generate only: add --use_vllm_mode false")
+        raise InputError.flag("--rollout_copy_constraint",
+                              "samples with transformers generate only: add --use_vllm_mode false")
     if config.vllm_max_model_length is not None:  # refused before minutes of loading, with or without vLLM
         vllm_context_length(script.max_prompt_length or 0, config, "--max_prompt_length + --max_completion_length"
                             if script.max_prompt_length is not None else "--max_completion_length")

@@ -274,8 +274,6 @@ def model_card(repo_id: str, base_model: str | None, merged: bool, is_adapter: b
 
 
 def check_merge_inputs(args: PushArguments) -> None:
-    if not args.base_model:
-        raise InputError("--adapter", "", "merging needs --base_model as well")
     check_model_reference("--base_model", args.base_model)
     if not Path(args.adapter, "adapter_config.json").is_file():
         raise InputError(args.adapter, "", "no adapter_config.json: not a LoRA adapter folder")
@@ -317,4 +315,5 @@ def upload(folder: Path, files: list[str], args: PushArguments) -> None:
         api.upload_folder(folder_path=str(folder), repo_id=args.repo_id, repo_type="model", allow_patterns=files,
                           commit_message=args.commit_message)
     except Exception as err:  # noqa: BLE001  (HTTP, connection and auth errors of several libraries)
-        raise InputError("--repo_id", args.repo_id, f"upload failed ({type(err).__name__}: {first_line(err)})") from None
+        raise InputError.flag("--repo_id", f"upload failed ({type(err).__name__}: {first_line(err)})",
+                              value=args.repo_id) from None

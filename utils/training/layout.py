@@ -184,7 +184,7 @@ def load_adapter(model: Any, adapter: str, *, adapter_name: str = "default", is_
     from peft import PeftModel
 
     if not str(adapter).strip():
-        raise InputError(flag, "", "empty adapter path")
+        raise InputError.flag(flag, "empty adapter path")
     weights = read_adapter_weights(adapter)
     if not weights:
         raise InputError(adapter, "", "the adapter holds no tensors")

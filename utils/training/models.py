@@ -31,12 +31,12 @@ def check_model_reference(flag: str, value: str | None) -> None:
         return
     looks_local = value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep != "/" and os.sep in value
     if looks_local and not os.path.exists(os.path.expanduser(value)):
-        raise InputError(flag, value, "no such folder (and not a Hub id of the form org/name)")
+        raise InputError.flag(flag, "no such folder (and not a Hub id of the form org/name)", value=value)
 
 
 def loading_error(flag: str, value: str, err: BaseException) -> InputError:
     """A one-line error for a model that could not be loaded (transformers, PEFT and the Hub raise OSError)."""
-    return InputError(flag, value, f"cannot be loaded ({first_line(err)})")
+    return InputError.flag(flag, f"cannot be loaded ({first_line(err)})", value=value)
 
 
 def resolve_dtype(name: str | None, flag: str = "--dtype"):
@@ -46,7 +46,7 @@ def resolve_dtype(name: str | None, flag: str = "--dtype"):
     if name in (None, "auto"):
         return torch.bfloat16 if cuda_available() else torch.float32
     if name not in DTYPE_NAMES:
-        raise InputError(flag, "", f"expected one of {', '.join(DTYPE_NAMES)}, got {name!r}")
+        raise InputError.flag(flag, f"expected one of {', '.join(DTYPE_NAMES)}, got {name!r}")
     return getattr(torch, name)
 
 
@@ -121,7 +121,7 @@ def merge_adapter(base: str, adapter: str, out_dir: str | os.PathLike[str], dtyp
     if out.exists() and not (out.is_dir() and _replaceable(out)):
         raise InputError(out, "", "exists and is not a saved model folder; refusing to replace it (choose a new folder)")
     if model_class not in (*MODEL_CLASSES,):
-        raise InputError("--model_class", model_class, f"expected one of {', '.join(MODEL_CLASSES)}")
+        raise InputError.flag("--model_class", f"expected one of {', '.join(MODEL_CLASSES)}", value=model_class)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     umask = os.umask(0)

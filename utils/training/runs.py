@@ -31,12 +31,12 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str | 
         value = value.lower() == "true"
     if isinstance(value, str):
         if not os.path.isdir(value):
-            raise InputError(value, "", "--resume_from_checkpoint: not a checkpoint folder")
+            raise InputError(value, "--resume_from_checkpoint", "not a checkpoint folder")
         return value
     if value or auto_resume:
         found = last_checkpoint(output_dir)
         if value and found is None:
-            raise InputError(output_dir, "", "--resume_from_checkpoint true: no checkpoint-* folder to resume from")
+            raise InputError(output_dir, "--resume_from_checkpoint true", "no checkpoint-* folder to resume from")
         return found
     return None
 

@@ -266,22 +266,15 @@ def unsloth_trainer_class() -> type:
 def check_unsloth_backend(script: DFTScriptArguments) -> None:
     """A GPU, Unsloth installed and importable, imported before trl / transformers / peft."""
     if not cuda_available() or not unsloth_installed():
-        raise InputError("--backend", "unsloth", "needs a CUDA GPU and Unsloth (requirements-gpu.txt); use "
-                                                 "--backend hf on this machine")
+        raise InputError.flag("--backend", "needs a CUDA GPU and Unsloth (requirements-gpu.txt); use --backend hf "
+                              "on this machine", value="unsloth")
     state = ensure_unsloth_first()
     if not state.imported:
-        raise InputError("--backend", "unsloth", f"Unsloth cannot be imported ({state.error})")
-
-
-def check_route(script: DFTScriptArguments) -> None:
-    if script.dft_route == "kernel" and script.backend != "unsloth":
-        raise InputError("--dft_route", "kernel", "our Triton kernel is reached through Unsloth's loss: needs "
-                                                  "--backend unsloth (the hf backend trains DFT on TRL's fused head)")
+        raise InputError.flag("--backend", f"Unsloth cannot be imported ({state.error})", value="unsloth")
 
 
 def build_trainer(script: DFTScriptArguments, model_args: DFTModelConfig, config: DFTConfig) -> SFTTrainer:
     """The trainer for this run, with the loss guard attached (model, data and LoRA ready)."""
-    check_route(script)
     frame = read_training_frame(script.train_csv)
     if script.max_train_samples is not None:
         frame = frame.head(script.max_train_samples)
