@@ -353,9 +353,10 @@ def plot_grpo_rewards(trainer_state: Path, heldout_json: Path, out_png: Path) ->
     heldout = json.loads(heldout_json.read_text(encoding="utf-8"))
     figure, (axis, bars) = plt.subplots(1, 2, figsize=(10, 3.5), gridspec_kw={"width_ratios": [3, 2]})
     for key in keys:
-        axis.plot([row["step"] for row in history], [row[key] for row in history], marker="o", label=key)
+        label = "reward (sum of the three)" if key == "reward" else key
+        axis.plot([row["step"] for row in history], [row[key] for row in history], marker="o", label=label)
     axis.set_xlabel("GRPO step")
-    axis.set_ylabel("reward (mean over the group)")
+    axis.set_ylabel("reward (mean over the step's rollouts)")
     axis.set_title("Model 2: GRPO rewards per step (sampled, train)")
     axis.legend(fontsize=7)
     names = ["mean", *heldout["model1"]["per_reward"]]
