@@ -251,3 +251,14 @@ def test_copy_constrained_rollouts_refuse_vllm_generation(tiny, tmp_path: Path, 
     with pytest.raises(grpo.InputError,
                        match="<command line>: --rollout_copy_constraint: samples with transformers generate only"):
         grpo.build_trainer(script, model_args, config)
+
+
+def test_rollout_guards_are_those_of_the_demos_copy_decoded_inference() -> None:
+    """Rollouts are drawn from the decoder the models are scored with: the guards the demo's inference flags give."""
+    from utils.configs.pipeline import InferenceArguments
+    from utils.demo import COPY_FLAGS
+    from utils.generation.runner import copy_guards
+    from utils.training.copy_rollouts import ROLLOUT_GUARDS
+
+    (args,) = parse_args(InferenceArguments, argv=list(COPY_FLAGS))
+    assert copy_guards(args) == ROLLOUT_GUARDS

@@ -25,18 +25,6 @@ from utils.generation.copy_decoding import CopyGuards, CopyVocabulary
 ROLLOUT_GUARDS = CopyGuards(word_boundaries=True, text_mass=True, allow_unclosed=True)
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows left-padded into ``input_ids`` and ``attention_mask`` (every completion starts at one column)."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        if row:
-            ids[index, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[index, width - len(row):] = 1
-    return ids, mask
-
-
 def cut_at_eos(completions: torch.Tensor, eos_ids: Sequence[int]) -> list[list[int]]:
     """Each row up to and including its first end-of-sequence token (the rest is generate's padding)."""
     rows: list[list[int]] = []
@@ -52,12 +40,16 @@ def sample_copy_constrained(model: Any, prompt_ids: Sequence[Sequence[int]], not
                             guards: CopyGuards = ROLLOUT_GUARDS) -> list[list[int]]:
     """Sample one completion per prompt with ``generate``, each masked to a tagged copy of its note."""
     from transformers import LogitsProcessorList
+    from trl.trainer.utils import pad
 
     from utils.generation.copy_decoding_hf import CopyConstraintLogitsProcessor
 
     if len(notes) != len(prompt_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(notes)} notes: one note per rollout is needed")
-    input_ids, attention_mask = left_pad(prompt_ids, pad_id)
+    prompts = [torch.tensor(list(ids), dtype=torch.long) for ids in prompt_ids]
+    # left-padded as TRL's own generation path pads, so every completion starts at one column
+    input_ids = pad(prompts, padding_value=pad_id, padding_side="left")
+    attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
     device = next(model.parameters()).device
     processor = CopyConstraintLogitsProcessor(vocabulary, notes, guards)
     with torch.no_grad():
