@@ -33,20 +33,16 @@ viewer = load_module_from_path("evaluate/viewer.py", "lamar_viewer_cli")
 def ws(tmp_path_factory) -> dict[str, Path]:
     """A small, valid workspace: a synthetic MedDec, its tagged CSVs, predictions, an inference output, caches, and
     the bad files the cases point at."""
-    from dataset.synthetic import generate_corpus
     from utils.pseudolabels.embedding import embed_batches, prepare_cache
     from utils.meddec.predictions import Span, write_predictions
     from utils.meddec.tables import inference_output_frame, iter_notes_table, read_tagged_table, write_csv
     from utils.tagging.locate import locate_spans
-    from utils.tagging.splits import RawTexts, convert_splits
+    from utils.testing.tiny_models import write_tagged_corpus
 
     root = tmp_path_factory.mktemp("ws")
-    corpus = generate_corpus(root / "MedDec", seed=3, n_train=3, n_val=3, n_test=2, n_unlabeled=4, mean_chars=400,
-                             mean_spans=4)
+    corpus = write_tagged_corpus(root, ("train", "val", "test"), seed=3, n_train=3, n_val=3, n_test=2,
+                                 n_unlabeled=4, mean_chars=400, mean_spans=4)
     paths = corpus.paths
-    convert_splits(paths.gold_dir, RawTexts(raw_text_dir=paths.raw_text_dir),
-                   {"train": paths.split("train"), "val": paths.split("val"), "test": paths.split("test")},
-                   root / "tagged")
     val = read_tagged_table(root / "tagged" / "val.csv")
     gold = {i: [Span(*s) for s in json.loads(o)] for i, o in zip(val.file_id, val.gold_offsets)}
     write_predictions(root / "val.json", gold)

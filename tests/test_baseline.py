@@ -20,13 +20,11 @@ from baselines.bio_tagger import (
     token_labels,
     token_snapped_gold,
 )
-from dataset.synthetic import generate_corpus
 from utils.categories import ID_TO_TAG
 from utils.configs.baseline import BaselineArguments, BaselineTrainingArguments
 from utils.meddec.corpus import read_raw_text
-from utils.tagging.splits import RawTexts, convert_splits
 from utils.meddec.predictions import Span, read_predictions
-from utils.testing.tiny_models import build_tiny_encoder
+from utils.testing.tiny_models import build_tiny_encoder, write_tagged_corpus
 
 # Tokens as character ranges: "aa bb cc dd ee" -> five two-letter tokens.
 OFFSETS = [(0, 2), (3, 5), (6, 8), (9, 11), (12, 14)]
@@ -92,11 +90,9 @@ def test_the_published_validation_metric_compares_token_snapped_spans():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline")
-    corpus = generate_corpus(root / "MedDec", seed=21, n_train=4, n_val=3, n_test=0, n_unlabeled=0,
-                             mean_chars=600, mean_spans=6)
+    corpus = write_tagged_corpus(root, ("train", "val"), seed=21, n_train=4, n_val=3, n_test=0, n_unlabeled=0,
+                                 mean_chars=600, mean_spans=6)
     paths = corpus.paths
-    convert_splits(paths.gold_dir, RawTexts(raw_text_dir=paths.raw_text_dir),
-                   {"train": paths.split("train"), "val": paths.split("val")}, root / "tagged")
     texts = [(paths.raw_text_dir / f"{i}.txt").read_text(encoding="utf-8") for i in corpus.all_ids]
     model_dir = build_tiny_encoder(root / "encoder", texts=texts, hidden_size=16, seed=0)
     return corpus, root, model_dir

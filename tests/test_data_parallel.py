@@ -20,17 +20,9 @@ from utils.configs.pipeline import InferenceArguments
 from utils.fileio import InputError
 from utils.generation import data_parallel
 from utils.generation.runner import Shard, generate_outputs
-from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
+from utils.testing.tiny_models import SHORT_NOTES, build_tiny_qwen35, build_tiny_tokenizer
 
-NOTES = [
-    ("10_20_30", "Patient admitted with chest pain.\r\nContinue aspirin 81 mg daily."),
-    ("10_20_31", "Follow up with cardiology in 2 weeks."),
-    ("10_20_32", "NA"),
-    ("10_20_33", 'Lone\rcarriage return, "quotes", commas'),
-    ("10_20_34", "Hold metoprolol for hypotension."),
-    ("10_20_35", "Start lisinopril 10 mg; recheck potassium."),
-    ("10_20_36", "Discharged home in stable condition."),
-]
+NOTES = SHORT_NOTES
 # batch 2, 2 shards: blocks {30,31} {32,33} {34,35} {36} -> shard 0: 30 31 34 35, shard 1: 32 33 36
 SHARD_ROWS = {0: ["10_20_30", "10_20_31", "10_20_34", "10_20_35"], 1: ["10_20_32", "10_20_33", "10_20_36"]}
 

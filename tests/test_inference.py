@@ -31,15 +31,9 @@ from utils.generation.backends import (
     vllm_max_lora_rank,
     vllm_sampling_kwargs,
 )
-from utils.testing.tiny_models import build_tiny_qwen35, build_tiny_tokenizer
+from utils.testing.tiny_models import SHORT_NOTES, build_tiny_qwen35, build_tiny_tokenizer
 
-NOTES = [
-    ("10_20_30", "Patient admitted with chest pain.\r\nContinue aspirin 81 mg daily."),
-    ("10_20_31", "Follow up with cardiology in 2 weeks."),
-    ("10_20_32", "NA"),
-    ("10_20_33", 'Lone\rcarriage return, "quotes", commas'),
-    ("10_20_34", "Hold metoprolol for hypotension."),
-]
+NOTES = SHORT_NOTES[:5]
 
 
 @pytest.fixture(scope="module")

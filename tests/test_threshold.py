@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from dataset.synthetic import generate_corpus
 from pseudolabels import dynamic_threshold
 from utils.pseudolabels import threshold
 from utils.configs.pipeline import ExploreArguments, SelectArguments
@@ -22,18 +21,15 @@ from utils.pseudolabels.threshold import (
 from utils.fileio import InputError
 from utils.meddec.tables import inference_output_frame, read_tagged_table, write_csv
 from utils.tagging.locate import locate_spans
-from utils.tagging.splits import RawTexts, convert_splits
 from utils.tagging.tags import strip_tags
+from utils.testing.tiny_models import write_tagged_corpus
 
 
 @pytest.fixture(scope="module")
 def tagged(tmp_path_factory):
     root = tmp_path_factory.mktemp("thr")
-    corpus = generate_corpus(root / "MedDec", seed=11, n_train=3, n_val=6, n_test=0, n_unlabeled=0,
-                             mean_chars=700, mean_spans=8)
-    paths = corpus.paths
-    convert_splits(paths.gold_dir, RawTexts(raw_text_dir=paths.raw_text_dir),
-                   {"train": paths.split("train"), "val": paths.split("val")}, root / "tagged")
+    corpus = write_tagged_corpus(root, ("train", "val"), seed=11, n_train=3, n_val=6, n_test=0, n_unlabeled=0,
+                                 mean_chars=700, mean_spans=8)
     return corpus, root / "tagged"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -336,3 +337,28 @@ def write_tiny_tagged_csv(
     rows = [gold_row(note.note_id, note.text, in_scope_spans(note.annotations))[0] for note in notes]
     write_tagged_table(path, rows)
     return rows
+
+
+def write_tagged_corpus(root: str | Path, splits: Sequence[str], **corpus_sizes: Any):
+    """A synthetic MedDec corpus under ``root/MedDec`` and gt_to_tag's CSVs of ``splits`` under ``root/tagged``
+    (the two steps a test of anything downstream of gt_to_tag starts from); returns the corpus."""
+    from dataset.synthetic import generate_corpus
+    from utils.tagging.splits import RawTexts, convert_splits
+
+    corpus = generate_corpus(Path(root) / "MedDec", **corpus_sizes)
+    paths = corpus.paths
+    convert_splits(paths.gold_dir, RawTexts(raw_text_dir=paths.raw_text_dir),
+                   {name: paths.split(name) for name in splits}, Path(root) / "tagged")
+    return corpus
+
+
+#: Short notes with the CSV traps inference must keep byte for byte: CRLF, a lone CR, quotes and commas, "NA".
+SHORT_NOTES: list[tuple[str, str]] = [
+    ("10_20_30", "Patient admitted with chest pain.\r\nContinue aspirin 81 mg daily."),
+    ("10_20_31", "Follow up with cardiology in 2 weeks."),
+    ("10_20_32", "NA"),
+    ("10_20_33", 'Lone\rcarriage return, "quotes", commas'),
+    ("10_20_34", "Hold metoprolol for hypotension."),
+    ("10_20_35", "Start lisinopril 10 mg; recheck potassium."),
+    ("10_20_36", "Discharged home in stable condition."),
+]
