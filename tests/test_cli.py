@@ -14,8 +14,8 @@ from utils.cli import LamarParser, parse_command
 from utils.configs.baseline import BaselineArguments
 from utils.configs.evaluation import BootstrapArguments, CompareArguments
 from utils.configs.pipeline import (
-    EmbeddingArguments, ExploreArguments, InferenceArguments, OptimizeArguments, PushArguments, RetrieveArguments,
-    SelectArguments, ThresholdArguments,
+    DemoArguments, EmbeddingArguments, ExploreArguments, InferenceArguments, OptimizeArguments, PushArguments,
+    RetrieveArguments, SelectArguments, ThresholdArguments,
 )
 from utils.configs.training import DFTScriptArguments, LamarGRPOConfig
 from utils.fileio import InputError
@@ -158,6 +158,7 @@ def test_parse_command_help_lists_each_command_with_its_summary(capsys):
     (lambda: DFTScriptArguments(backend="hf", dft_route="kernel"),
      "<command line>: --dft_route: got 'kernel': our Triton kernel is reached through Unsloth's loss: needs --backend "
      "unsloth (the hf backend trains DFT on TRL's fused head)"),
+    (lambda: DemoArguments(extra_heldout=-4), "<command line>: --extra_heldout: expected a number of notes >= 0, got -4"),
     (lambda: LamarGRPOConfig(output_dir="o", num_generations=1),
      "<command line>: --num_generations: GRPO compares generations within a group, so at least 2 are needed, got 1"),
 ])

@@ -17,6 +17,7 @@ from utils.numerics import emulated_environment
 from utils.paths import REPO_ROOT
 from utils.meddec.predictions import read_predictions
 from utils.meddec.tables import read_tagged_table
+from utils.training.heldout import HeldOutReward, paired_difference
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +66,9 @@ def test_another_instruction_set_prints_the_same_table_and_stage_figures(demo_ru
     for model in (*MODELS, UNCONSTRAINED):  # every model's test outputs, character for character
         outputs = [(w / "inference" / model / "test_predictions.csv").read_text() for w in (work, work_avx2)]
         assert outputs[0] == outputs[1], model
-    held = [json.loads((w / "eval" / "heldout_rewards.json").read_text()) for w in (work, work_avx2)]
-    assert held[0] == held[1]
+    for name in ("heldout_rewards.json", "heldout_extra.json"):
+        held = [json.loads((w / "eval" / name).read_text()) for w in (work, work_avx2)]
+        assert held[0] == held[1], name
 
 
 def test_what_must_hold_on_any_machine(demo_run):
@@ -83,6 +85,22 @@ def test_what_must_hold_on_any_machine(demo_run):
     held = json.loads((work / "eval" / "heldout_rewards.json").read_text())
     assert round(held["model2"]["mean"], 4) == stages["heldout_reward"]["model2"]
     assert f"Model 1 {stages['heldout_reward']['model1']:.4f}, Model 2 {stages['heldout_reward']['model2']:.4f}" in out
+    # each held-out figure comes with the paired interval of Model 2 - Model 1, recomputed here from the per-note rewards
+    for prefix, name in (("heldout", "heldout_rewards.json"), ("extra_heldout", "heldout_extra.json")):
+        held = json.loads((work / "eval" / name).read_text())
+        scored = {m: HeldOutReward(held[m]["n_notes"], held[m]["per_reward"], held[m]["mean"], held[m]["per_note"])
+                  for m in ("model1", "model2")}
+        assert held["difference"] == paired_difference(scored["model1"], scored["model2"]).to_dict()
+        difference = stages[f"{prefix}_difference"]
+        assert difference["low"] <= difference["estimate"] <= difference["high"]
+        assert f"{difference['estimate']:+.4f}, 95 % paired bootstrap interval over the" in out
+    assert stages["extra_heldout_notes"] == PROFILES["ci"].extra_heldout
+    extra_notes = read_tagged_table(work / "heldout" / "tagged" / "test.csv")
+    assert len(extra_notes) == PROFILES["ci"].extra_heldout
+    demo_notes = {*read_tagged_table(work / "data" / "tagged" / "train.csv")["raw_text"],
+                  *read_tagged_table(work / "data" / "tagged" / "val.csv")["raw_text"],
+                  *read_tagged_table(work / "data" / "tagged" / "test.csv")["raw_text"]}
+    assert not demo_notes & set(extra_notes["raw_text"])  # notes no model trained or was tuned on
     # the tuner explores: its trials do not all score the same
     assert stages["tuning_distinct_values"] > 1 and stages["tuning_min"] < stages["tuning_max"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from utils.fileio import InputError
 from utils.meddec.tables import write_tagged_table
-from utils.training.heldout import heldout_comparison, heldout_reward
+from utils.training.heldout import HeldOutReward, heldout_comparison, heldout_reward, paired_difference
 
 NOTE = "Started aspirin 81 mg daily.\nCT head negative."
 GOLD = ("<drug_decision>Started aspirin 81 mg daily</drug_decision>.\n"
@@ -47,3 +47,23 @@ def test_comparison_reads_inference_csvs_and_tagged_tables(tmp_path):
     (tmp_path / "bad.csv").write_text("file_id,output\na,x\n")
     with pytest.raises(InputError, match="missing column"):
         heldout_comparison({"m": [tmp_path / "bad.csv"]}, [tmp_path / "val.csv"])
+
+
+def scored(per_note: dict[str, float]) -> HeldOutReward:
+    return HeldOutReward(len(per_note), {}, sum(per_note.values()) / len(per_note), per_note)
+
+
+def test_paired_difference_is_the_mean_change_per_note_with_a_bootstrap_interval():
+    before = scored({"a": 0.5, "b": 0.4, "c": 0.7})
+    same_gain = paired_difference(before, scored({"a": 0.6, "b": 0.5, "c": 0.8}))
+    assert (same_gain.estimate, same_gain.low, same_gain.high) == pytest.approx((0.1, 0.1, 0.1))
+    # two notes, one up by 0.2 and one unchanged: resampled means are 0, 0.1 or 0.2, the extremes a quarter each
+    mixed = paired_difference(scored({"a": 0.5, "b": 0.4}), scored({"a": 0.7, "b": 0.4}), n_resamples=4000)
+    assert (mixed.estimate, mixed.low, mixed.high) == pytest.approx((0.1, 0.0, 0.2))
+    assert mixed == paired_difference(scored({"a": 0.5, "b": 0.4}), scored({"a": 0.7, "b": 0.4}), n_resamples=4000)
+    assert mixed.n_resamples == 4000
+
+
+def test_paired_difference_needs_the_same_notes():
+    with pytest.raises(ValueError, match="scored on different notes"):
+        paired_difference(scored({"a": 0.5}), scored({"b": 0.5}))

@@ -552,6 +552,14 @@ class DemoArguments:
     portable_numerics: bool = field(default=True, metadata={
         "help": "Pin torch's CPU kernels (ATen AVX2, MKL's CNR COMPATIBLE branch, oneDNN AVX2, one thread) so every "
                 "x86-64 CPU with AVX2 prints the same table; false uses the machine's fastest kernels."})
+    extra_heldout: int | None = field(default=None, metadata={
+        "help": "Also score Model 1's and Model 2's greedy outputs on this many fresh synthetic notes that no model "
+                "trained on (a second corpus, seed + 10000): the val + test notes are too few to tell a GRPO effect "
+                "of ~0.01 from chance (~1 s per note; 0: none). Default: the profile's, 64 (full) or 4 (ci)."})
+
+    def __post_init__(self) -> None:
+        if self.extra_heldout is not None and self.extra_heldout < 0:
+            raise InputError.flag("--extra_heldout", f"expected a number of notes >= 0, got {self.extra_heldout}")
 
 
 @dataclass
