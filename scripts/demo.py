@@ -10,7 +10,7 @@ Inference decodes with the copy constraint (``--copy_constraint --copy_text_mass
 tags go); Model 1 is also decoded unconstrained, as published, for comparison. THE SCORES ARE MEANINGLESS: tiny models trained for
 minutes on synthetic notes. Real numbers need the MedDec data (PhysioNet) and a GPU.
 
-    python scripts/demo.py --work_dir work/demo            # full demo (~13 minutes on 2 idle CPU cores, estimated)
+    python scripts/demo.py --work_dir work/demo            # full demo (~14 minutes on 2 CPU cores)
     python scripts/demo.py --work_dir work/ci --profile ci  # reduced size, used by the test suite
 """
 

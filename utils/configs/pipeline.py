@@ -545,7 +545,7 @@ class DemoArguments:
     """``scripts/demo.py``: the whole pipeline on synthetic data with tiny models."""
 
     work_dir: str = field(default="work/demo", metadata={"help": "Folder for every artefact (re-running resumes)."})
-    profile: str = field(default="full", metadata={"help": "Sizes: full (~13 min on 2 idle cores) or ci (reduced).",
+    profile: str = field(default="full", metadata={"help": "Sizes: full (~14 min on 2 cores) or ci (reduced).",
                                                    "choices": ["full", "ci"]})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic corpus and tiny models."})
     force: bool = field(default=False, metadata={"help": "Run every step again even if its outputs exist."})
