@@ -8,14 +8,15 @@ Each run is ``scripts/demo.py`` in a fresh interpreter whose environment emulate
 (``utils.numerics.ISA_SETTINGS``): ``native`` leaves this CPU's kernels alone (AVX-512 here), ``avx2`` caps
 ATen, MKL and oneDNN at AVX2 as a CPU without AVX-512 would. The demo pins its own numerics
 (``--portable_numerics``, on by default), so both settings must print the same table to the last digit; the
-first seed runs under every setting, the others under the first setting only, ``--jobs`` demos at a time. Printed: each setting's table
-side by side with its wall time, whether they are identical, and per seed the mean reward of Model 1's and
-Model 2's greedy outputs on the held-out val + test notes (``utils.training.heldout``) and on the demo's
-extra held-out notes (fresh notes of a second synthetic corpus that no model trained on: 64 in the full
-profile), each difference with its paired bootstrap interval, and the GRPO rewards per step. Exits 1 unless
-the tables are identical and Model 2's reward is above Model 1's on every seed, on the extra notes (on val +
-test with ``--extra_heldout 0``): 16 val + test notes cannot tell a difference of ~0.01 from chance. ``--unpinned`` adds the first seed under each setting with ``--portable_numerics false``,
-which shows that the settings do reach the kernels (those tables may differ). Wall times depend on the
+first seed runs under every setting, the others under the first setting only, ``--jobs`` demos at a time.
+Printed: each setting's table side by side with its wall time, whether they are identical, and per seed the
+mean reward of Model 1's and Model 2's greedy outputs on the held-out val + test notes
+(``utils.training.heldout``) and on the demo's extra held-out notes (fresh notes of a second synthetic corpus
+that no model trained on: 64 in the full profile), each difference with its paired bootstrap interval, and the
+GRPO rewards per step. Exits 1 unless the tables are identical and Model 2's reward is above Model 1's on the
+extra notes of every seed (on val + test with ``--extra_heldout 0``): 16 val + test notes cannot tell a
+difference of ~0.01 from chance. ``--unpinned`` adds the first seed under each setting with
+``--portable_numerics false``, which shows that the settings do reach the kernels (those tables may differ). Wall times depend on the
 machine's load: read them with the ``uptime`` line printed first.
 
 ``--smoke`` trains and decodes a tiny model (``utils.numerics.fingerprint``) under each setting, pinned and

@@ -491,7 +491,7 @@ def difference_sentence(difference: dict[str, float], notes: int) -> str:
     """Model 2 - Model 1 with its paired bootstrap interval, and what the interval allows one to say."""
     verdict = ("Model 2 is better on these notes" if difference["low"] > 0 else
                "Model 2 is worse on these notes" if difference["high"] < 0 else
-               "too few notes to tell the two apart")
+               "the interval includes 0: these notes cannot tell the two apart")
     return (f"difference {difference['estimate']:+.4f}, 95 % paired bootstrap interval over the {notes} notes "
             f"[{difference['low']:+.4f}, {difference['high']:+.4f}]: {verdict}")
 
