@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.fileio import InputError
-from utils.metric.resampling import Interval, percentile_interval
+from utils.metric.resampling import Interval, percentile_interval, resample_rows
 from utils.rewards import reward_functions
 
 PUBLISHED_REWARD_NAMES = ("fidelity", "token_f1", "exact_f1")
@@ -86,5 +86,5 @@ def paired_difference(before: HeldOutReward, after: HeldOutReward, n_resamples: 
         raise ValueError("the two models were scored on different notes")
     ids = sorted(before.per_note)
     deltas = np.array([after.per_note[i] - before.per_note[i] for i in ids], dtype=np.float64)
-    rows = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
+    rows = resample_rows(len(ids), n_resamples, seed)  # the draws every bootstrap of the project makes
     return percentile_interval(deltas[rows].mean(axis=1), float(deltas.mean()), confidence)
