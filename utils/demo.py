@@ -196,6 +196,22 @@ def tiny_dft_flags(profile: Profile, epochs: int) -> list[str]:
             "--logging_steps", "10", "--dataloader_num_workers", "0"]
 
 
+def generate_argv(corpus: Path, seed: int, profile: Profile, n_train: int, n_val: int, n_test: int,
+                  n_unlabeled: int) -> list[str]:
+    """``dataset.generate`` of a corpus with the profile's note sizes (the demo's own, or the extra held-out one)."""
+    return py("-m", "dataset.generate", "--out_dir", corpus, "--seed", seed, "--n_train", n_train, "--n_val", n_val,
+              "--n_test", n_test, "--n_unlabeled", n_unlabeled, "--mean_chars", profile.mean_chars,
+              "--mean_spans", profile.mean_spans)
+
+
+def gt_to_tag_argv(corpus: Path, tagged: Path) -> list[str]:
+    """``utils/gt_to_tag.py`` of every split of ``corpus`` (an empty split gives a header-only CSV)."""
+    split = {name: corpus / "splits" / f"{name}.txt" for name in ("train", "val", "test")}
+    return py("utils/gt_to_tag.py", "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text",
+              "--train_split", split["train"], "--val_split", split["val"], "--test_split", split["test"],
+              "--out_dir", tagged)
+
+
 def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]:
     corpus = work / "MedDec"
     tagged = work / "data" / "tagged"
@@ -205,14 +221,10 @@ def build_steps(args: DemoArguments, profile: Profile, work: Path) -> list[Step]
     ens = work / "ensemble"
     split = {name: corpus / "splits" / f"{name}.txt" for name in ("train", "val", "test")}
     steps = [
-        Step("1. synthetic MedDec corpus", [corpus / "stats.csv", corpus / "NOTEEVENTS.csv"], argv=py(
-            "-m", "dataset.generate", "--out_dir", corpus, "--seed", args.seed, "--n_train", profile.n_train,
-            "--n_val", profile.n_val, "--n_test", profile.n_test, "--n_unlabeled", profile.n_unlabeled,
-            "--mean_chars", profile.mean_chars, "--mean_spans", profile.mean_spans)),
-        Step("2. prepare: gold -> tagged CSVs (gt_to_tag)", [tagged / f"{n}.csv" for n in ("train", "val", "test")], argv=py(
-            "utils/gt_to_tag.py", "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text",
-            "--train_split", split["train"], "--val_split", split["val"], "--test_split", split["test"],
-            "--out_dir", tagged)),
+        Step("1. synthetic MedDec corpus", [corpus / "stats.csv", corpus / "NOTEEVENTS.csv"], argv=generate_argv(
+            corpus, args.seed, profile, profile.n_train, profile.n_val, profile.n_test, profile.n_unlabeled)),
+        Step("2. prepare: gold -> tagged CSVs (gt_to_tag)", [tagged / f"{n}.csv" for n in ("train", "val", "test")],
+             argv=gt_to_tag_argv(corpus, tagged)),
         Step("3. tiny base model (stands in for Qwen/Qwen3.5-4B)", [models / "base" / "config.json"],
              function=lambda: build_base_model(tagged / "train.csv", models / "base", profile.hidden_size, args.seed)),
         Step("4. warm-start the tiny base on the tagging task with plain cross-entropy (stands in for pretraining)",
@@ -316,18 +328,12 @@ def extra_heldout_steps(args: DemoArguments, profile: Profile, work: Path, bases
     the demo's note sizes) that no model trained on, scored as step 10b scores val + test."""
     root = work / "heldout"
     corpus, tagged, infer = root / "MedDec", root / "tagged", root / "inference"
-    split = {name: corpus / "splits" / f"{name}.txt" for name in ("train", "val", "test")}
     n_notes = extra_heldout_notes(args, profile)
     steps = [
         Step(f"10d. {n_notes} extra held-out notes (a second synthetic corpus, seed {args.seed + EXTRA_SEED})",
-             [corpus / "stats.csv"], argv=py(
-                 "-m", "dataset.generate", "--out_dir", corpus, "--seed", args.seed + EXTRA_SEED, "--n_train", 0,
-                 "--n_val", 0, "--n_test", n_notes, "--n_unlabeled", 0, "--mean_chars", profile.mean_chars,
-                 "--mean_spans", profile.mean_spans)),
-        Step("10d. prepare the extra held-out notes: gold -> tagged CSV (gt_to_tag)", [tagged / "test.csv"], argv=py(
-            "utils/gt_to_tag.py", "--gold_dir", corpus / "data", "--raw_text_dir", corpus / "raw_text",
-            "--train_split", split["train"], "--val_split", split["val"], "--test_split", split["test"],
-            "--out_dir", tagged)),
+             [corpus / "stats.csv"], argv=generate_argv(corpus, args.seed + EXTRA_SEED, profile, 0, 0, n_notes, 0)),
+        Step("10d. prepare the extra held-out notes: gold -> tagged CSV (gt_to_tag)", [tagged / "test.csv"],
+             argv=gt_to_tag_argv(corpus, tagged)),
     ]
     for model in ("model1", "model2"):
         steps.append(Step(f"10e. inference of {model} on the extra held-out notes", [infer / model / "test_predictions.json"],
